@@ -1,0 +1,105 @@
+"""Alembic environment: plain `alembic` commands and the Invoke tasks both run through here.
+
+The tasks hand in a connection through ``config.attributes["connection"]`` so they
+control connections, timeouts and transactions; plain Alembic gets its URL from
+``DATABASE_URL``, else from ``alembic.ini``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from logging.config import fileConfig
+from pathlib import Path
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+config = context.config
+attributes = config.attributes
+
+if config.config_file_name is not None and attributes.get("configure_logger", True):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+
+def load_metadata():
+    """The models to compare against; callers (and tests) may hand in their own."""
+    if "target_metadata" in attributes:
+        return attributes["target_metadata"]
+    from migrations.models import metadata
+
+    return metadata
+
+
+target_metadata = load_metadata()
+
+
+def database_url() -> str:
+    url = attributes.get("url") or os.environ.get("DATABASE_URL")
+    url = url or config.get_main_option("sqlalchemy.url") or ""
+    # psycopg2 is the driver this project installs; SQLAlchemy 2.1 would pick psycopg 3.
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            url = "postgresql+psycopg2://" + url[len(plain) :]
+    return url
+
+
+def configure_options(dialect_name: str) -> dict:
+    """Options shared by online and offline runs; the tasks may add or override some."""
+    options = {
+        "target_metadata": target_metadata,
+        "render_as_batch": dialect_name == "sqlite",
+        "compare_type": True,
+        "transaction_per_migration": True,
+    }
+    options.update(attributes.get("configure_kwargs", {}))
+    return options
+
+
+def run_migrations_offline() -> None:
+    """Render SQL instead of running it (``--sql``, dry-run, lint)."""
+    dialect_name = attributes.get("dialect_name")
+    if dialect_name:
+        context.configure(
+            dialect_name=dialect_name, literal_binds=True, **configure_options(dialect_name)
+        )
+    else:
+        url = database_url()
+        context.configure(
+            url=url, literal_binds=True, **configure_options(url.split(":", 1)[0].split("+", 1)[0])
+        )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_with(connection) -> None:
+    context.configure(connection=connection, **configure_options(connection.dialect.name))
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = attributes.get("connection")
+    if connection is not None:
+        run_with(connection)
+        return
+    url = database_url()
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        (ROOT / url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{ROOT / url[len('sqlite:///') :]}"
+    engine = create_engine(url, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            run_with(connection)
+    finally:
+        engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,25 @@
+"""rename orders.total_cents to amount_cents
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-11-25 00:00:06
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("orders") as batch:
+        batch.alter_column("total_cents", new_column_name="amount_cents")
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("orders") as batch:
+        batch.alter_column("amount_cents", new_column_name="total_cents")

@@ -1,0 +1,241 @@
+"""Alembic through its Python API, in process: config, revisions, current state, offline SQL.
+
+Nothing here runs the ``alembic`` executable; the tasks own connections and
+hand them to ``migrations/env.py`` through ``config.attributes``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tasks.config import PROJECT_ROOT
+from tasks.errors import ConfigError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import Script, ScriptDirectory
+    from sqlalchemy.engine import Connection
+
+ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
+
+
+@dataclass(frozen=True)
+class Revision:
+    """What the tasks show of one revision script."""
+
+    revision: str
+    down_revision: str | None
+    message: str
+    path: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "down_revision": self.down_revision,
+            "message": self.message,
+            "path": self.path,
+        }
+
+
+def alembic_config(
+    ini: Path = ALEMBIC_INI, script_location: Path | None = None, **attributes: Any
+) -> Config:
+    """An Alembic Config that leaves logging alone; ``attributes`` reach env.py."""
+    from alembic.config import Config
+
+    cfg = Config(str(ini))
+    if script_location is not None:
+        cfg.set_main_option("script_location", str(script_location))
+    cfg.attributes["configure_logger"] = False
+    cfg.attributes.update(attributes)
+    return cfg
+
+
+def script_directory(cfg: Config) -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(cfg)
+
+
+def describe(script: Script) -> Revision:
+    down = script.down_revision
+    if isinstance(down, (tuple, list)):
+        down = ",".join(down)
+    return Revision(
+        revision=script.revision,
+        down_revision=down,
+        message=(script.doc or "").strip(),
+        path=str(Path(script.path).resolve().relative_to(PROJECT_ROOT))
+        if Path(script.path).resolve().is_relative_to(PROJECT_ROOT)
+        else script.path,
+    )
+
+
+def heads(scripts: ScriptDirectory) -> list[str]:
+    return list(scripts.get_heads())
+
+
+def history(scripts: ScriptDirectory) -> list[Revision]:
+    """Every revision, oldest first."""
+    return [describe(s) for s in reversed(list(scripts.walk_revisions()))]
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The revision in ``alembic_version``; None when the table is absent or empty."""
+    from alembic.runtime.migration import MigrationContext
+
+    context = MigrationContext.configure(connection)
+    heads_now = context.get_current_heads()
+    if len(heads_now) > 1:
+        return ",".join(heads_now)
+    return heads_now[0] if heads_now else None
+
+
+def resolve_revision(scripts: ScriptDirectory, target: str) -> str | None:
+    """A revision id (or ``head``/``base``/a unique prefix) to one id; None means base."""
+    from alembic.util import CommandError
+
+    if target == "base":
+        return None
+    try:
+        if target == "head":
+            found = scripts.get_current_head()
+            if found is None:
+                raise ConfigError("There are no revisions yet; create one with `invoke generate`.")
+            return found
+        script = scripts.get_revision(target)
+    except CommandError as exc:
+        text = str(exc)
+        if "multiple heads" in text.lower():
+            raise ConfigError(
+                f"The scripts have several heads ({', '.join(heads(scripts))}); "
+                "merge them with `alembic merge heads` first."
+            ) from None
+        raise ConfigError(
+            f"Unknown revision '{target}'; `invoke status` lists the revisions that exist."
+        ) from None
+    if script is None:
+        return None
+    if isinstance(script, tuple):
+        raise ConfigError(f"Revision '{target}' is ambiguous; give more of its id.")
+    return script.revision
+
+
+def upgrade_path(
+    scripts: ScriptDirectory, current: str | None, target: str | None
+) -> list[Revision]:
+    """Revisions that an upgrade from ``current`` to ``target`` applies, in order."""
+    if target is None or target == current:
+        return []
+    ancestors = {s.revision for s in scripts.iterate_revisions(target, "base")}
+    if current is not None and current not in ancestors:
+        return []
+    steps = list(scripts.iterate_revisions(target, current or "base"))
+    return [describe(s) for s in reversed(steps) if s.revision != current]
+
+
+def downgrade_path(
+    scripts: ScriptDirectory, current: str | None, target: str | None
+) -> list[Revision]:
+    """Revisions that a downgrade from ``current`` to ``target`` undoes, newest first."""
+    if current is None or target == current:
+        return []
+    steps = list(scripts.iterate_revisions(current, target or "base"))
+    return [describe(s) for s in steps if s.revision != target]
+
+
+def is_ancestor(scripts: ScriptDirectory, older: str | None, newer: str | None) -> bool:
+    if older is None:
+        return True
+    if newer is None:
+        return False
+    return older in {s.revision for s in scripts.iterate_revisions(newer, "base")}
+
+
+@dataclass(frozen=True)
+class RenderedRevision:
+    """The offline SQL of one revision, or why it could not be rendered."""
+
+    revision: str
+    message: str
+    path: str
+    sql: str | None
+    error: str | None
+
+
+@contextmanager
+def _captured(cfg: Config) -> Iterator[io.StringIO]:
+    buffer = io.StringIO()
+    previous = cfg.output_buffer
+    cfg.output_buffer = buffer
+    try:
+        yield buffer
+    finally:
+        cfg.output_buffer = previous
+
+
+def render_sql(
+    cfg: Config, scripts: ScriptDirectory, path: list[Revision], upgrade: bool = True
+) -> list[RenderedRevision]:
+    """Offline SQL one revision at a time, so one that reads rows cannot hide the others."""
+    from alembic import command
+
+    rendered = []
+    for step in path:
+        if upgrade:
+            start = step.down_revision or "base"
+            span = f"{start}:{step.revision}"
+        else:
+            span = f"{step.revision}:{step.down_revision or 'base'}"
+        with _captured(cfg) as buffer:
+            try:
+                if upgrade:
+                    command.upgrade(cfg, span, sql=True)
+                else:
+                    command.downgrade(cfg, span, sql=True)
+            except Exception as exc:  # noqa: BLE001 - any error in user code means "cannot render"
+                rendered.append(
+                    RenderedRevision(
+                        step.revision, step.message, step.path, None, f"{type(exc).__name__}: {exc}"
+                    )
+                )
+                continue
+        rendered.append(
+            RenderedRevision(step.revision, step.message, step.path, buffer.getvalue(), None)
+        )
+    return rendered
+
+
+@dataclass(frozen=True)
+class Project:
+    """Where the migrations live: an ``alembic.ini`` and, optionally, another script folder.
+
+    ``attributes`` reach ``migrations/env.py``; tests use them to hand in models.
+    """
+
+    ini: Path = ALEMBIC_INI
+    script_location: Path | None = None
+    attributes: tuple[tuple[str, Any], ...] = ()
+
+    def config(self, **attributes: Any) -> Config:
+        return alembic_config(self.ini, self.script_location, **dict(self.attributes), **attributes)
+
+    def scripts(self) -> ScriptDirectory:
+        return script_directory(self.config())
+
+    def metadata(self) -> Any:
+        """The models the database is compared with after migrating."""
+        given = dict(self.attributes)
+        if "target_metadata" in given:
+            return given["target_metadata"]
+        import importlib
+
+        return importlib.import_module("migrations.models").metadata
+
+
+DEFAULT_PROJECT = Project()

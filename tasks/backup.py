@@ -1,0 +1,375 @@
+"""The backup step: a verified backup with a manifest (size, sha256), files 0600,
+old backups pruned by the environment's retention.
+
+PostgreSQL goes through ``pg_dump`` with the password in the child's
+environment, never its argv; SQLite through the ``sqlite3`` backup API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tasks.config import Environment
+from tasks.database import sqlite_path
+from tasks.errors import BackupError
+
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    path: str
+    manifest: str
+    environment: str
+    format: str
+    revision: str | None
+    size: int
+    sha256: str
+    created_at: str
+    duration: float
+    verify_seconds: float
+    tables: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def backup_name(env: Environment, revision: str | None, now: datetime, fmt: str) -> str:
+    stamp = now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
+    suffix = {"custom": ".dump", "directory": ".dir", "sqlite": ".sqlite3"}[fmt]
+    return f"{env.name}-{stamp}-{revision or 'base'}{suffix}"
+
+
+def pg_environment(url: str) -> dict[str, str]:
+    """libpq variables for a child process: the password travels here, not in argv."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    child = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    values = {
+        "PGHOST": parsed.host,
+        "PGPORT": parsed.port,
+        "PGUSER": parsed.username,
+        "PGPASSWORD": parsed.password,
+        "PGDATABASE": parsed.database,
+    }
+    child.update({k: str(v) for k, v in values.items() if v is not None})
+    child["PGCONNECT_TIMEOUT"] = "10"
+    for key, value in parsed.query.items():
+        if key == "sslmode":
+            child["PGSSLMODE"] = str(value)
+    return child
+
+
+def find_binary(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise BackupError(
+            f"{name} is not on PATH; install the PostgreSQL client "
+            "(Debian: apt-get install postgresql-client) or add its folder to PATH."
+        )
+    return found
+
+
+def sha256_of(path: Path) -> str:
+    """Checksum of a file, or of a directory's files in name order."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1024 * 1024):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def size_of(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.exists() else 0
+
+
+def prepare_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(folder, 0o700)
+    except OSError as exc:
+        raise BackupError(
+            f"Cannot create the backup folder {folder}: {exc.strerror}; "
+            "choose a writable backup.folder."
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BackupError(
+            f"The backup folder {folder} is not writable; fix its permissions "
+            "or choose another backup.folder."
+        )
+
+
+class Progress:
+    """One self-rewriting line on a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool | None = None, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+
+    def show(self, text: str) -> None:
+        if self.enabled:
+            self.stream.write("\r\033[K" + text)
+            self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def dump_postgres(env: Environment, target: Path, tables_total: int, progress: Progress) -> None:
+    """Run pg_dump with a timeout; a partial file is removed on any failure."""
+    settings = env.settings.backup
+    argv = [
+        find_binary("pg_dump"),
+        "--no-password",
+        "--verbose",
+        f"--format={settings.format}",
+        f"--file={target}",
+        f"--compress={settings.compression}",
+    ]
+    if settings.format == "directory" and settings.jobs > 1:
+        argv.append(f"--jobs={settings.jobs}")
+    process = subprocess.Popen(
+        argv,
+        env=pg_environment(env.url),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+    )
+    errors: list[str] = []
+    done = [0]
+
+    def read_stderr() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if "dumping contents of table" in line:
+                done[0] += 1
+            elif "error" in line.lower() or "fatal" in line.lower():
+                errors.append(line.strip())
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + settings.timeout
+    try:
+        while process.poll() is None:
+            if time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                raise BackupError(
+                    f"pg_dump did not finish within backup.timeout={settings.timeout:g}s; "
+                    "the partial backup was removed. Raise the timeout or use the directory "
+                    "format with more jobs."
+                )
+            progress.show(
+                f"backup: {done[0]}/{tables_total} tables, "
+                f"{size_of(target) / 1024 / 1024:,.1f} MB written"
+            )
+            time.sleep(0.2)
+        reader.join(timeout=5)
+        if process.returncode != 0:
+            detail = errors[0] if errors else f"exit code {process.returncode}"
+            raise BackupError(f"pg_dump failed: {detail}")
+    except BaseException:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        _remove(target)
+        raise
+    finally:
+        progress.done()
+
+
+def verify_postgres(env: Environment, target: Path) -> int:
+    """``pg_restore --list`` must read the archive; returns its count of table-data entries."""
+    result = subprocess.run(
+        [find_binary("pg_restore"), "--list", str(target)],
+        env=pg_environment(env.url),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=env.settings.backup.timeout,
+    )
+    if result.returncode != 0:
+        raise BackupError(
+            f"The backup {target.name} cannot be read back by pg_restore: "
+            f"{result.stderr.strip().splitlines()[0] if result.stderr else ''}"
+        )
+    return sum(1 for line in result.stdout.splitlines() if " TABLE DATA " in line)
+
+
+def backup_sqlite(env: Environment, target: Path, progress: Progress) -> int:
+    """Online copy with the backup API, then ``PRAGMA integrity_check`` on the copy."""
+    import sqlite3
+
+    source_path = sqlite_path(env.url)
+    if source_path is None or not Path(source_path).exists():
+        raise BackupError(f"There is no SQLite database at {source_path} to back up yet.")
+    source = sqlite3.connect(source_path)
+    copy = sqlite3.connect(target)
+    try:
+        source.backup(
+            copy,
+            pages=256,
+            progress=lambda _s, left, total: progress.show(f"backup: {total - left}/{total} pages"),
+        )
+        result = copy.execute("PRAGMA integrity_check").fetchone()[0]
+        if result != "ok":
+            raise BackupError(f"The SQLite copy {target.name} failed its integrity check: {result}")
+        return copy.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+    except sqlite3.Error as exc:
+        _remove(target)
+        raise BackupError(f"Cannot back up {source_path}: {exc}") from None
+    finally:
+        copy.close()
+        source.close()
+        progress.done()
+
+
+def _restrict(path: Path) -> None:
+    if path.is_dir():
+        os.chmod(path, 0o700)
+        for file in path.rglob("*"):
+            os.chmod(file, 0o700 if file.is_dir() else 0o600)
+    else:
+        os.chmod(path, 0o600)
+
+
+def write_manifest(info: BackupInfo, masked_url: str) -> None:
+    data = info.to_dict() | {"database": masked_url}
+    manifest = Path(info.manifest)
+    fd = os.open(manifest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)
+
+
+def take_backup(
+    env: Environment,
+    revision: str | None,
+    progress: Progress | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> BackupInfo:
+    """Back up, verify, checksum, write the manifest, prune; returns what was made."""
+    from sqlalchemy import text
+
+    from tasks.database import make_engine
+
+    progress = progress or Progress()
+    folder = env.backup_dir
+    prepare_folder(folder)
+    fmt = "sqlite" if env.is_sqlite else env.settings.backup.format
+    created = now()
+    target = folder / backup_name(env, revision, created, fmt)
+    started = time.perf_counter()
+    try:
+        if env.is_sqlite:
+            tables = backup_sqlite(env, target, progress)
+            verify_started = time.perf_counter()
+        else:
+            engine = make_engine(env, role="backup")
+            try:
+                with engine.connect() as connection:
+                    total = connection.execute(
+                        text(
+                            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = "
+                            "c.relnamespace WHERE c.relkind IN ('r','p') AND n.nspname NOT IN "
+                            "('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'"
+                        )
+                    ).scalar_one()
+            finally:
+                engine.dispose()
+            dump_postgres(env, target, total, progress)
+            verify_started = time.perf_counter()
+            tables = verify_postgres(env, target)
+        _restrict(target)
+        digest = sha256_of(target)
+    except OSError as exc:
+        _remove(target)
+        raise BackupError(
+            f"Writing the backup {target} failed: {exc.strerror or exc}; "
+            "check free space and permissions in the backup folder."
+        ) from None
+    except BackupError:
+        _remove(target)
+        raise
+    finished = time.perf_counter()
+    info = BackupInfo(
+        path=str(target),
+        manifest=str(target) + MANIFEST_SUFFIX,
+        environment=env.name,
+        format=fmt,
+        revision=revision,
+        size=size_of(target),
+        sha256=digest,
+        created_at=created.isoformat(),
+        duration=round(finished - started, 4),
+        verify_seconds=round(finished - verify_started, 4),
+        tables=tables,
+    )
+    write_manifest(info, env.masked_url)
+    prune_backups(env, keep_path=target, now=created)
+    return info
+
+
+def list_backups(env: Environment) -> list[dict[str, Any]]:
+    """Manifests of this environment's backups, newest first."""
+    found = []
+    folder = env.backup_dir
+    if not folder.exists():
+        return []
+    for manifest in folder.glob(f"{env.name}-*{MANIFEST_SUFFIX}"):
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if data.get("environment") == env.name:
+            data["manifest"] = str(manifest)
+            found.append(data)
+    return sorted(found, key=lambda d: d["created_at"], reverse=True)
+
+
+def prune_backups(env: Environment, keep_path: Path, now: datetime) -> list[str]:
+    """Drop backups beyond ``keep`` newest or older than ``keep_days``; never ``keep_path``."""
+    settings = env.settings.backup
+    removed = []
+    for index, data in enumerate(list_backups(env)):
+        path = Path(data["path"])
+        if path == keep_path:
+            continue
+        too_many = settings.keep is not None and index >= settings.keep
+        too_old = settings.keep_days is not None and (
+            datetime.fromisoformat(data["created_at"]) < now - timedelta(days=settings.keep_days)
+        )
+        if too_many or too_old:
+            _remove(path)
+            Path(data["manifest"]).unlink(missing_ok=True)
+            removed.append(str(path))
+    return removed

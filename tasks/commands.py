@@ -1,0 +1,260 @@
+"""The Invoke tasks: parse flags, load the environment, call the steps, map errors to exits.
+
+Heavy libraries are imported inside the tasks so that `invoke --list` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from invoke import Collection, Exit, task
+
+from tasks.errors import EXIT_BLOCKED, EXIT_FAILED, ToolError, UsageError
+
+ENV_HELP = "environment name, a file in environments/ (default: local)"
+JSON_HELP = "print machine-readable JSON instead of text"
+RUN_HELP = {
+    "env": ENV_HELP,
+    "revision": "target revision id, 'head' or a unique prefix",
+    "backup": "take a verified backup before migrating",
+    "no_backup": "skip the backup (refused where the environment requires one)",
+    "skip_health_checks": "run even if a blocking health check fails",
+    "skip_validation": "do not validate the database after migrating",
+    "yes": "do not ask for confirmation (required without a terminal)",
+    "dry_run": "print the SQL that would run; change nothing",
+}
+
+
+def edge(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn our errors into one sentence on stderr and the documented exit code."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except ToolError as exc:
+            raise Exit(f"error: {exc.message}", code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise Exit("interrupted", code=EXIT_BLOCKED) from None
+        except EOFError:
+            raise Exit(
+                "error: no answer on standard input; pass --yes to run unattended.",
+                code=EXIT_BLOCKED,
+            ) from None
+
+    return wrapper
+
+
+def _environment(name: str | None) -> Any:
+    from tasks.config import load_environment
+
+    return load_environment(name)
+
+
+def _backup_flag(backup: bool, no_backup: bool) -> bool | None:
+    if backup and no_backup:
+        raise UsageError("--backup and --no-backup contradict each other; pass one of them.")
+    return True if backup else False if no_backup else None
+
+
+def _interactive() -> bool:
+    from tasks.confirm import is_interactive
+
+    return is_interactive()
+
+
+@task(help={"env": ENV_HELP, "json_": JSON_HELP})
+@edge
+def status(c: Any, env: str | None = None, json_: bool = False) -> None:
+    """Current revision, applied history and pending migrations."""
+    from tasks.status import get_status
+
+    result = get_status(_environment(env))
+    print(json.dumps(result.to_dict(), indent=2) if json_ else result.render())
+
+
+@task
+@edge
+def heads(c: Any) -> None:
+    """The scripts' heads; warns (exit 1) when there are several."""
+    from tasks.alembic_api import DEFAULT_PROJECT
+    from tasks.alembic_api import heads as find_heads
+
+    found = find_heads(DEFAULT_PROJECT.scripts())
+    for head in found:
+        print(head)
+    if len(found) > 1:
+        raise Exit(
+            f"warning: {len(found)} heads; merge them with `alembic merge heads`.", code=EXIT_FAILED
+        )
+
+
+@task(
+    help={
+        "message": "what the revision does (required)",
+        "autogenerate": "fill the revision from the difference between models and the "
+        "database of --env",
+        "env": ENV_HELP + "; used with --autogenerate",
+    }
+)
+@edge
+def generate(c: Any, message: str = "", autogenerate: bool = False, env: str | None = None) -> None:
+    """Create a new revision script in migrations/versions."""
+    from tasks.generate import new_revision
+
+    if not message.strip():
+        raise UsageError("A revision needs a message: invoke generate -m 'add orders table'.")
+    print(new_revision(message, autogenerate, _environment(env) if autogenerate else None))
+
+
+def _run(
+    env: str | None,
+    revision: str,
+    direction: str,
+    backup: bool,
+    no_backup: bool,
+    skip_health_checks: bool,
+    skip_validation: bool,
+    yes: bool,
+    dry_run: bool,
+) -> None:
+    from tasks.pipeline import RunOptions, migrate
+
+    environment = _environment(env)
+    options = RunOptions(
+        revision=revision,
+        direction=direction,  # type: ignore[arg-type]
+        backup=_backup_flag(backup, no_backup),
+        skip_health_checks=skip_health_checks,
+        skip_validation=skip_validation,
+        yes=yes,
+        dry_run=dry_run,
+        interactive=_interactive(),
+    )
+    migrate(environment, options)
+
+
+@task(aliases=["upgrade"], help=RUN_HELP)
+@edge
+def migrate(
+    c: Any,
+    env: str | None = None,
+    revision: str = "head",
+    backup: bool = False,
+    no_backup: bool = False,
+    skip_health_checks: bool = False,
+    skip_validation: bool = False,
+    yes: bool = False,
+    dry_run: bool = False,
+) -> None:
+    """Health, backup, confirm, upgrade, validate, report (alias: upgrade)."""
+    _run(
+        env,
+        revision,
+        "upgrade",
+        backup,
+        no_backup,
+        skip_health_checks,
+        skip_validation,
+        yes,
+        dry_run,
+    )
+
+
+@task(help=RUN_HELP | {"revision": "revision to go down to (required): an id or 'base'"})
+@edge
+def downgrade(
+    c: Any,
+    revision: str = "",
+    env: str | None = None,
+    backup: bool = False,
+    no_backup: bool = False,
+    skip_health_checks: bool = False,
+    skip_validation: bool = False,
+    yes: bool = False,
+    dry_run: bool = False,
+) -> None:
+    """The pipeline downward, to an explicit --revision."""
+    if not revision:
+        raise UsageError("downgrade needs an explicit target: --revision <id> or --revision base.")
+    _run(
+        env,
+        revision,
+        "downgrade",
+        backup,
+        no_backup,
+        skip_health_checks,
+        skip_validation,
+        yes,
+        dry_run,
+    )
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "restore": "restore the last run's backup instead of downgrading",
+        "yes": RUN_HELP["yes"],
+    }
+)
+@edge
+def rollback(c: Any, env: str | None = None, restore: bool = False, yes: bool = False) -> None:
+    """Undo the last migrate: downgrade to its pre-revision, or restore its backup."""
+    from tasks.pipeline import rollback as undo
+
+    undo(_environment(env), restore, yes, _interactive())
+
+
+@task(help={"env": ENV_HELP})
+@edge
+def backup(c: Any, env: str | None = None) -> None:
+    """Take a verified backup (manifest with size and sha256) and prune old ones."""
+    from tasks.pipeline import backup as take
+
+    take(_environment(env))
+
+
+@task(
+    name="restore",
+    help={"env": ENV_HELP, "backup": "a backup path, or 'latest'", "yes": RUN_HELP["yes"]},
+)
+@edge
+def restore_task(c: Any, backup: str = "", env: str | None = None, yes: bool = False) -> None:
+    """Verify a backup's checksum, then restore it (all or nothing)."""
+    from tasks.pipeline import restore as put_back
+
+    if not backup:
+        raise UsageError("restore needs --backup PATH or --backup latest.")
+    put_back(_environment(env), backup, yes, _interactive())
+
+
+@task(help={"env": ENV_HELP, "revision": "target revision the checks apply to", "json_": JSON_HELP})
+@edge
+def health(c: Any, env: str | None = None, revision: str = "head", json_: bool = False) -> None:
+    """The health step alone; exit 0 unless a blocking check fails (then 3)."""
+    from tasks.alembic_api import DEFAULT_PROJECT
+    from tasks.health import blocking, run_health
+    from tasks.results import format_results
+
+    results = run_health(_environment(env), DEFAULT_PROJECT, revision)
+    if json_:
+        print(
+            json.dumps(
+                {"ok": not blocking(results), "checks": [r.to_dict() for r in results]}, indent=2
+            )
+        )
+    else:
+        print(format_results(results))
+    failed = blocking(results)
+    if failed:
+        raise Exit(f"blocked: {', '.join(r.name for r in failed)}", code=EXIT_BLOCKED)
+
+
+ns = Collection(status, heads, generate, migrate, downgrade, rollback, backup, restore_task, health)
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("Run these through invoke: invoke --list")

@@ -1,0 +1,238 @@
+"""Environments: ``environments/<name>.yml`` loaded, validated and resolved.
+
+A file is checked when loaded, so a typo stops the run with one sentence that
+names the file, the key and what is allowed, before anything touches a database.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
+
+from tasks.errors import ConfigError
+from tasks.masking import mask_url, url_password
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENVIRONMENTS_DIR = PROJECT_ROOT / "environments"
+DEFAULT_ENVIRONMENT = "local"
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class DatabaseSettings(_Section):
+    url: str = Field(min_length=1)
+    connect_timeout: float = Field(default=10.0, gt=0, le=600)
+
+
+class HealthSettings(_Section):
+    min_free_disk_mb: int = Field(default=100, ge=0)
+    max_transaction_age: float = Field(default=300.0, gt=0)
+    check_blocking_sessions: bool = True
+
+
+class BackupSettings(_Section):
+    required: bool = False
+    folder: str = "var/backups"
+    format: Literal["custom", "directory"] = "custom"
+    jobs: int = Field(default=1, ge=1, le=64)
+    compression: int = Field(default=6, ge=0, le=9)
+    timeout: float = Field(default=3600.0, gt=0)
+    keep: int | None = Field(default=10, ge=1)
+    keep_days: int | None = Field(default=None, ge=1)
+
+
+class MigrationSettings(_Section):
+    lock_timeout: float = Field(default=2.0, ge=0)
+    statement_timeout: float = Field(default=0.0, ge=0)
+    retries: int = Field(default=3, ge=0, le=100)
+    retry_backoff: float = Field(default=1.0, ge=0)
+    lock_wait: float = Field(default=60.0, ge=0)
+    transaction_per_migration: bool = True
+
+
+class PolicySettings(_Section):
+    confirm: Literal["never", "prompt", "typed"] = "prompt"
+    allow_downgrade: bool = True
+    allow_rollback: bool = True
+    auto_rollback: bool = False
+
+
+class ReportSettings(_Section):
+    folder: str = "var/reports"
+    retention_days: int = Field(default=30, ge=1)
+
+
+class EnvironmentFile(_Section):
+    description: str = ""
+    database: DatabaseSettings
+    health: HealthSettings = HealthSettings()
+    backup: BackupSettings = BackupSettings()
+    migration: MigrationSettings = MigrationSettings()
+    policy: PolicySettings = PolicySettings()
+    reports: ReportSettings = ReportSettings()
+
+
+@dataclass(frozen=True)
+class Environment:
+    """A loaded environment: settings plus the resolved (secret) URL."""
+
+    name: str
+    path: Path
+    url: str
+    settings: EnvironmentFile
+    root: Path = PROJECT_ROOT
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.url)
+
+    @property
+    def password(self) -> str | None:
+        return url_password(self.url)
+
+    @property
+    def dialect(self) -> str:
+        return self.url.split(":", 1)[0].split("+", 1)[0]
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    @property
+    def is_production(self) -> bool:
+        return self.name == "production"
+
+    def resolve(self, folder: str) -> Path:
+        """A folder from the file, relative to the project root unless absolute."""
+        path = Path(folder)
+        return path if path.is_absolute() else self.root / path
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.resolve(self.settings.backup.folder)
+
+    @property
+    def report_dir(self) -> Path:
+        return self.resolve(self.settings.reports.folder)
+
+
+def known_environments(directory: Path = ENVIRONMENTS_DIR) -> list[str]:
+    return sorted(p.stem for p in directory.glob("*.yml"))
+
+
+def substitute(template: str, environ: dict[str, str], where: str) -> str:
+    """Fill ``${VAR}`` placeholders; values are URL-quoted so any password is safe."""
+    missing = [n for n in dict.fromkeys(_PLACEHOLDER.findall(template)) if n not in environ]
+    if missing:
+        names = ", ".join(missing)
+        noun = "variable" if len(missing) == 1 else "variables"
+        raise ConfigError(
+            f"{where} needs the environment {noun} {names}, not set; "
+            f"export {names} (or set DATABASE_URL to the whole URL)."
+        )
+    return _PLACEHOLDER.sub(lambda m: quote(environ[m.group(1)], safe=""), template)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key '{key}'; remove it or check its spelling"
+    if kind == "missing":
+        return f"missing key '{key}'"
+    return f"key '{key}' {error['msg'][0].lower()}{error['msg'][1:]} (got {error['input']!r})"
+
+
+def parse_environment(name: str, path: Path, data: object) -> EnvironmentFile:
+    """Validate the YAML data of one file; raise ConfigError naming the key."""
+    where = _relative(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping of settings, not {type(data).__name__}.")
+    try:
+        return EnvironmentFile.model_validate(data)
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"{where}: {_describe(first)}.") from None
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def load_environment(
+    name: str | None = None,
+    environ: dict[str, str] | None = None,
+    directory: Path | None = None,
+) -> Environment:
+    """Load ``environments/<name>.yml``; ``DATABASE_URL`` overrides the file's URL."""
+    import yaml
+
+    name = name or DEFAULT_ENVIRONMENT
+    environ = dict(os.environ if environ is None else environ)
+    directory = directory or Path(environ.get("MIGRATE_ENVIRONMENTS_DIR") or ENVIRONMENTS_DIR)
+    known = known_environments(directory)
+    if not _NAME.match(name) or name not in known:
+        raise ConfigError(
+            f"Unknown environment '{name}'; choose one of: {', '.join(known)} "
+            f"(files in {_relative(directory)}/)."
+        )
+    path = directory / f"{name}.yml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{_relative(path)} is not valid YAML{line}; fix its syntax.") from None
+    settings = parse_environment(name, path, data)
+    if environ.get("DATABASE_URL"):
+        url = environ["DATABASE_URL"]
+    else:
+        url = substitute(settings.database.url, environ, f"{_relative(path)} (database.url)")
+    url = _normalise(url)
+    _check_url(url, path)
+    return Environment(name=name, path=path, url=url, settings=settings)
+
+
+def _normalise(url: str) -> str:
+    """Relative SQLite paths start at the project root; PostgreSQL uses psycopg2."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg2://" + url[len(plain) :]
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix:
+        rest = url[len(prefix) :]
+        if rest != ":memory:":
+            return prefix + str(PROJECT_ROOT / rest)
+    return url
+
+
+def _check_url(url: str, path: Path) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"The database URL for {_relative(path)} is not a valid URL ({mask_url(url)}); "
+            "write it as dialect://user:password@host:port/name."
+        ) from None
+    if parsed.get_backend_name() not in {"postgresql", "sqlite"}:
+        raise ConfigError(
+            f"The database URL for {_relative(path)} uses '{parsed.get_backend_name()}'; "
+            "only postgresql and sqlite are supported."
+        )

@@ -1,0 +1,78 @@
+"""Engines and connections with the environment's timeouts, and nothing else."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from tasks.config import Environment
+
+APPLICATION_NAME = "alembic-invoke"
+
+
+def application_name(role: str = "run") -> str:
+    """Names our sessions in pg_stat_activity: tool, role, host and pid."""
+    return f"{APPLICATION_NAME}:{role}:{socket.gethostname()}:{os.getpid()}"[:63]
+
+
+def make_engine(
+    env: Environment,
+    role: str = "run",
+    lock_timeout: float | None = None,
+    statement_timeout: float | None = None,
+    autocommit: bool = False,
+) -> Engine:
+    """An engine without a pool: every connection is opened on purpose and closed after."""
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.pool import NullPool
+
+    timeout = env.settings.database.connect_timeout
+    connect_args: dict[str, Any] = {}
+    options: dict[str, Any] = {"poolclass": NullPool}
+    if env.is_sqlite:
+        connect_args["timeout"] = timeout
+        _ensure_sqlite_folder(env.url)
+    else:
+        # libpq takes whole seconds and treats anything below 2 as 2.
+        connect_args["connect_timeout"] = max(2, math.ceil(timeout))
+        connect_args["application_name"] = application_name(role)
+        settings = []
+        if lock_timeout is not None:
+            settings.append(f"-c lock_timeout={int(lock_timeout * 1000)}")
+        if statement_timeout is not None:
+            settings.append(f"-c statement_timeout={int(statement_timeout * 1000)}")
+        if settings:
+            connect_args["options"] = " ".join(settings)
+    if autocommit:
+        options["isolation_level"] = "AUTOCOMMIT"
+    engine = create_engine(env.url, connect_args=connect_args, **options)
+    if env.is_sqlite:
+        event.listen(engine, "connect", _sqlite_foreign_keys)
+    return engine
+
+
+def _sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _ensure_sqlite_folder(url: str) -> None:
+    from pathlib import Path
+
+    path = sqlite_path(url)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file behind a SQLite URL, or None for an in-memory database."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    return None if not database or database == ":memory:" else database

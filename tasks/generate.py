@@ -1,0 +1,28 @@
+"""`invoke generate`: a new revision through Alembic's revision command."""
+
+from __future__ import annotations
+
+from tasks.alembic_api import DEFAULT_PROJECT, Project
+from tasks.config import Environment
+from tasks.database import make_engine
+
+
+def new_revision(
+    message: str, autogenerate: bool, env: Environment | None, project: Project = DEFAULT_PROJECT
+) -> str:
+    """Write the revision file; with autogenerate, diff the models against ``env``'s database."""
+    from alembic import command
+
+    if not autogenerate or env is None:
+        script = command.revision(project.config(), message=message)
+    else:
+        engine = make_engine(env, role="generate")
+        try:
+            with engine.connect() as connection:
+                script = command.revision(
+                    project.config(connection=connection), message=message, autogenerate=True
+                )
+        finally:
+            engine.dispose()
+    scripts = script if isinstance(script, list) else [script]
+    return "\n".join(f"created {s.path}" for s in scripts if s is not None)

@@ -1,0 +1,243 @@
+"""The health step: can the migration start safely right now?
+
+Each check is a function returning a StepResult. Blocking failures stop a run
+(exit 3); low disk is a warning; a missing ``alembic_version`` means "first
+migration", which is fine.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+from tasks.alembic_api import Project, heads, resolve_revision
+from tasks.config import Environment
+from tasks.database import make_engine, sqlite_path
+from tasks.errors import ConfigError
+from tasks.results import StepResult, timed
+
+MB = 1024 * 1024
+
+
+def check_connection(env: Environment) -> StepResult:
+    """Connect within ``database.connect_timeout``; a silent host fails at the deadline."""
+    timeout = env.settings.database.connect_timeout
+    outcome: dict[str, Any] = {}
+
+    def attempt() -> None:
+        from sqlalchemy import text
+
+        engine = make_engine(env, role="health")
+        try:
+            with engine.connect() as connection:
+                outcome["version"] = connection.execute(
+                    text("SELECT sqlite_version()" if env.is_sqlite else "SHOW server_version")
+                ).scalar()
+        except Exception as exc:  # reported below, never swallowed
+            outcome["error"] = exc
+        finally:
+            engine.dispose()
+
+    with timed() as clock:
+        worker = threading.Thread(target=attempt, daemon=True)
+        worker.start()
+        worker.join(timeout)
+    if worker.is_alive():
+        return StepResult(
+            "connection",
+            False,
+            f"no answer from {env.masked_url} within {timeout:g}s "
+            "(host unreachable or not a database server)",
+            duration=clock.seconds,
+            details={"timeout": timeout},
+        )
+    if "error" in outcome:
+        return StepResult(
+            "connection", False, connection_message(env, outcome["error"]), duration=clock.seconds
+        )
+    return StepResult(
+        "connection",
+        True,
+        f"connected, server {outcome['version']}",
+        duration=clock.seconds,
+        details={"server_version": outcome["version"]},
+    )
+
+
+def connection_message(env: Environment, exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if "refused" in text.lower():
+        return f"connection refused by {env.masked_url} (is the server running on that port?)"
+    if "password authentication failed" in text.lower():
+        return f"password rejected for {env.masked_url}; check DB_USER and DB_PASSWORD"
+    if "timeout" in text.lower() or "timed out" in text.lower():
+        return f"no answer from {env.masked_url} within the connect timeout"
+    return f"cannot connect to {env.masked_url}: {first}"
+
+
+def database_size(env: Environment, connection: Any) -> int:
+    from sqlalchemy import text
+
+    if env.is_sqlite:
+        path = sqlite_path(env.url)
+        return Path(path).stat().st_size if path and Path(path).exists() else 0
+    return int(connection.execute(text("SELECT pg_database_size(current_database())")).scalar())
+
+
+def check_disk(env: Environment, db_size: int | None) -> StepResult:
+    """Free space where backups go, against the configured minimum and the database size."""
+    with timed() as clock:
+        folder = env.backup_dir
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        free = shutil.disk_usage(existing).free
+        need = max(env.settings.health.min_free_disk_mb * MB, db_size or 0)
+    ok = free >= need
+    message = f"{free / MB:,.0f} MB free in {folder}, need {need / MB:,.0f} MB" + (
+        "" if ok else " (a backup may not fit)"
+    )
+    return StepResult(
+        "disk",
+        ok,
+        message,
+        severity="warning",
+        duration=clock.seconds,
+        details={"free_bytes": free, "needed_bytes": need, "database_bytes": db_size},
+    )
+
+
+def check_version_table(env: Environment, connection: Any) -> StepResult:
+    from sqlalchemy import inspect
+
+    with timed() as clock:
+        present = inspect(connection).has_table("alembic_version")
+    message = "alembic_version present" if present else "no alembic_version: first migration"
+    return StepResult(
+        "alembic_version",
+        True,
+        message,
+        severity="info",
+        duration=clock.seconds,
+        details={"present": present},
+    )
+
+
+def check_single_head(project: Project) -> StepResult:
+    with timed() as clock:
+        found = heads(project.scripts())
+    ok = len(found) == 1
+    message = (
+        f"one head: {found[0]}"
+        if ok
+        else f"{len(found)} heads ({', '.join(found) or 'none'}); merge them with "
+        "`alembic merge heads`"
+        if found
+        else "no revisions yet"
+    )
+    return StepResult("single_head", ok, message, duration=clock.seconds, details={"heads": found})
+
+
+def check_target(project: Project, target: str) -> StepResult:
+    with timed() as clock:
+        try:
+            resolved = resolve_revision(project.scripts(), target)
+            ok, message = True, f"target {target} is {resolved or 'base'}"
+        except ConfigError as exc:
+            resolved, ok, message = None, False, exc.message
+    return StepResult(
+        "target",
+        ok,
+        message,
+        duration=clock.seconds,
+        details={"target": target, "resolved": resolved},
+    )
+
+
+BLOCKERS_SQL = """
+SELECT a.pid, a.usename, a.application_name, a.state, a.wait_event_type,
+       EXTRACT(EPOCH FROM now() - a.xact_start) AS xact_age,
+       left(a.query, 120) AS query,
+       (SELECT string_agg(DISTINCT l.mode, ',') FROM pg_locks l
+         WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation'
+           AND l.mode NOT IN ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock'))
+       AS strong_locks
+FROM pg_stat_activity a
+WHERE a.datname = current_database()
+  AND a.pid <> pg_backend_pid()
+  AND a.backend_type = 'client backend'
+  AND a.application_name NOT LIKE 'alembic-invoke:%'
+  AND (a.wait_event_type = 'Lock'
+       OR (a.xact_start IS NOT NULL AND now() - a.xact_start > make_interval(secs => :age))
+       OR EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.granted
+                  AND l.locktype = 'relation'
+                  AND l.mode NOT IN ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock')))
+ORDER BY a.xact_start NULLS LAST
+"""
+
+
+def check_blocking_sessions(env: Environment, connection: Any) -> StepResult:
+    """Sessions waiting on locks, holding strong locks, or idle in an old transaction."""
+    from sqlalchemy import text
+
+    age = env.settings.health.max_transaction_age
+    with timed() as clock:
+        rows = connection.execute(text(BLOCKERS_SQL), {"age": age}).mappings().all()
+    sessions = [
+        {
+            "pid": r["pid"],
+            "user": r["usename"],
+            "application": r["application_name"],
+            "state": r["state"],
+            "waiting_on_lock": r["wait_event_type"] == "Lock",
+            "transaction_age": round(float(r["xact_age"] or 0), 1),
+            "strong_locks": r["strong_locks"],
+            "query": r["query"],
+        }
+        for r in rows
+    ]
+    if not sessions:
+        return StepResult(
+            "blocking_sessions", True, "no session holds or waits for locks", duration=clock.seconds
+        )
+    described = "; ".join(
+        f"pid {s['pid']} ({s['state']}, transaction {s['transaction_age']}s"
+        + (f", holds {s['strong_locks']}" if s["strong_locks"] else "")
+        + (", waiting on a lock" if s["waiting_on_lock"] else "")
+        + ")"
+        for s in sessions[:5]
+    )
+    return StepResult(
+        "blocking_sessions",
+        False,
+        f"{len(sessions)} session(s) would block DDL: {described}",
+        duration=clock.seconds,
+        details={"sessions": sessions},
+    )
+
+
+def run_health(env: Environment, project: Project, target: str = "head") -> list[StepResult]:
+    """All checks in order; a failed connection skips those that need the database."""
+    results = [check_connection(env)]
+    db_size: int | None = None
+    if results[0].ok:
+        engine = make_engine(env, role="health")
+        try:
+            with engine.connect() as connection:
+                db_size = database_size(env, connection)
+                results.append(check_version_table(env, connection))
+                if not env.is_sqlite and env.settings.health.check_blocking_sessions:
+                    results.append(check_blocking_sessions(env, connection))
+        finally:
+            engine.dispose()
+    results.append(check_disk(env, db_size))
+    results.append(check_single_head(project))
+    results.append(check_target(project, target))
+    return results
+
+
+def blocking(results: list[StepResult]) -> list[StepResult]:
+    return [r for r in results if r.blocks]

@@ -1,0 +1,424 @@
+"""The migrate pipeline: health -> backup -> confirm -> lock -> upgrade -> validate -> report.
+
+Each step is a function in its own module; this module only orders them,
+records each result and writes the report in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from tasks import alembic_api, confirm, health, report, upgrade, validate
+from tasks.alembic_api import DEFAULT_PROJECT, Project
+from tasks.backup import BackupInfo, Progress, take_backup
+from tasks.config import Environment
+from tasks.errors import (
+    EXIT_OK,
+    BlockedError,
+    ConfigError,
+    MigrationError,
+    ToolError,
+    UsageError,
+    ValidationError,
+)
+from tasks.locking import migration_lock
+from tasks.report import RunRecord, write_report
+from tasks.results import StepResult, format_results, timed
+from tasks.status import read_current
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The flags of `migrate`/`downgrade`, as plain values."""
+
+    revision: str = "head"
+    direction: upgrade.Direction = "upgrade"
+    backup: bool | None = None  # None: the environment decides
+    skip_health_checks: bool = False
+    skip_validation: bool = False
+    yes: bool = False
+    dry_run: bool = False
+    interactive: bool = False
+    operation: str | None = None
+
+
+@dataclass
+class Console:
+    """Where a run talks to its user; tests pass their own."""
+
+    say: Callable[[str], None] = print
+    ask: Callable[[str], str] = input
+    progress: Progress | None = None
+
+
+@contextmanager
+def recorded(
+    env: Environment, operation: str, console: Console, dry_run: bool = False
+) -> Iterator[RunRecord]:
+    """Run a body with a RunRecord; the report is written whatever happens."""
+    record = RunRecord(
+        environment=env.name, operation=operation, url=env.masked_url, dry_run=dry_run
+    )
+    started = time.perf_counter()
+    try:
+        yield record
+        record.success, record.exit_code = True, EXIT_OK
+    except ToolError as exc:
+        record.error, record.exit_code = exc.message, exc.exit_code
+        raise
+    except BaseException as exc:
+        record.error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        record.duration = round(time.perf_counter() - started, 4)
+        record.finished_at = datetime.now(UTC).isoformat()
+        record.post_revision = _current_or_none(env, record.pre_revision)
+        path = write_report(env, record)
+        console.say(f"report: {path}")
+
+
+def _current_or_none(env: Environment, fallback: str | None) -> str | None:
+    try:
+        return read_current(env)
+    except ToolError:
+        return fallback
+
+
+def _step(record: RunRecord, result: StepResult, console: Console) -> StepResult:
+    record.add_step(result)
+    console.say(format_results([result]))
+    return result
+
+
+def check_policy(env: Environment, options: RunOptions) -> None:
+    """Refusals that must happen before any step does work."""
+    policy, backup = env.settings.policy, env.settings.backup
+    if options.direction == "downgrade" and not policy.allow_downgrade:
+        raise UsageError(
+            f"The {env.name} environment does not allow downgrades "
+            "(policy.allow_downgrade is false)."
+        )
+    if options.backup is False and backup.required and not options.dry_run:
+        raise UsageError(
+            f"The {env.name} environment requires a backup before migrating; "
+            "--no-backup is refused there (backup.required is true)."
+        )
+    if not options.dry_run:
+        confirm.refuse_without_terminal(env, options.yes, options.interactive)
+
+
+def run_health_step(
+    env: Environment, project: Project, options: RunOptions, record: RunRecord, console: Console
+) -> None:
+    with timed() as clock:
+        results = health.run_health(env, project, options.revision)
+    record.health = [r.to_dict() for r in results]
+    failed = health.blocking(results)
+    message = (
+        "all blocking checks passed"
+        if not failed
+        else "failed: " + "; ".join(f"{r.name}: {r.message}" for r in failed)
+    )
+    _step(record, StepResult("health", not failed, message, duration=clock.seconds), console)
+    console.say(format_results(results))
+    if not failed:
+        return
+    if options.interactive and not options.yes:
+        answer = console.ask("A blocking health check failed. Continue anyway? [y/N] ")
+        if answer.strip().lower() in {"y", "yes"}:
+            return
+    raise BlockedError(
+        f"Blocked by health checks ({', '.join(r.name for r in failed)}): "
+        f"{failed[0].message}. Fix it, or pass --skip-health-checks."
+    )
+
+
+def run_backup_step(env: Environment, record: RunRecord, console: Console) -> BackupInfo:
+    with timed() as clock:
+        info = take_backup(env, record.pre_revision, console.progress)
+    record.backup = info.to_dict()
+    _step(
+        record,
+        StepResult(
+            "backup",
+            True,
+            f"{info.path} ({info.size:,} bytes, sha256 {info.sha256[:12]}...)",
+            duration=clock.seconds,
+        ),
+        console,
+    )
+    return info
+
+
+def migrate(
+    env: Environment,
+    options: RunOptions,
+    project: Project = DEFAULT_PROJECT,
+    console: Console | None = None,
+) -> RunRecord:
+    """The whole pipeline; raises a ToolError (with its exit code) when a step fails."""
+    console = console or Console()
+    operation = options.operation or options.direction
+    check_policy(env, options)
+    with recorded(env, operation, console, options.dry_run) as record:
+        scripts = project.scripts()
+        target = alembic_api.resolve_revision(scripts, options.revision)
+        record.target_revision = target
+        record.pre_revision = read_current(env)
+        if options.direction == "downgrade" and not alembic_api.is_ancestor(
+            scripts, target, record.pre_revision
+        ):
+            raise ConfigError(
+                f"Revision {options.revision} is not below the current revision "
+                f"{record.pre_revision or 'base'}; downgrade goes down only."
+            )
+        path = upgrade.plan(project, record.pre_revision, target, options.direction)
+        record.pending = [r.to_dict() for r in path]
+        if options.dry_run:
+            dry_run(project, path, options.direction, record, console)
+            return record
+        if options.skip_health_checks:
+            _step(
+                record,
+                StepResult("health", True, "skipped (--skip-health-checks)", severity="info"),
+                console,
+            )
+        else:
+            run_health_step(
+                env, project, replace(options, revision=target or "base"), record, console
+            )
+        if options.backup or (options.backup is None and env.settings.backup.required):
+            run_backup_step(env, record, console)
+        if confirm.needs_confirmation(env, options.yes):
+            with timed() as clock:
+                confirm.confirm(
+                    env,
+                    confirm.summary(env, operation, record.pre_revision, target, path),
+                    ask=console.ask,
+                    say=console.say,
+                )
+            _step(record, StepResult("confirm", True, "confirmed", duration=clock.seconds), console)
+        with timed() as clock, migration_lock(env):
+            lock_wait = clock.seconds
+            _upgrade_step(env, project, target, options, record, console, lock_wait)
+        if options.skip_validation:
+            _step(
+                record,
+                StepResult("validate", True, "skipped (--skip-validation)", severity="info"),
+                console,
+            )
+        else:
+            run_validate_step(env, project, target, record, console)
+        return record
+
+
+def _upgrade_step(
+    env: Environment,
+    project: Project,
+    target: str | None,
+    options: RunOptions,
+    record: RunRecord,
+    console: Console,
+    lock_wait: float,
+) -> None:
+    current = read_current(env)  # another run may have migrated while we waited
+    if current != record.pre_revision:
+        console.say(f"another run moved the database to {current or 'base'} meanwhile")
+        record.pre_revision = current
+
+    def on_retry(attempt: upgrade.MigrationAttempt) -> None:
+        record.retries.append(
+            {
+                "revision": attempt.revision,
+                "attempt": attempt.attempt,
+                "error": attempt.error,
+                "waited": attempt.waited,
+            }
+        )
+        console.say(
+            f"revision {attempt.revision} hit the lock timeout "
+            f"(attempt {attempt.attempt}); retrying in {attempt.waited:g}s"
+        )
+
+    with timed() as clock:
+        try:
+            applied = upgrade.run_migrations(env, project, target, options.direction, on_retry)
+        except MigrationError as exc:
+            record.applied = [a.to_dict() for a in exc.applied]  # type: ignore[attr-defined]
+            record.failed_revision = exc.revision
+            _step(
+                record,
+                StepResult(options.direction, False, exc.message, duration=clock.seconds),
+                console,
+            )
+            raise
+    record.applied = [a.to_dict() for a in applied]
+    verb = "applied" if options.direction == "upgrade" else "undone"
+    message = (
+        f"{len(applied)} revision(s) {verb}, now at {target or 'base'}"
+        if applied
+        else f"nothing to do, already at {target or 'base'}"
+    )
+    _step(
+        record,
+        StepResult(
+            options.direction,
+            True,
+            message,
+            duration=clock.seconds,
+            details={"lock_wait": round(lock_wait, 4)},
+        ),
+        console,
+    )
+
+
+def run_validate_step(
+    env: Environment, project: Project, target: str | None, record: RunRecord, console: Console
+) -> None:
+    head = alembic_api.heads(project.scripts())
+    with timed() as clock:
+        results = validate.validate(env, project, target, compare_models=[target] == head)
+    record.validation = [r.to_dict() for r in results]
+    failed = [r for r in results if not r.ok]
+    message = (
+        "at target, answers, schema matches"
+        if not failed
+        else "; ".join(f"{r.name}: {r.message}" for r in failed)
+    )
+    _step(record, StepResult("validate", not failed, message, duration=clock.seconds), console)
+    if failed:
+        raise ValidationError(f"Validation failed after migrating: {message}")
+
+
+def dry_run(
+    project: Project,
+    path: list[alembic_api.Revision],
+    direction: str,
+    record: RunRecord,
+    console: Console,
+) -> None:
+    """Print the offline SQL of each pending revision; name those that cannot be rendered."""
+    rendered = alembic_api.render_sql(
+        project.config(), project.scripts(), path, upgrade=direction == "upgrade"
+    )
+    unrendered = [r for r in rendered if r.error]
+    for item in rendered:
+        console.say(f"-- revision {item.revision}: {item.message} ({item.path})")
+        if item.error:
+            console.say(f"-- cannot be rendered offline: {item.error}\n")
+        else:
+            console.say(item.sql or "")
+    message = f"{len(rendered)} revision(s) rendered, database unchanged" + (
+        f"; {len(unrendered)} could not be rendered: " + ", ".join(r.revision for r in unrendered)
+        if unrendered
+        else ""
+    )
+    _step(
+        record,
+        StepResult(
+            "dry_run",
+            True,
+            message,
+            details={"unrendered": {r.revision: r.error for r in unrendered}},
+        ),
+        console,
+    )
+
+
+def last_run(env: Environment) -> dict:
+    found = report.last_report(env, operations=("upgrade", "migrate", "downgrade"))
+    if found is None:
+        raise ConfigError(
+            f"There is no migration report for {env.name} to roll back from; "
+            "rollback undoes the last `invoke migrate`."
+        )
+    return found[1]
+
+
+def rollback(
+    env: Environment,
+    from_backup: bool,
+    yes: bool,
+    interactive: bool,
+    project: Project = DEFAULT_PROJECT,
+    console: Console | None = None,
+) -> RunRecord:
+    """Undo the last run: downgrade to its pre-revision, or restore its backup."""
+    console = console or Console()
+    if not env.settings.policy.allow_rollback:
+        raise UsageError(
+            f"The {env.name} environment does not allow rollback "
+            "(policy.allow_rollback is false); restore a backup by hand."
+        )
+    if not env.settings.policy.auto_rollback and not interactive:
+        raise UsageError(
+            f"Automatic rollback is off for {env.name} (policy.auto_rollback is "
+            "false); an operator must run `invoke rollback` from a terminal."
+        )
+    last = last_run(env)
+    if from_backup:
+        if not last.get("backup"):
+            raise ConfigError(
+                f"The last run on {env.name} took no backup; "
+                "roll back without --restore to downgrade instead."
+            )
+        return restore(env, last["backup"]["path"], yes, interactive, console, "rollback")
+    target = last.get("pre_revision")
+    options = RunOptions(
+        revision=target or "base",
+        direction="downgrade",
+        yes=yes,
+        interactive=interactive,
+        operation="rollback",
+        skip_health_checks=False,
+        backup=None,
+    )
+    return migrate(env, options, project, console)
+
+
+def restore(
+    env: Environment,
+    spec: str,
+    yes: bool,
+    interactive: bool,
+    console: Console | None = None,
+    operation: str = "restore",
+) -> RunRecord:
+    """Put a verified backup back, under the migration lock, after confirmation."""
+    from tasks.restore import find_backup, restore_backup
+
+    console = console or Console()
+    backup = find_backup(env, spec)
+    confirm.refuse_without_terminal(env, yes, interactive)
+    with recorded(env, operation, console) as record:
+        record.pre_revision = read_current(env)
+        record.target_revision = backup.get("revision")
+        if confirm.needs_confirmation(env, yes):
+            confirm.confirm(
+                env,
+                f"restore {backup['path']} into {env.masked_url}",
+                ask=console.ask,
+                say=console.say,
+            )
+        with timed() as clock, migration_lock(env):
+            restore_backup(env, backup)
+        record.restored_from = backup["path"]
+        _step(
+            record,
+            StepResult("restore", True, f"restored {backup['path']}", duration=clock.seconds),
+            console,
+        )
+        return record
+
+
+def backup(env: Environment, console: Console | None = None) -> RunRecord:
+    """Take a verified backup on its own, with a report."""
+    console = console or Console()
+    with recorded(env, "backup", console) as record:
+        record.pre_revision = read_current(env)
+        run_backup_step(env, record, console)
+        return record

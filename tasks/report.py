@@ -1,0 +1,204 @@
+"""The report step: a JSON report, its Markdown rendering, one audit line per run.
+
+Written in a ``finally`` by every operation, so a failed run reports too. Every
+text is passed through ``redact`` with the environment's password first.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import subprocess
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tasks.config import PROJECT_ROOT, Environment
+from tasks.masking import redact
+from tasks.results import StepResult
+
+REPORT_SCHEMA_VERSION = 1
+TOOL_VERSION = "0.1.0"
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+@dataclass
+class RunRecord:
+    """Everything a run learned; filled in step by step, written at the end."""
+
+    environment: str
+    operation: str
+    url: str
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    finished_at: str | None = None
+    duration: float = 0.0
+    success: bool = False
+    exit_code: int = 1
+    dry_run: bool = False
+    pre_revision: str | None = None
+    target_revision: str | None = None
+    post_revision: str | None = None
+    failed_revision: str | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    health: list[dict[str, Any]] = field(default_factory=list)
+    validation: list[dict[str, Any]] = field(default_factory=list)
+    applied: list[dict[str, Any]] = field(default_factory=list)
+    retries: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    backup: dict[str, Any] | None = None
+    restored_from: str | None = None
+    error: str | None = None
+    user: str = field(default_factory=lambda: _safe(getpass.getuser))
+    host: str = field(default_factory=socket.gethostname)
+    commit: str | None = field(default_factory=lambda: git_commit())
+    tool_version: str = TOOL_VERSION
+    schema_version: int = REPORT_SCHEMA_VERSION
+
+    def add_step(self, result: StepResult) -> None:
+        self.steps.append(result.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _safe(function: Any) -> str:
+    try:
+        return str(function())
+    except (OSError, KeyError):
+        return "unknown"
+
+
+def git_commit() -> str | None:
+    """GITHUB_SHA under Actions, else the checkout's HEAD, else None."""
+    if os.environ.get("GITHUB_SHA"):
+        return os.environ["GITHUB_SHA"]
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def jinja_environment(autoescape: bool = False) -> Any:
+    from jinja2 import Environment as Jinja
+    from jinja2 import FileSystemLoader, StrictUndefined
+
+    return Jinja(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=autoescape,  # noqa: S701 - Markdown is not HTML; HTML templates escape
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render(report: dict[str, Any], template: str) -> str:
+    """Markdown (``report.md.j2``), issue body, or autoescaped HTML (``*.html.j2``)."""
+    env = jinja_environment(autoescape=template.endswith(".html.j2"))
+    links = {
+        "server": os.environ.get("GITHUB_SERVER_URL"),
+        "repository": os.environ.get("GITHUB_REPOSITORY"),
+        "run_id": os.environ.get("GITHUB_RUN_ID"),
+    }
+    return env.get_template(template).render(report=report, links=links)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def append_audit(folder: Path, line: dict[str, Any]) -> None:
+    """One JSON line per run; a single O_APPEND write, so concurrent runs never interleave."""
+    data = (json.dumps(line, sort_keys=True) + "\n").encode()
+    fd = os.open(folder / "audit.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def write_report(env: Environment, record: RunRecord) -> Path:
+    """JSON + Markdown beside each other, an audit line, the step summary; returns the JSON."""
+    folder = env.report_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    secrets = [env.password]
+    data = json.loads(redact(json.dumps(record.to_dict()), secrets))
+    stamp = datetime.fromisoformat(record.started_at).strftime("%Y%m%dT%H%M%S%fZ")
+    base = folder / f"{env.name}-{record.operation}-{stamp}-{os.getpid()}"
+    json_path = base.with_suffix(".json")
+    markdown = redact(render(data, "report.md.j2"), secrets)
+    _write_private(json_path, json.dumps(data, indent=2) + "\n")
+    _write_private(base.with_suffix(".md"), markdown)
+    append_audit(
+        folder,
+        {
+            "time": record.finished_at,
+            "environment": record.environment,
+            "operation": record.operation,
+            "success": record.success,
+            "exit_code": record.exit_code,
+            "pre_revision": record.pre_revision,
+            "post_revision": record.post_revision,
+            "user": record.user,
+            "host": record.host,
+            "commit": record.commit,
+            "report": json_path.name,
+            "error": data["error"],
+        },
+    )
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as handle:
+            handle.write(markdown + "\n")
+    prune_reports(env, keep=json_path)
+    return json_path
+
+
+def list_reports(env: Environment) -> list[Path]:
+    """This environment's JSON reports, newest first."""
+    folder = env.report_dir
+    if not folder.exists():
+        return []
+    return sorted(folder.glob(f"{env.name}-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def last_report(
+    env: Environment, operations: tuple[str, ...] | None = None, real_only: bool = True
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest report (of the given operations, not a dry run), or None."""
+    for path in list_reports(env):
+        data = load_report(path)
+        if operations and data.get("operation") not in operations:
+            continue
+        if real_only and data.get("dry_run"):
+            continue
+        return path, data
+    return None
+
+
+def prune_reports(env: Environment, keep: Path) -> None:
+    """Reports past ``reports.retention_days`` go; the audit log stays forever."""
+    limit = datetime.now(UTC) - timedelta(days=env.settings.reports.retention_days)
+    for path in list_reports(env):
+        if path == keep:
+            continue
+        if datetime.fromtimestamp(path.stat().st_mtime, UTC) < limit:
+            path.unlink(missing_ok=True)
+            path.with_suffix(".md").unlink(missing_ok=True)

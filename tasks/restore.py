@@ -1,0 +1,137 @@
+"""`invoke restore`: checksum first, then put a backup back, all or nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tasks.backup import (
+    MANIFEST_SUFFIX,
+    find_binary,
+    list_backups,
+    pg_environment,
+    sha256_of,
+)
+from tasks.config import Environment
+from tasks.database import make_engine, sqlite_path
+from tasks.errors import BackupError, ConfigError
+
+
+def find_backup(env: Environment, spec: str) -> dict[str, Any]:
+    """``latest`` or a path to a backup (or its manifest) -> that backup's manifest."""
+    if spec == "latest":
+        backups = list_backups(env)
+        if not backups:
+            raise ConfigError(
+                f"There is no backup for {env.name} in {env.backup_dir}; "
+                "take one with `invoke backup`."
+            )
+        return backups[0]
+    path = Path(spec)
+    manifest = path if path.name.endswith(MANIFEST_SUFFIX) else Path(str(path) + MANIFEST_SUFFIX)
+    if not manifest.exists():
+        raise ConfigError(
+            f"No backup at {spec} (its manifest {manifest.name} is missing); "
+            "pass a path that `invoke backup` printed, or 'latest'."
+        )
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    data["manifest"] = str(manifest)
+    return data
+
+
+def verify_checksum(backup: dict[str, Any]) -> None:
+    path = Path(backup["path"])
+    if not path.exists():
+        raise BackupError(f"The backup {path} named by its manifest is missing.")
+    actual = sha256_of(path)
+    if actual != backup["sha256"]:
+        raise BackupError(
+            f"The backup {path.name} does not match its manifest's sha256 "
+            f"(expected {backup['sha256'][:12]}..., found {actual[:12]}...); "
+            "it was changed or damaged and will not be restored."
+        )
+
+
+def restore_backup(env: Environment, backup: dict[str, Any]) -> None:
+    verify_checksum(backup)
+    if backup.get("environment") not in (None, env.name):
+        raise ConfigError(
+            f"The backup belongs to {backup['environment']}, not {env.name}; "
+            "pass --env for the environment it came from."
+        )
+    if env.is_sqlite:
+        _restore_sqlite(env, Path(backup["path"]))
+    else:
+        _restore_postgres(env, Path(backup["path"]))
+
+
+def _restore_sqlite(env: Environment, path: Path) -> None:
+    import sqlite3
+
+    target = sqlite_path(env.url)
+    if target is None:
+        raise ConfigError("An in-memory SQLite database cannot be restored.")
+    source = sqlite3.connect(path)
+    destination = sqlite3.connect(target)
+    try:
+        source.backup(destination)
+    finally:
+        destination.close()
+        source.close()
+
+
+def _backup_tables(env: Environment, path: Path) -> set[tuple[str, str]]:
+    listing = subprocess.run(
+        [find_binary("pg_restore"), "--list", str(path)],
+        env=pg_environment(env.url),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    tables = set()
+    for line in listing.stdout.splitlines():
+        parts = line.split()
+        if ";" not in line and len(parts) > 5 and parts[3] == "TABLE" and parts[4] != "DATA":
+            tables.add((parts[4], parts[5]))
+    return tables
+
+
+def _restore_postgres(env: Environment, path: Path) -> None:
+    """Drop tables the backup does not know (made after it), then pg_restore in one transaction."""
+    from sqlalchemy import text
+
+    keep = _backup_tables(env, path)
+    schemas = {schema for schema, _ in keep} or {"public"}
+    engine = make_engine(env, role="restore")
+    try:
+        with engine.begin() as connection:
+            rows = connection.execute(
+                text("SELECT schemaname, tablename FROM pg_tables WHERE schemaname = ANY(:s)"),
+                {"s": list(schemas)},
+            ).all()
+            for schema, table in rows:
+                if (schema, table) not in keep:
+                    quoted = connection.dialect.identifier_preparer.quote
+                    connection.execute(
+                        text(f"DROP TABLE IF EXISTS {quoted(schema)}.{quoted(table)} CASCADE")
+                    )
+    finally:
+        engine.dispose()
+    child = pg_environment(env.url)
+    argv = [
+        find_binary("pg_restore"),
+        "--no-password",
+        "--clean",
+        "--if-exists",
+        "--single-transaction",
+        "--no-owner",
+        "--exit-on-error",
+        f"--dbname={child.get('PGDATABASE', '')}",
+        str(path),
+    ]
+    result = subprocess.run(argv, env=child, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        first = result.stderr.strip().splitlines()[0] if result.stderr.strip() else ""
+        raise BackupError(f"pg_restore failed and changed nothing: {first}")

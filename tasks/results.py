@@ -1,0 +1,59 @@
+"""Step results as data: the CLI prints them, ``--json`` dumps them, reports render them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Severity = Literal["info", "warning", "blocking"]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One check or step: ``ok`` false with severity ``blocking`` stops a run."""
+
+    name: str
+    ok: bool
+    message: str
+    severity: Severity = "blocking"
+    duration: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def blocks(self) -> bool:
+        return not self.ok and self.severity == "blocking"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["duration"] = round(self.duration, 4)
+        return data
+
+
+class Stopwatch:
+    """Measures a block: ``with timed() as clock: ...; clock.seconds``."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+
+
+@contextmanager
+def timed() -> Iterator[Stopwatch]:
+    clock = Stopwatch()
+    try:
+        yield clock
+    finally:
+        clock.seconds = time.perf_counter() - clock.start
+
+
+def format_results(results: list[StepResult]) -> str:
+    """Human lines, one per result, for the terminal."""
+    marks = {True: "ok  ", False: "FAIL"}
+    lines = []
+    for result in results:
+        mark = marks[result.ok] if result.ok or result.severity == "blocking" else "warn"
+        lines.append(f"[{mark}] {result.name:<18} {result.message} ({result.duration:.3f}s)")
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""`invoke status`: where the database is, what has run, what is pending."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tasks.alembic_api import (
+    DEFAULT_PROJECT,
+    Project,
+    Revision,
+    current_revision,
+    heads,
+    history,
+    upgrade_path,
+)
+from tasks.config import Environment
+from tasks.database import make_engine
+from tasks.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Status:
+    environment: str
+    url: str
+    current: str | None
+    heads: list[str]
+    applied: list[Revision]
+    pending: list[Revision]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "environment": self.environment,
+            "url": self.url,
+            "current": self.current,
+            "heads": self.heads,
+            "applied": [r.to_dict() for r in self.applied],
+            "pending": [r.to_dict() for r in self.pending],
+        }
+
+    def render(self) -> str:
+        lines = [
+            f"environment: {self.environment}",
+            f"database:    {self.url}",
+            f"current:     {self.current or '(none: no migration applied yet)'}",
+            f"head:        {', '.join(self.heads) or '(no revisions)'}",
+            f"applied ({len(self.applied)}):",
+        ]
+        lines += [f"  {r.revision}  {r.message}" for r in self.applied]
+        lines.append(f"pending ({len(self.pending)}):")
+        lines += [f"  {r.revision}  {r.message}" for r in self.pending] or ["  (up to date)"]
+        return "\n".join(lines)
+
+
+def read_current(env: Environment) -> str | None:
+    """The database's current revision, with a clear error when it cannot be reached."""
+    from sqlalchemy.exc import DBAPIError
+
+    engine = make_engine(env, role="status")
+    try:
+        with engine.connect() as connection:
+            return current_revision(connection)
+    except DBAPIError as exc:
+        raise ConfigError(
+            f"Cannot reach the {env.name} database at {env.masked_url}: "
+            f"{_first_line(exc)}; check the URL and that the server is running."
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+
+
+def get_status(env: Environment, project: Project = DEFAULT_PROJECT) -> Status:
+    scripts = project.scripts()
+    current = read_current(env)
+    all_revisions = history(scripts)
+    head_ids = heads(scripts)
+    pending: list[Revision] = []
+    if len(head_ids) == 1:
+        pending = upgrade_path(scripts, current, head_ids[0])
+    applied = [] if current is None else _applied(scripts, current)
+    return Status(
+        env.name,
+        env.masked_url,
+        current,
+        head_ids,
+        [r for r in all_revisions if r.revision in applied],
+        pending,
+    )
+
+
+def _applied(scripts: Any, current: str) -> set[str]:
+    revisions: set[str] = set()
+    for head in current.split(","):
+        revisions |= {s.revision for s in scripts.iterate_revisions(head, "base")}
+    return revisions

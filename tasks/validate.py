@@ -1,0 +1,115 @@
+"""The validate step: the database is at the target, answers, matches the models,
+and (on PostgreSQL) has no index left INVALID by a failed CONCURRENTLY build.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasks.alembic_api import Project, current_revision
+from tasks.config import Environment
+from tasks.database import make_engine
+from tasks.results import StepResult, timed
+
+
+def schema_drift(connection: Any, metadata: Any) -> list[str]:
+    """Alembic's compare, as ``alembic check`` does it: one readable line per difference."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "target_metadata": metadata}
+    )
+    return [describe_diff(diff) for diff in compare_metadata(context, metadata)]
+
+
+def describe_diff(diff: Any) -> str:
+    """'add_column users.nickname' style text for one autogenerate difference."""
+    if isinstance(diff, list):  # modify_* diffs come grouped per column
+        return "; ".join(describe_diff(d) for d in diff)
+    kind = diff[0]
+    if kind in ("add_table", "remove_table"):
+        return f"{kind} {diff[1].name}"
+    if kind in ("add_column", "remove_column"):
+        return f"{kind} {diff[2]}.{diff[3].name}"
+    if kind in ("add_index", "remove_index", "add_constraint", "remove_constraint"):
+        obj = diff[1]
+        table = getattr(getattr(obj, "table", None), "name", "?")
+        return f"{kind} {table}.{obj.name}"
+    if kind.startswith("modify_"):
+        return f"{kind} {diff[2]}.{diff[3]}: {diff[-2]!r} -> {diff[-1]!r}"
+    if kind in ("add_fk", "remove_fk"):
+        return f"{kind} {diff[1].parent.name}.{diff[1].name}"
+    return str(diff)
+
+
+def invalid_indexes(connection: Any) -> list[str]:
+    from sqlalchemy import text
+
+    rows = connection.execute(
+        text("SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid ORDER BY 1")
+    )
+    return [row[0] for row in rows]
+
+
+def validate(
+    env: Environment, project: Project, target: str | None, compare_models: bool
+) -> list[StepResult]:
+    """Each check as a result; any failure makes the run fail."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    results: list[StepResult] = []
+    engine = make_engine(env, role="validate")
+    try:
+        with timed() as clock, engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        results.append(StepResult("answers", True, "the database answers", duration=clock.seconds))
+        with engine.connect() as connection:
+            with timed() as clock:
+                current = current_revision(connection)
+            ok = current == target
+            results.append(
+                StepResult(
+                    "revision",
+                    ok,
+                    f"at {current or 'base'}"
+                    if ok
+                    else f"at {current or 'base'}, expected {target or 'base'}",
+                    duration=clock.seconds,
+                    details={"current": current, "target": target},
+                )
+            )
+            if compare_models:
+                with timed() as clock:
+                    drift = schema_drift(connection, project.metadata())
+                results.append(
+                    StepResult(
+                        "schema",
+                        not drift,
+                        "schema matches the models"
+                        if not drift
+                        else f"schema differs from the models: {'; '.join(drift)}",
+                        duration=clock.seconds,
+                        details={"differences": drift},
+                    )
+                )
+            if not env.is_sqlite:
+                with timed() as clock:
+                    invalid = invalid_indexes(connection)
+                results.append(
+                    StepResult(
+                        "indexes",
+                        not invalid,
+                        "no invalid index"
+                        if not invalid
+                        else f"invalid indexes left by a failed build: {', '.join(invalid)}",
+                        duration=clock.seconds,
+                        details={"invalid": invalid},
+                    )
+                )
+    except DBAPIError as exc:
+        results.append(StepResult("answers", False, f"the database does not answer: {exc.orig}"))
+    finally:
+        engine.dispose()
+    return results

@@ -1,0 +1,80 @@
+"""The tasks as a user types them: exit codes, one-sentence errors, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import run_invoke, write_environment
+
+
+def cli_env(tmp_path: Path, url: str, name: str = "staging", **sections: object) -> dict[str, str]:
+    write_environment(tmp_path / "environments", name, tmp_path / "var", **sections)
+    return {"MIGRATE_ENVIRONMENTS_DIR": str(tmp_path / "environments"), "DATABASE_URL": url}
+
+
+def test_list_shows_every_task() -> None:
+    result = run_invoke("--list")
+    assert result.returncode == 0
+    for name in (
+        "status",
+        "heads",
+        "generate",
+        "migrate",
+        "upgrade",
+        "downgrade",
+        "rollback",
+        "backup",
+        "restore",
+        "health",
+    ):
+        assert name in result.stdout
+
+
+def test_migrate_then_status_on_sqlite(tmp_path: Path, sqlite_url: str) -> None:
+    env = cli_env(tmp_path, sqlite_url, policy={"confirm": "never"})
+    result = run_invoke("migrate", "--env", "staging", env=env)
+    assert result.returncode == 0, result.stderr
+    status = run_invoke("status", "--env", "staging", "--json", env=env)
+    data = json.loads(status.stdout)
+    assert data["current"] == "0007" and data["pending"] == []
+    assert [r["revision"] for r in data["applied"]][:2] == ["0001", "0002"]
+
+
+def test_unknown_environment_exits_2_with_one_sentence() -> None:
+    result = run_invoke("status", "--env", "nope")
+    assert result.returncode == 2
+    assert "Unknown environment 'nope'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_secret_exits_2_naming_it() -> None:
+    result = run_invoke("status", "--env", "staging", env={"DB_HOST": "x"})
+    assert result.returncode == 2
+    assert "DB_PORT" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_revision_exits_2(tmp_path: Path, sqlite_url: str) -> None:
+    env = cli_env(tmp_path, sqlite_url)
+    result = run_invoke("migrate", "--env", "staging", "--revision", "deadbeef", "--yes", env=env)
+    assert result.returncode == 2
+    assert "Unknown revision 'deadbeef'" in result.stderr
+
+
+def test_no_terminal_and_no_yes_refuses_before_any_work(tmp_path: Path, sqlite_url: str) -> None:
+    env = cli_env(tmp_path, sqlite_url)
+    result = run_invoke("migrate", "--env", "staging", env=env)
+    assert result.returncode == 3
+    assert "pass --yes" in result.stderr
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()
+    assert not (tmp_path / "var" / "reports").exists()
+
+
+def test_heads_prints_the_single_head() -> None:
+    result = run_invoke("heads")
+    assert result.returncode == 0 and result.stdout.split() == ["0007"]
+
+
+def test_generate_requires_a_message() -> None:
+    result = run_invoke("generate")
+    assert result.returncode == 2 and "needs a message" in result.stderr
