@@ -1,0 +1,168 @@
+"""Health checks against real databases and real sockets."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from conftest import ScratchProject, run_invoke, write_environment
+from tasks.alembic_api import DEFAULT_PROJECT
+from tasks.config import Environment
+from tasks.health import blocking, check_connection, check_single_head, run_health
+from tasks.upgrade import run_migrations
+
+
+def by_name(results: list) -> dict:
+    return {r.name: r for r in results}
+
+
+def test_healthy_postgres_passes_every_check(
+    pg_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url)
+    results = by_name(run_health(env, DEFAULT_PROJECT))
+    assert all(r.ok for r in results.values()), results
+    assert results["alembic_version"].message == "no alembic_version: first migration"
+    assert set(results) == {
+        "connection",
+        "alembic_version",
+        "blocking_sessions",
+        "disk",
+        "single_head",
+        "target",
+    }
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A socket on 127.0.0.1 that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    worker = threading.Thread(target=accept, daemon=True)
+    worker.start()
+    yield server.getsockname()[1]
+    stop.set()
+    worker.join()
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+def test_silent_host_fails_connection_within_timeout(
+    silent_server: int, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(
+        f"postgresql://u:pw@127.0.0.1:{silent_server}/db", database={"connect_timeout": 1}
+    )
+    started = time.monotonic()
+    result = check_connection(env)
+    elapsed = time.monotonic() - started
+    assert not result.ok and "no answer" in result.message and "within 1s" in result.message
+    assert 0.9 <= elapsed < 1.6
+
+
+def test_refused_port_fails_at_once_with_its_own_message(
+    make_env: Callable[..., Environment],
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = make_env(f"postgresql://u:pw@127.0.0.1:{port}/db", database={"connect_timeout": 5})
+    started = time.monotonic()
+    result = check_connection(env)
+    assert time.monotonic() - started < 1
+    assert not result.ok and "connection refused" in result.message
+    assert "pw" not in result.message
+
+
+def test_session_holding_a_table_lock_blocks(
+    pg_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url)
+    run_migrations(env, DEFAULT_PROJECT, "0002")
+    engine = create_engine(env.url, poolclass=NullPool)
+    with engine.connect() as blocker:
+        blocker.execute(text("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE"))
+        results = by_name(run_health(env, DEFAULT_PROJECT))
+        blocker.rollback()
+    engine.dispose()
+    sessions = results["blocking_sessions"]
+    assert not sessions.ok and sessions.blocks
+    assert "AccessExclusiveLock" in sessions.message
+    assert results["alembic_version"].message == "alembic_version present"
+
+
+def test_old_open_transaction_blocks(pg_url: str, make_env: Callable[..., Environment]) -> None:
+    env = make_env(pg_url, health={"max_transaction_age": 0.2})
+    engine = create_engine(env.url, poolclass=NullPool)
+    with engine.connect() as idle:
+        idle.execute(text("SELECT 1"))  # opens a transaction and leaves it idle
+        time.sleep(0.4)
+        results = by_name(run_health(env, DEFAULT_PROJECT))
+        idle.rollback()
+    engine.dispose()
+    assert not results["blocking_sessions"].ok
+    assert "idle in transaction" in results["blocking_sessions"].message
+
+
+def test_two_heads_fail_the_single_head_check(scratch: ScratchProject) -> None:
+    first = scratch.add("pass")
+    scratch.add("pass")
+    scratch.last = first
+    scratch.add("pass")
+    result = check_single_head(scratch.project())
+    assert not result.ok and "2 heads" in result.message
+
+
+def test_low_disk_is_a_warning_not_a_stop(
+    sqlite_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(sqlite_url, health={"min_free_disk_mb": 10**9})
+    results = run_health(env, DEFAULT_PROJECT)
+    disk = by_name(results)["disk"]
+    assert not disk.ok and disk.severity == "warning"
+    assert blocking(results) == []
+
+
+def test_unknown_target_is_blocking(sqlite_url: str, make_env: Callable[..., Environment]) -> None:
+    env = make_env(sqlite_url)
+    target = by_name(run_health(env, DEFAULT_PROJECT, "nope"))["target"]
+    assert target.blocks and "Unknown revision 'nope'" in target.message
+
+
+def test_health_json_exit_codes(tmp_path: Path, pg_url: str) -> None:
+    write_environment(tmp_path / "environments", "staging", tmp_path / "var")
+    env = {"MIGRATE_ENVIRONMENTS_DIR": str(tmp_path / "environments"), "DATABASE_URL": pg_url}
+    healthy = run_invoke("health", "--env", "staging", "--json", env=env)
+    assert healthy.returncode == 0, healthy.stderr
+    data = json.loads(healthy.stdout)
+    assert data["ok"] and {c["name"] for c in data["checks"]} >= {"connection", "disk"}
+    refused = run_invoke(
+        "health",
+        "--env",
+        "staging",
+        "--json",
+        env=env | {"DATABASE_URL": "postgresql://u:pw@127.0.0.1:1/db"},
+    )
+    assert refused.returncode == 3
+    assert json.loads(refused.stdout)["ok"] is False
