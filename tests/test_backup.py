@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import run_invoke, write_environment
+from pgcluster import PASSWORD
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from conftest import run_invoke, write_environment
-from pgcluster import PASSWORD
 from tasks.alembic_api import DEFAULT_PROJECT
 from tasks.backup import list_backups, take_backup
 from tasks.config import Environment
@@ -57,7 +57,8 @@ def table_fingerprints(url: str) -> dict[str, tuple[int, str]]:
         for table in tables:
             result[table] = connection.execute(
                 text(
-                    f"SELECT count(*), coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') "
+                    "SELECT count(*), "
+                    "coalesce(md5(string_agg(t::text, ',' ORDER BY t::text)), '') "
                     f"FROM {table} t"
                 )
             ).one()

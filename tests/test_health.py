@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import ScratchProject, run_invoke, write_environment
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from conftest import ScratchProject, run_invoke, write_environment
 from tasks.alembic_api import DEFAULT_PROJECT
 from tasks.config import Environment
 from tasks.health import blocking, check_connection, check_single_head, run_health
