@@ -179,7 +179,7 @@ def migrate(
         path = upgrade.plan(project, record.pre_revision, target, options.direction)
         record.pending = [r.to_dict() for r in path]
         if options.dry_run:
-            dry_run(project, path, options.direction, record, console)
+            dry_run(env, project, path, options.direction, record, console)
             return record
         if options.skip_health_checks:
             _step(
@@ -295,6 +295,7 @@ def run_validate_step(
 
 
 def dry_run(
+    env: Environment,
     project: Project,
     path: list[alembic_api.Revision],
     direction: str,
@@ -303,7 +304,7 @@ def dry_run(
 ) -> None:
     """Print the offline SQL of each pending revision; name those that cannot be rendered."""
     rendered = alembic_api.render_sql(
-        project.config(), project.scripts(), path, upgrade=direction == "upgrade"
+        project.config(url=env.url), project.scripts(), path, upgrade=direction == "upgrade"
     )
     unrendered = [r for r in rendered if r.error]
     for item in rendered:

@@ -80,9 +80,10 @@ def validate(
                     details={"current": current, "target": target},
                 )
             )
-            if compare_models:
+            metadata = project.metadata() if compare_models else None
+            if metadata is not None:
                 with timed() as clock:
-                    drift = schema_drift(connection, project.metadata())
+                    drift = schema_drift(connection, metadata)
                 results.append(
                     StepResult(
                         "schema",

@@ -1,0 +1,356 @@
+"""The migrate pipeline on real databases: failures, locks, timeouts, dry runs, rollbacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import ROOT, ScratchProject, run_invoke, write_environment
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.pool import NullPool
+
+from tasks.alembic_api import DEFAULT_PROJECT
+from tasks.config import Environment
+from tasks.errors import (
+    BlockedError,
+    ConfigError,
+    LockHeldError,
+    MigrationError,
+    UsageError,
+    ValidationError,
+)
+from tasks.locking import migration_lock
+from tasks.pipeline import Console, RunOptions, migrate, rollback
+from tasks.report import last_report
+from tasks.status import read_current
+from tasks.upgrade import run_migrations
+
+QUIET = Console(say=lambda _text: None, ask=lambda _prompt: "no")
+UNATTENDED = RunOptions(yes=True)
+
+
+def tables(url: str) -> set[str]:
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.connect() as connection:
+        names = set(inspect(connection).get_table_names())
+    engine.dispose()
+    return names
+
+
+def test_failed_migration_leaves_last_good_revision(
+    pg_url: str, scratch: ScratchProject, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url)
+    scratch.add('op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))')
+    scratch.add('op.create_table("b", sa.Column("id", sa.Integer, primary_key=True))')
+    broken = scratch.folder / "versions" / f"{scratch.add('pass')}.py"
+    broken.write_text(
+        broken.read_text().replace(
+            "def upgrade():\n    pass",
+            'def upgrade():\n    op.create_table("c", sa.Column("id", sa.Integer))\n'
+            '    raise RuntimeError("halfway")',
+        )
+    )
+    with pytest.raises(MigrationError) as failure:
+        migrate(env, UNATTENDED, scratch.project(), QUIET)
+    assert failure.value.exit_code == 1
+    assert "r003" in failure.value.message and "halfway" in failure.value.message
+    assert read_current(env) == "r002"
+    assert tables(env.url) == {"alembic_version", "a", "b"}
+    report = last_report(env)[1]
+    assert report["success"] is False and report["failed_revision"] == "r003"
+    assert report["post_revision"] == "r002"
+    assert [a["revision"] for a in report["applied"]] == ["r001", "r002"]
+    broken.write_text(broken.read_text().replace('    raise RuntimeError("halfway")\n', ""))
+    record = migrate(env, UNATTENDED, scratch.project(), QUIET)
+    assert record.success and read_current(env) == "r003"
+    assert "c" in tables(env.url)
+
+
+def test_two_migrate_processes_apply_the_revisions_once(pg_url: str, tmp_path: Path) -> None:
+    write_environment(
+        tmp_path / "environments", "staging", tmp_path / "var", migration={"lock_wait": 30}
+    )
+    env = {"MIGRATE_ENVIRONMENTS_DIR": str(tmp_path / "environments"), "DATABASE_URL": pg_url}
+    invoke = str(Path(sys.executable).parent / "invoke")
+    processes = [
+        subprocess.Popen(
+            [invoke, "migrate", "--env", "staging", "--yes"],
+            cwd=ROOT,
+            env=os.environ | env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outcomes = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in processes]
+    assert [code for code, _, _ in outcomes] == [0, 0], outcomes
+    reports = [
+        json.loads(p.read_text()) for p in (tmp_path / "var" / "reports").glob("staging-*.json")
+    ]
+    applied = sorted(len(r["applied"]) for r in reports)
+    assert applied == [0, 7]
+    engine = create_engine(pg_url, poolclass=NullPool)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+    engine.dispose()
+
+
+def test_held_lock_exits_4_naming_the_holder(
+    pg_url: str, tmp_path: Path, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url)
+    write_environment(
+        tmp_path / "cli-envs", "staging", tmp_path / "var", migration={"lock_wait": 1}
+    )
+    cli = {"MIGRATE_ENVIRONMENTS_DIR": str(tmp_path / "cli-envs"), "DATABASE_URL": pg_url}
+    with migration_lock(env):
+        result = run_invoke("migrate", "--env", "staging", "--yes", env=cli)
+    assert result.returncode == 4, result.stderr
+    assert f"pid {os.getpid()}" in result.stderr
+    assert f"host {socket.gethostname()}" in result.stderr and "since" in result.stderr
+
+
+def test_sqlite_lock_file_blocks_a_second_run(
+    sqlite_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(sqlite_url, migration={"lock_wait": 0.3})
+    with migration_lock(env), pytest.raises(LockHeldError, match="lock file") as held:
+        migrate(env, UNATTENDED, DEFAULT_PROJECT, QUIET)
+    assert held.value.exit_code == 4
+
+
+def hold_table_lock(url: str, table: str, seconds: float | None) -> threading.Event:
+    """Another session takes ACCESS EXCLUSIVE on ``table``; commits after ``seconds``."""
+    taken, release = threading.Event(), threading.Event()
+
+    def blocker() -> None:
+        engine = create_engine(url, poolclass=NullPool)
+        with engine.connect() as connection:
+            connection.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+            taken.set()
+            release.wait(seconds)
+            connection.commit()
+        engine.dispose()
+
+    threading.Thread(target=blocker, daemon=True).start()
+    assert taken.wait(10)
+    return release
+
+
+def test_lock_timeout_retries_then_fails_cleanly(
+    pg_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url, migration={"lock_timeout": 0.5, "retries": 2, "retry_backoff": 0.1})
+    run_migrations(env, DEFAULT_PROJECT, "0003")
+    release = hold_table_lock(env.url, "users", 60)
+    try:
+        with pytest.raises(MigrationError) as failure:
+            migrate(env, RunOptions(yes=True, skip_health_checks=True), DEFAULT_PROJECT, QUIET)
+    finally:
+        release.set()
+    assert failure.value.exit_code == 1
+    assert "lock_timeout=0.5s after 2 retries" in failure.value.message
+    assert read_current(env) == "0003"
+    report = last_report(env)[1]
+    assert [r["revision"] for r in report["retries"]] == ["0004", "0004"]
+    assert report["post_revision"] == "0003"
+
+
+def test_lock_timeout_retry_succeeds_when_blocker_commits(
+    pg_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url, migration={"lock_timeout": 0.5, "retries": 5, "retry_backoff": 0.2})
+    run_migrations(env, DEFAULT_PROJECT, "0003")
+    hold_table_lock(env.url, "users", 1.5)
+    record = migrate(env, RunOptions(yes=True, skip_health_checks=True), DEFAULT_PROJECT, QUIET)
+    assert record.success and read_current(env) == "0007"
+    assert record.retries and record.retries[0]["revision"] == "0004"
+    assert next(a for a in record.applied if a["revision"] == "0004")["retries"] >= 1
+
+
+def test_dry_run_prints_sql_and_changes_nothing(
+    pg_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url)
+    run_migrations(env, DEFAULT_PROJECT, "0005")
+    before = tables(env.url)
+    printed: list[str] = []
+    record = migrate(
+        env,
+        RunOptions(dry_run=True),
+        DEFAULT_PROJECT,
+        Console(say=printed.append, ask=lambda _p: "no"),
+    )
+    output = "\n".join(printed)
+    assert "RENAME total_cents TO amount_cents" in output and "CREATE TABLE products" in output
+    assert "CREATE TABLE users" not in output
+    assert read_current(env) == "0005" and tables(env.url) == before
+    assert record.dry_run
+
+
+def test_dry_run_names_revisions_that_read_rows(
+    sqlite_url: str, scratch: ScratchProject, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(sqlite_url)
+    scratch.add('op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))')
+    reader = scratch.add(
+        'row = op.get_bind().execute(sa.text("SELECT 1")).fetchone()\n'
+        'op.execute("SELECT %d" % row[0])'
+    )
+    scratch.add('op.create_table("b", sa.Column("id", sa.Integer, primary_key=True))')
+    printed: list[str] = []
+    record = migrate(
+        env,
+        RunOptions(dry_run=True),
+        scratch.project(),
+        Console(say=printed.append, ask=lambda _p: "no"),
+    )
+    output = "\n".join(printed)
+    assert "CREATE TABLE a" in output and "CREATE TABLE b" in output
+    assert f"-- revision {reader}" in output and "cannot be rendered offline" in output
+    assert list(record.steps[-1]["details"]["unrendered"]) == [reader]
+
+
+def test_schema_drift_fails_validation_naming_the_table(
+    pg_url: str, scratch: ScratchProject, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url)
+    scratch.add('op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))')
+    models = sa.MetaData()
+    sa.Table(
+        "a", models, sa.Column("id", sa.Integer, primary_key=True), sa.Column("extra", sa.Integer)
+    )
+    with pytest.raises(ValidationError, match=r"add_column a\.extra") as failure:
+        migrate(env, UNATTENDED, scratch.project(models), QUIET)
+    assert failure.value.exit_code == 1
+
+
+def test_no_backup_is_refused_where_a_backup_is_required(
+    sqlite_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(sqlite_url, backup={"required": True})
+    with pytest.raises(UsageError, match="requires a backup") as refused:
+        migrate(env, RunOptions(yes=True, backup=False), DEFAULT_PROJECT, QUIET)
+    assert refused.value.exit_code == 2
+
+
+def test_required_backup_is_taken_before_migrating(
+    sqlite_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(sqlite_url, backup={"required": True})
+    run_migrations(env, DEFAULT_PROJECT, "0002")
+    record = migrate(env, UNATTENDED, DEFAULT_PROJECT, QUIET)
+    assert record.backup and record.backup["revision"] == "0002"
+    assert [s["name"] for s in record.steps][:3] == ["health", "backup", "upgrade"]
+
+
+def test_production_wants_its_name_typed(
+    sqlite_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(sqlite_url, name="production", policy={"confirm": "typed"})
+    answers = Console(say=lambda _t: None, ask=lambda _p: "yes")
+    with pytest.raises(BlockedError, match="did not match 'production'") as refused:
+        migrate(env, RunOptions(interactive=True), DEFAULT_PROJECT, answers)
+    assert refused.value.exit_code == 3
+    assert read_current(env) is None
+    typed = Console(say=lambda _t: None, ask=lambda _p: "production")
+    assert migrate(env, RunOptions(interactive=True), DEFAULT_PROJECT, typed).success
+
+
+def test_blocking_health_check_exits_3(pg_url: str, make_env: Callable[..., Environment]) -> None:
+    env = make_env(pg_url)
+    run_migrations(env, DEFAULT_PROJECT, "0003")
+    release = hold_table_lock(env.url, "users", 30)
+    try:
+        with pytest.raises(BlockedError, match="blocking_sessions") as blocked:
+            migrate(env, UNATTENDED, DEFAULT_PROJECT, QUIET)
+    finally:
+        release.set()
+    assert blocked.value.exit_code == 3 and read_current(env) == "0003"
+
+
+def test_downgrade_and_rollback(pg_url: str, make_env: Callable[..., Environment]) -> None:
+    env = make_env(pg_url, policy={"auto_rollback": True})
+    run_migrations(env, DEFAULT_PROJECT, "0003")
+    migrate(env, UNATTENDED, DEFAULT_PROJECT, QUIET)
+    assert read_current(env) == "0007"
+    record = rollback(env, from_backup=False, yes=True, interactive=False, console=QUIET)
+    assert record.operation == "rollback" and read_current(env) == "0003"
+    assert "products" not in tables(env.url)
+    migrate(
+        env, RunOptions(yes=True, revision="0001", direction="downgrade"), DEFAULT_PROJECT, QUIET
+    )
+    assert read_current(env) == "0001"
+    with pytest.raises(ConfigError, match="downgrade goes down only"):
+        migrate(
+            env,
+            RunOptions(yes=True, revision="0005", direction="downgrade"),
+            DEFAULT_PROJECT,
+            QUIET,
+        )
+
+
+def test_rollback_restores_the_last_runs_backup(
+    pg_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url, policy={"auto_rollback": True})
+    run_migrations(env, DEFAULT_PROJECT, "0002")
+    migrate(env, RunOptions(yes=True, backup=True), DEFAULT_PROJECT, QUIET)
+    record = rollback(env, from_backup=True, yes=True, interactive=False, console=QUIET)
+    assert record.restored_from and read_current(env) == "0002"
+    assert tables(env.url) == {"alembic_version", "users", "orders"}
+
+
+def test_automatic_rollback_is_refused_where_policy_forbids(
+    sqlite_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(sqlite_url, name="production", policy={"auto_rollback": False})
+    migrate(env, UNATTENDED, DEFAULT_PROJECT, QUIET)
+    with pytest.raises(UsageError, match="Automatic rollback is off for production"):
+        rollback(env, from_backup=False, yes=True, interactive=False, console=QUIET)
+    assert read_current(env) == "0007"
+
+
+def test_concurrent_index_revision_runs_under_the_lock(
+    pg_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url)
+    record = migrate(env, UNATTENDED, DEFAULT_PROJECT, QUIET)
+    assert "0003" in [a["revision"] for a in record.applied]
+    engine = create_engine(env.url, poolclass=NullPool)
+    with engine.connect() as connection:
+        assert (
+            connection.execute(
+                text(
+                    "SELECT indisvalid FROM pg_index "
+                    "WHERE indexrelid = 'ix_orders_user_id'::regclass"
+                )
+            ).scalar()
+            is True
+        )
+    engine.dispose()
+
+
+def test_cli_exit_codes(sqlite_url: str, tmp_path: Path) -> None:
+    write_environment(
+        tmp_path / "environments", "staging", tmp_path / "var", backup={"required": True}
+    )
+    env = {"MIGRATE_ENVIRONMENTS_DIR": str(tmp_path / "environments"), "DATABASE_URL": sqlite_url}
+    refused = run_invoke("migrate", "--env", "staging", "--yes", "--no-backup", env=env)
+    assert refused.returncode == 2 and "requires a backup" in refused.stderr
+    both = run_invoke("migrate", "--env", "staging", "--backup", "--no-backup", env=env)
+    assert both.returncode == 2 and "contradict" in both.stderr
+    done = run_invoke("upgrade", "--env", "staging", "--yes", env=env)
+    assert done.returncode == 0, done.stderr
+    again = run_invoke("migrate", "--env", "staging", "--yes", env=env)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
