@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +36,9 @@ def edge(function: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return function(*args, **kwargs)
         except ToolError as exc:
-            raise Exit(f"error: {exc.message}", code=exc.exit_code) from None
+            from tasks.masking import redact
+
+            raise Exit(f"error: {redact(exc.message, [])}", code=exc.exit_code) from None
         except KeyboardInterrupt:
             raise Exit("interrupted", code=EXIT_BLOCKED) from None
         except EOFError:
@@ -254,7 +255,44 @@ def health(c: Any, env: str | None = None, revision: str = "head", json_: bool =
         raise Exit(f"blocked: {', '.join(r.name for r in failed)}", code=EXIT_BLOCKED)
 
 
-ns = Collection(status, heads, generate, migrate, downgrade, rollback, backup, restore_task, health)
+@task(
+    name="report",
+    help={
+        "env": ENV_HELP,
+        "path": "a JSON report to render instead of the environment's last one",
+        "last": "render the environment's last report (the default)",
+        "format": "md, json or html (html is autoescaped)",
+        "issue_body": "print the issue body for a failed run (for the workflow)",
+    },
+)
+@edge
+def report_task(
+    c: Any,
+    env: str | None = None,
+    path: str = "",
+    last: bool = False,
+    format: str = "md",  # noqa: A002 - the flag users type is --format
+    issue_body: bool = False,
+) -> None:
+    """Render a run report: Markdown, JSON, autoescaped HTML, or a GitHub issue body."""
+    from tasks.report import find_report, show
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("Run these through invoke: invoke --list")
+    if last and path:
+        raise UsageError("--last and --path contradict each other; pass one of them.")
+    environment = _environment(env)
+    data = find_report(environment, path or None, failed_only=issue_body)
+    print(show(data, "issue" if issue_body else format, [environment.password]), end="")
+
+
+ns = Collection(
+    status,
+    heads,
+    generate,
+    migrate,
+    downgrade,
+    rollback,
+    backup,
+    restore_task,
+    health,
+    report_task,
+)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote
+import json
+import re
+from typing import Any
+from urllib.parse import quote, quote_plus, unquote
 
 MASK = "***"
 
@@ -31,14 +34,38 @@ def url_password(url: str) -> str | None:
     return None if password is None else str(password)
 
 
-def redact(text: str, secrets: list[str | None]) -> str:
-    """``text`` with every occurrence of each secret (raw or URL-encoded) masked."""
-    from urllib.parse import quote
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@/\s]+@", re.I)
 
+
+def secret_forms(secret: str) -> set[str]:
+    """The ways a password shows up in text: raw, URL-quoted (several styles), JSON-escaped."""
+    forms = {
+        secret,
+        unquote(secret),
+        quote(secret, safe=""),
+        quote(secret, safe=" +"),
+        quote_plus(secret),
+        json.dumps(secret)[1:-1],
+    }
+    return {form for form in forms if form}
+
+
+def redact(text: str, secrets: list[str | None]) -> str:
+    """``text`` with each secret in any of its forms, and any URL's password, masked."""
     for secret in secrets:
         if not secret:
             continue
-        for form in {secret, quote(secret, safe=""), unquote(secret)}:
-            if form:
-                text = text.replace(form, MASK)
-    return text
+        for form in sorted(secret_forms(secret), key=len, reverse=True):
+            text = text.replace(form, MASK)
+    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}@", text)
+
+
+def redact_data(data: Any, secrets: list[str | None]) -> Any:
+    """``redact`` applied to every string inside lists and dicts."""
+    if isinstance(data, str):
+        return redact(data, secrets)
+    if isinstance(data, dict):
+        return {key: redact_data(value, secrets) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [redact_data(value, secrets) for value in data]
+    return data

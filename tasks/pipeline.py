@@ -26,6 +26,7 @@ from tasks.errors import (
     ValidationError,
 )
 from tasks.locking import migration_lock
+from tasks.masking import redact
 from tasks.report import RunRecord, write_report
 from tasks.results import StepResult, format_results, timed
 from tasks.status import read_current
@@ -68,6 +69,7 @@ def recorded(
         yield record
         record.success, record.exit_code = True, EXIT_OK
     except ToolError as exc:
+        exc.message = redact(exc.message, [env.password])
         record.error, record.exit_code = exc.message, exc.exit_code
         raise
     except BaseException as exc:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import PROJECT_ROOT, Environment
-from tasks.masking import redact
+from tasks.masking import redact, redact_data
 from tasks.results import StepResult
 
 REPORT_SCHEMA_VERSION = 1
@@ -135,7 +135,7 @@ def write_report(env: Environment, record: RunRecord) -> Path:
     folder = env.report_dir
     folder.mkdir(parents=True, exist_ok=True)
     secrets = [env.password]
-    data = json.loads(redact(json.dumps(record.to_dict()), secrets))
+    data = redact_data(record.to_dict(), secrets)
     stamp = datetime.fromisoformat(record.started_at).strftime("%Y%m%dT%H%M%S%fZ")
     base = folder / f"{env.name}-{record.operation}-{stamp}-{os.getpid()}"
     json_path = base.with_suffix(".json")
@@ -202,3 +202,39 @@ def prune_reports(env: Environment, keep: Path) -> None:
         if datetime.fromtimestamp(path.stat().st_mtime, UTC) < limit:
             path.unlink(missing_ok=True)
             path.with_suffix(".md").unlink(missing_ok=True)
+
+
+FORMATS = {"md": "report.md.j2", "html": "report.html.j2", "issue": "issue_body.md.j2"}
+
+
+def find_report(env: Environment, path: str | None, failed_only: bool = False) -> dict[str, Any]:
+    """A report by path, or the newest one (the newest failed one for an issue body)."""
+    from tasks.errors import ConfigError
+
+    if path:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"No report at {path}; `invoke report --env E` shows the last one.")
+        try:
+            return load_report(file)
+        except ValueError:
+            raise ConfigError(f"{path} is not a JSON report.") from None
+    for file in list_reports(env):
+        data = load_report(file)
+        if not failed_only or not data.get("success"):
+            return data
+    kind = "failed run's report" if failed_only else "report"
+    raise ConfigError(f"There is no {kind} for {env.name} in {env.report_dir}.")
+
+
+def show(report_data: dict[str, Any], fmt: str, secrets: list[str | None]) -> str:
+    """The report as json, md, html or an issue body; redacted once more on the way out."""
+    from tasks.errors import UsageError
+
+    if fmt == "json":
+        text = json.dumps(report_data, indent=2)
+    elif fmt in FORMATS:
+        text = render(report_data, FORMATS[fmt])
+    else:
+        raise UsageError(f"Unknown report format '{fmt}'; use md, json or html.")
+    return redact(text, secrets)

@@ -13,6 +13,7 @@ from tasks.alembic_api import Project, Revision, current_revision, downgrade_pat
 from tasks.config import Environment
 from tasks.database import make_engine
 from tasks.errors import MigrationError
+from tasks.masking import redact
 
 Direction = Literal["upgrade", "downgrade"]
 LOCK_NOT_AVAILABLE = "55P03"
@@ -155,7 +156,7 @@ def run_migrations(
                         ) from exc
                     raise MigrationError(
                         f"Revision {failed.revision} ({failed.message}) failed and was rolled "
-                        f"back: {_short(exc)}",
+                        f"back: {redact(_short(exc), [env.password])}",
                         failed.revision,
                         tuple(applied),
                     ) from exc

@@ -78,3 +78,18 @@ def test_heads_prints_the_single_head() -> None:
 def test_generate_requires_a_message() -> None:
     result = run_invoke("generate")
     assert result.returncode == 2 and "needs a message" in result.stderr
+
+
+def test_report_task_renders_last_report_in_each_format(tmp_path: Path, sqlite_url: str) -> None:
+    env = cli_env(tmp_path, sqlite_url)
+    assert run_invoke("migrate", "--env", "staging", "--yes", env=env).returncode == 0
+    markdown = run_invoke("report", "--env", "staging", env=env)
+    assert markdown.returncode == 0 and markdown.stdout.startswith("# ✅ upgrade on staging")
+    data = json.loads(run_invoke("report", "--env", "staging", "--format", "json", env=env).stdout)
+    assert data["post_revision"] == "0007"
+    html = run_invoke("report", "--env", "staging", "--format", "html", env=env)
+    assert html.stdout.startswith("<!doctype html>")
+    no_failure = run_invoke("report", "--env", "staging", "--issue-body", env=env)
+    assert no_failure.returncode == 2 and "no failed run's report" in no_failure.stderr
+    bad = run_invoke("report", "--env", "staging", "--format", "pdf", env=env)
+    assert bad.returncode == 2 and "Unknown report format 'pdf'" in bad.stderr

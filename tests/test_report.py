@@ -1,0 +1,190 @@
+"""Reports, audit trail, step summary and issue bodies, written by real runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import jsonschema
+import pytest
+from conftest import ScratchProject, write_environment
+from pgcluster import PASSWORD
+
+from tasks.alembic_api import DEFAULT_PROJECT
+from tasks.config import Environment, load_environment
+from tasks.errors import MigrationError
+from tasks.pipeline import Console, RunOptions, backup, migrate, restore, rollback
+from tasks.report import find_report, list_reports, show
+
+QUIET = Console(say=lambda _text: None, ask=lambda _prompt: "no")
+SCHEMA = json.loads(
+    (Path(__file__).parent.parent / "tasks" / "schemas" / "report-v1.schema.json").read_text()
+)
+
+
+def failing_project(scratch: ScratchProject, error: str) -> ScratchProject:
+    scratch.add(
+        'op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))',
+        'op.drop_table("a")',
+        message="create a",
+    )
+    scratch.add(f"raise RuntimeError({error!r})", message="<script>alert(1)</script> boom")
+    return scratch
+
+
+def test_failed_run_report_says_where_it_stopped(
+    pg_url: str, scratch: ScratchProject, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url)
+    project = failing_project(scratch, "disk on fire").project()
+    with pytest.raises(MigrationError):
+        migrate(env, RunOptions(yes=True), project, QUIET)
+    data = find_report(env, None)
+    jsonschema.validate(data, SCHEMA)
+    assert data["success"] is False and data["exit_code"] == 1
+    assert data["failed_revision"] == "r002" and data["post_revision"] == "r001"
+    assert "disk on fire" in data["error"]
+    markdown = show(data, "md", [])
+    assert "Revision `r002` failed. The database was left at `r001`." in markdown
+    issue = show(data, "issue", [])
+    assert "**left at** | `r001`" in issue and "invoke rollback --env staging" in issue
+
+
+def test_no_password_in_any_file_the_run_wrote(
+    pg_url: str,
+    scratch: ScratchProject,
+    make_env: Callable[..., Environment],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    env = make_env(pg_url, backup={"required": True})
+    # A revision whose error carries the URL, as many libraries' errors do.
+    project = failing_project(scratch, f"could not reach {pg_url} with {PASSWORD}").project()
+    with pytest.raises(MigrationError):
+        migrate(env, RunOptions(yes=True), project, QUIET)
+    written = [p for p in (tmp_path / "var").rglob("*") if p.is_file()]
+    written = [p for p in written if "backups" not in p.parts or p.name.endswith(".json")]
+    texts = [p.read_text() for p in written] + [summary.read_text()]
+    data = find_report(env, None)
+    texts += [show(data, fmt, [env.password]) for fmt in ("md", "json", "html", "issue")]
+    assert len(written) >= 4
+    for text in texts:
+        assert PASSWORD not in text
+        assert "w%27rd" not in text and "w'rd" not in text
+    assert "***" in data["error"]
+
+
+def test_html_is_autoescaped(
+    sqlite_url: str, scratch: ScratchProject, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(sqlite_url)
+    with pytest.raises(MigrationError):
+        migrate(env, RunOptions(yes=True), failing_project(scratch, "x").project(), QUIET)
+    data = find_report(env, None)
+    data["applied"].append(
+        {
+            "revision": "r002",
+            "message": "<script>alert(1)</script> boom",
+            "direction": "upgrade",
+            "duration": 0.1,
+            "retries": 0,
+        }
+    )
+    html = show(data, "html", [])
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; boom" in html
+
+
+def test_every_operation_writes_a_report_that_validates(
+    sqlite_url: str, make_env: Callable[..., Environment], tmp_path: Path
+) -> None:
+    env = make_env(sqlite_url, policy={"auto_rollback": True})
+    migrate(env, RunOptions(yes=True, revision="0003"), DEFAULT_PROJECT, QUIET)
+    migrate(env, RunOptions(yes=True, backup=True), DEFAULT_PROJECT, QUIET)
+    migrate(env, RunOptions(dry_run=True), DEFAULT_PROJECT, QUIET)
+    rollback(env, from_backup=False, yes=True, interactive=False, console=QUIET)
+    backup(env, QUIET)
+    restore(env, "latest", yes=True, interactive=False, console=QUIET)
+    migrate(
+        env, RunOptions(yes=True, revision="base", direction="downgrade"), DEFAULT_PROJECT, QUIET
+    )
+    reports = list_reports(env)
+    operations = sorted(json.loads(p.read_text())["operation"] for p in reports)
+    assert operations == sorted(
+        ["upgrade", "upgrade", "upgrade", "rollback", "backup", "restore", "downgrade"]
+    )
+    for path in reports:
+        jsonschema.validate(json.loads(path.read_text()), SCHEMA)
+        assert path.with_suffix(".md").exists()
+    audit = (env.report_dir / "audit.jsonl").read_text().splitlines()
+    assert len(audit) == 7
+
+
+def _one_run(directory: str, url: str) -> int:
+    env = load_environment("staging", environ={"DATABASE_URL": url}, directory=Path(directory))
+    migrate(env, RunOptions(yes=True), DEFAULT_PROJECT, QUIET)
+    return os.getpid()
+
+
+def test_concurrent_runs_append_whole_audit_lines(sqlite_url: str, tmp_path: Path) -> None:
+    directory = tmp_path / "environments"
+    write_environment(directory, "staging", tmp_path / "var", migration={"lock_wait": 120})
+    with ProcessPoolExecutor(10) as pool:
+        list(pool.map(_one_run, [str(directory)] * 50, [sqlite_url] * 50))
+    lines = (tmp_path / "var" / "reports" / "audit.jsonl").read_text().splitlines()
+    assert len(lines) == 50
+    records = [json.loads(line) for line in lines]
+    assert all(r["success"] for r in records)
+    assert sum(1 for r in records if r["pre_revision"] is None) == 1
+
+
+def test_step_summary_gets_the_markdown(
+    sqlite_url: str,
+    make_env: Callable[..., Environment],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    summary = tmp_path / "summary.md"
+    summary.write_text("previous step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    env = make_env(sqlite_url)
+    migrate(env, RunOptions(yes=True), DEFAULT_PROJECT, QUIET)
+    text = summary.read_text()
+    assert text.startswith("previous step\n") and "upgrade on staging" in text
+    assert "| `0007` | create products and order_items |" in text
+
+
+def test_issue_body_links_to_the_run(
+    sqlite_url: str,
+    scratch: ScratchProject,
+    make_env: Callable[..., Environment],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = make_env(sqlite_url)
+    with pytest.raises(MigrationError):
+        migrate(env, RunOptions(yes=True), failing_project(scratch, "x").project(), QUIET)
+    monkeypatch.setenv("GITHUB_SERVER_URL", "https://github.example")
+    monkeypatch.setenv("GITHUB_REPOSITORY", "team/service")
+    monkeypatch.setenv("GITHUB_RUN_ID", "42")
+    body = show(find_report(env, None, failed_only=True), "issue", [])
+    assert "Run: https://github.example/team/service/actions/runs/42" in body
+
+
+def test_old_reports_are_pruned_but_the_audit_log_stays(
+    sqlite_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(sqlite_url, reports={"retention_days": 1})
+    migrate(env, RunOptions(yes=True), DEFAULT_PROJECT, QUIET)
+    old = list_reports(env)[0]
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(old, (two_days_ago, two_days_ago))
+    migrate(env, RunOptions(yes=True), DEFAULT_PROJECT, QUIET)
+    assert not old.exists() and not old.with_suffix(".md").exists()
+    assert len(list_reports(env)) == 1
+    assert len((env.report_dir / "audit.jsonl").read_text().splitlines()) == 2
