@@ -25,6 +25,7 @@ RUN_HELP = {
     "skip_validation": "do not validate the database after migrating",
     "yes": "do not ask for confirmation (required without a terminal)",
     "dry_run": "print the SQL that would run; change nothing",
+    "no_backup_if_allowed": "skip the backup unless the environment requires one (for CI inputs)",
 }
 
 
@@ -56,9 +57,15 @@ def _environment(name: str | None) -> Any:
     return load_environment(name)
 
 
-def _backup_flag(backup: bool, no_backup: bool) -> bool | None:
-    if backup and no_backup:
-        raise UsageError("--backup and --no-backup contradict each other; pass one of them.")
+def _backup_flag(backup: bool, no_backup: bool, no_backup_if_allowed: bool = False) -> bool | None:
+    """--backup / --no-backup / --no-backup-if-allowed as True / False / None (env decides)."""
+    if sum([backup, no_backup, no_backup_if_allowed]) > 1:
+        raise UsageError(
+            "--backup, --no-backup and --no-backup-if-allowed contradict each "
+            "other; pass one of them."
+        )
+    if no_backup_if_allowed:
+        return None
     return True if backup else False if no_backup else None
 
 
@@ -112,31 +119,20 @@ def generate(c: Any, message: str = "", autogenerate: bool = False, env: str | N
     print(new_revision(message, autogenerate, _environment(env) if autogenerate else None))
 
 
-def _run(
-    env: str | None,
-    revision: str,
-    direction: str,
-    backup: bool,
-    no_backup: bool,
-    skip_health_checks: bool,
-    skip_validation: bool,
-    yes: bool,
-    dry_run: bool,
-) -> None:
+def _run(env: str | None, direction: str, flags: dict[str, Any]) -> None:
+    """Shared body of migrate and downgrade: flags to RunOptions, then the pipeline."""
     from tasks.pipeline import RunOptions, migrate
 
-    environment = _environment(env)
-    options = RunOptions(
-        revision=revision,
-        direction=direction,  # type: ignore[arg-type]
-        backup=_backup_flag(backup, no_backup),
-        skip_health_checks=skip_health_checks,
-        skip_validation=skip_validation,
-        yes=yes,
-        dry_run=dry_run,
-        interactive=_interactive(),
+    backup = _backup_flag(
+        flags.pop("backup"), flags.pop("no_backup"), flags.pop("no_backup_if_allowed", False)
     )
-    migrate(environment, options)
+    options = RunOptions(
+        direction=direction,  # type: ignore[arg-type]
+        backup=backup,
+        interactive=_interactive(),
+        **flags,
+    )
+    migrate(_environment(env), options)
 
 
 @task(aliases=["upgrade"], help=RUN_HELP)
@@ -147,23 +143,17 @@ def migrate(
     revision: str = "head",
     backup: bool = False,
     no_backup: bool = False,
+    no_backup_if_allowed: bool = False,
     skip_health_checks: bool = False,
     skip_validation: bool = False,
     yes: bool = False,
     dry_run: bool = False,
 ) -> None:
     """Health, backup, confirm, upgrade, validate, report (alias: upgrade)."""
-    _run(
-        env,
-        revision,
-        "upgrade",
-        backup,
-        no_backup,
-        skip_health_checks,
-        skip_validation,
-        yes,
-        dry_run,
-    )
+    flags = dict(locals())
+    for name in ("c", "env"):
+        flags.pop(name)
+    _run(env, "upgrade", flags)
 
 
 @task(help=RUN_HELP | {"revision": "revision to go down to (required): an id or 'base'"})
@@ -174,6 +164,7 @@ def downgrade(
     env: str | None = None,
     backup: bool = False,
     no_backup: bool = False,
+    no_backup_if_allowed: bool = False,
     skip_health_checks: bool = False,
     skip_validation: bool = False,
     yes: bool = False,
@@ -182,17 +173,10 @@ def downgrade(
     """The pipeline downward, to an explicit --revision."""
     if not revision:
         raise UsageError("downgrade needs an explicit target: --revision <id> or --revision base.")
-    _run(
-        env,
-        revision,
-        "downgrade",
-        backup,
-        no_backup,
-        skip_health_checks,
-        skip_validation,
-        yes,
-        dry_run,
-    )
+    flags = dict(locals())
+    for name in ("c", "env"):
+        flags.pop(name)
+    _run(env, "downgrade", flags)
 
 
 @task(
@@ -233,26 +217,85 @@ def restore_task(c: Any, backup: str = "", env: str | None = None, yes: bool = F
     put_back(_environment(env), backup, yes, _interactive())
 
 
-@task(help={"env": ENV_HELP, "revision": "target revision the checks apply to", "json_": JSON_HELP})
-@edge
-def health(c: Any, env: str | None = None, revision: str = "head", json_: bool = False) -> None:
-    """The health step alone; exit 0 unless a blocking check fails (then 3)."""
+OUTPUT_HELP = "also write the output to this file (folders are created)"
+
+
+def _emit(text: str, output: str) -> None:
+    """Print, and write to ``output`` too when given (for CI artifacts)."""
+    print(text, end="" if text.endswith("\n") else "\n")
+    if output:
+        from pathlib import Path
+
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+
+
+def _health(env: str | None, revision: str, json_: bool, output: str) -> None:
     from tasks.alembic_api import DEFAULT_PROJECT
     from tasks.health import blocking, run_health
     from tasks.results import format_results
 
     results = run_health(_environment(env), DEFAULT_PROJECT, revision)
-    if json_:
-        print(
-            json.dumps(
-                {"ok": not blocking(results), "checks": [r.to_dict() for r in results]}, indent=2
-            )
-        )
-    else:
-        print(format_results(results))
     failed = blocking(results)
+    if json_:
+        payload = {"ok": not failed, "checks": [r.to_dict() for r in results]}
+        _emit(json.dumps(payload, indent=2), output)
+    else:
+        _emit(format_results(results), output)
     if failed:
         raise Exit(f"blocked: {', '.join(r.name for r in failed)}", code=EXIT_BLOCKED)
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "revision": "target revision the checks apply to",
+        "json_": JSON_HELP,
+        "output": OUTPUT_HELP,
+    }
+)
+@edge
+def health(
+    c: Any, env: str | None = None, revision: str = "head", json_: bool = False, output: str = ""
+) -> None:
+    """The health step alone; exit 0 unless a blocking check fails (then 3)."""
+    _health(env, revision, json_, output)
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "revision": RUN_HELP["revision"],
+        "skip_backup": "skip the backup unless the environment requires one",
+        "health_output": "where to save the health results as JSON",
+    }
+)
+@edge
+def ci(
+    c: Any,
+    env: str | None = None,
+    revision: str = "head",
+    skip_backup: bool = False,
+    health_output: str = "var/health/health.json",
+) -> None:
+    """One line for any CI system: health (saved as JSON), migrate --yes, then status."""
+    from tasks.status import get_status
+
+    _health(env, revision, True, health_output)
+    flags = {
+        "revision": revision,
+        "backup": not skip_backup,
+        "no_backup": False,
+        "no_backup_if_allowed": skip_backup,
+        "skip_health_checks": False,
+        "skip_validation": False,
+        "yes": True,
+        "dry_run": False,
+    }
+    try:
+        _run(env, "upgrade", flags)
+    finally:
+        print(get_status(_environment(env)).render())
 
 
 @task(
@@ -263,6 +306,7 @@ def health(c: Any, env: str | None = None, revision: str = "head", json_: bool =
         "last": "render the environment's last report (the default)",
         "format": "md, json or html (html is autoescaped)",
         "issue_body": "print the issue body for a failed run (for the workflow)",
+        "output": OUTPUT_HELP,
     },
 )
 @edge
@@ -273,6 +317,7 @@ def report_task(
     last: bool = False,
     format: str = "md",  # noqa: A002 - the flag users type is --format
     issue_body: bool = False,
+    output: str = "",
 ) -> None:
     """Render a run report: Markdown, JSON, autoescaped HTML, or a GitHub issue body."""
     from tasks.report import find_report, show
@@ -280,8 +325,17 @@ def report_task(
     if last and path:
         raise UsageError("--last and --path contradict each other; pass one of them.")
     environment = _environment(env)
-    data = find_report(environment, path or None, failed_only=issue_body)
-    print(show(data, "issue" if issue_body else format, [environment.password]), end="")
+    from tasks.errors import ConfigError
+    from tasks.report import no_report_issue_body
+
+    try:
+        data = find_report(environment, path or None, failed_only=issue_body)
+    except ConfigError:
+        if not issue_body or path:
+            raise
+        _emit(no_report_issue_body(environment.name), output)
+        return
+    _emit(show(data, "issue" if issue_body else format, [environment.password]), output)
 
 
 ns = Collection(
@@ -295,4 +349,5 @@ ns = Collection(
     restore_task,
     health,
     report_task,
+    ci,
 )

@@ -227,6 +227,29 @@ def find_report(env: Environment, path: str | None, failed_only: bool = False) -
     raise ConfigError(f"There is no {kind} for {env.name} in {env.report_dir}.")
 
 
+def no_report_issue_body(environment: str) -> str:
+    """The issue body when a job failed before the migration wrote any report."""
+    links = {
+        k: os.environ.get(v)
+        for k, v in (
+            ("server", "GITHUB_SERVER_URL"),
+            ("repository", "GITHUB_REPOSITORY"),
+            ("run_id", "GITHUB_RUN_ID"),
+        )
+    }
+    run = (
+        f"\nRun: {links['server']}/{links['repository']}/actions/runs/{links['run_id']}\n"
+        if all(links.values())
+        else ""
+    )
+    return (
+        f"## Database migration failed: {environment}\n{run}\n"
+        "The job failed before the migration wrote a report (for example a missing "
+        "secret, a failed install or a blocking health check), so the database was not "
+        "changed by this run. See the run log and the health artifact.\n"
+    )
+
+
 def show(report_data: dict[str, Any], fmt: str, secrets: list[str | None]) -> str:
     """The report as json, md, html or an issue body; redacted once more on the way out."""
     from tasks.errors import UsageError

@@ -1,0 +1,206 @@
+"""Just enough of GitHub Actions to check and play our workflow offline.
+
+An expression evaluator for ``${{ }}`` (literals, context paths, ``!``, ``==``,
+``!=``, ``&&``, ``||``, status functions) and a player that runs a job's
+``run:`` steps in order with bash, honouring ``if:`` and step outcomes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_TOKEN = re.compile(
+    r"\s*(?:(?P<op>\|\||&&|==|!=|\(|\)|!)|'(?P<str>(?:[^']|'')*)'"
+    r"|(?P<num>-?\d+(?:\.\d+)?)|(?P<name>[A-Za-z_][\w.-]*(?:\(\))?))"
+)
+_EMBEDDED = re.compile(r"\$\{\{(.*?)\}\}", re.S)
+STATUS_FUNCTIONS = ("success()", "failure()", "always()", "cancelled()")
+
+
+def _tokens(text: str) -> list[tuple[str, Any]]:
+    tokens, position = [], 0
+    text = text.strip()
+    while position < len(text):
+        match = _TOKEN.match(text, position)
+        if not match or match.end() == position:
+            raise ValueError(f"cannot parse expression near {text[position:]!r}")
+        position = match.end()
+        kind = match.lastgroup
+        tokens.append((kind, match.group(kind)))
+    return tokens
+
+
+def truthy(value: Any) -> bool:
+    return value not in (None, False, 0, "", "false")
+
+
+class Evaluator:
+    def __init__(self, context: dict[str, Any], status: str = "success") -> None:
+        self.context = context
+        self.status = status
+
+    def evaluate(self, text: str) -> Any:
+        self.tokens = _tokens(text)
+        self.index = 0
+        value = self._or()
+        if self.index != len(self.tokens):
+            raise ValueError(f"unexpected {self.tokens[self.index]} in {text!r}")
+        return value
+
+    def _peek(self) -> tuple[str, Any] | None:
+        return self.tokens[self.index] if self.index < len(self.tokens) else None
+
+    def _take(self) -> tuple[str, Any]:
+        token = self.tokens[self.index]
+        self.index += 1
+        return token
+
+    def _or(self) -> Any:
+        left = self._and()
+        while self._peek() == ("op", "||"):
+            self._take()
+            right = self._and()
+            left = left if truthy(left) else right
+        return left
+
+    def _and(self) -> Any:
+        left = self._eq()
+        while self._peek() == ("op", "&&"):
+            self._take()
+            right = self._eq()
+            left = right if truthy(left) else left
+        return left
+
+    def _eq(self) -> Any:
+        left = self._unary()
+        while self._peek() in (("op", "=="), ("op", "!=")):
+            op = self._take()[1]
+            right = self._unary()
+            same = str(left).lower() == str(right).lower()
+            left = same if op == "==" else not same
+        return left
+
+    def _unary(self) -> Any:
+        if self._peek() == ("op", "!"):
+            self._take()
+            return not truthy(self._unary())
+        return self._primary()
+
+    def _primary(self) -> Any:
+        kind, value = self._take()
+        if (kind, value) == ("op", "("):
+            inner = self._or()
+            self._take()
+            return inner
+        if kind == "str":
+            return value.replace("''", "'")
+        if kind == "num":
+            return float(value)
+        if value in ("true", "false"):
+            return value == "true"
+        if value == "null":
+            return None
+        if value in STATUS_FUNCTIONS:
+            return {
+                "success()": self.status == "success",
+                "failure()": self.status == "failure",
+                "always()": True,
+                "cancelled()": False,
+            }[value]
+        current: Any = self.context
+        for part in value.split("."):
+            current = current.get(part) if isinstance(current, dict) else None
+        return current
+
+
+def render(text: str, context: dict[str, Any]) -> str:
+    """Replace each ``${{ }}`` in ``text`` with its value, as GitHub does."""
+
+    def value(match: re.Match[str]) -> str:
+        result = Evaluator(context).evaluate(match.group(1))
+        if isinstance(result, bool):
+            return "true" if result else "false"
+        return "" if result is None else str(result)
+
+    return _EMBEDDED.sub(value, str(text))
+
+
+def condition(text: str | None, context: dict[str, Any], status: str) -> bool:
+    """An ``if:``; without a status function GitHub adds ``success() &&``."""
+    if text is None:
+        return status == "success"
+    expression = str(text).strip()
+    match = _EMBEDDED.fullmatch(expression)
+    if match:
+        expression = match.group(1)
+    if not any(f in expression for f in STATUS_FUNCTIONS):
+        expression = f"success() && ({expression})"
+    return truthy(Evaluator(context, status).evaluate(expression))
+
+
+@dataclass
+class JobRun:
+    status: str = "success"
+    outcomes: dict[str, str] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)
+    uploads: list[dict[str, Any]] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+def play_job(
+    workflow: dict[str, Any],
+    job_name: str,
+    context: dict[str, Any],
+    workdir: Path,
+    base_env: dict[str, str],
+    skip_run: tuple[str, ...] = (),
+) -> JobRun:
+    """Run a job's ``run:`` steps; ``uses:`` steps are recorded (uploads) but not run."""
+    job = workflow["jobs"][job_name]
+    env = dict(base_env)
+    context = {**context, "env": env, "steps": {}}
+    for key, raw in (workflow.get("env") or {}).items():
+        env[key] = render(raw, context)
+    for key, raw in (job.get("env") or {}).items():
+        env[key] = render(raw, context)
+    run = JobRun()
+    for index, step in enumerate(job["steps"]):
+        name = step.get("name", f"step {index}")
+        if not condition(step.get("if"), context, run.status):
+            outcome = "skipped"
+        elif "uses" in step:
+            if "upload-artifact" in step["uses"]:
+                with_ = {k: render(v, context) for k, v in step.get("with", {}).items()}
+                run.uploads.append(with_)
+            outcome = "success"
+        elif any(marker in step["run"] for marker in skip_run):
+            outcome = "success"
+        else:
+            step_env = env | {k: render(v, context) for k, v in (step.get("env") or {}).items()}
+            done = subprocess.run(
+                ["bash", "-e", "-o", "pipefail", "-c", step["run"]],
+                cwd=workdir,
+                env=step_env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            run.logs[name] = done.stdout + done.stderr
+            outcome = "success" if done.returncode == 0 else "failure"
+            if outcome == "failure":
+                run.status = "failure"
+        run.outcomes[name] = outcome
+        if "id" in step:
+            context["steps"][step["id"]] = {"outcome": outcome, "conclusion": outcome}
+    run.outputs = {k: render(v, context) for k, v in (job.get("outputs") or {}).items()}
+    return run
+
+
+def os_path_with(*folders: Path) -> str:
+    return os.pathsep.join([*(str(f) for f in folders), os.environ.get("PATH", "")])

