@@ -338,6 +338,65 @@ def report_task(
     _emit(show(data, "issue" if issue_body else format, [environment.password]), output)
 
 
+@task(
+    help={
+        "env": ENV_HELP + "; its pending revisions are linted by default",
+        "range_": "revisions A:B to lint (A exclusive, as in Alembic), e.g. base:head",
+        "all_": "lint every revision",
+        "json_": JSON_HELP,
+    }
+)
+@edge
+def lint(
+    c: Any, env: str | None = None, range_: str = "", all_: bool = False, json_: bool = False
+) -> None:
+    """Check the migrations' SQL with squawk for locking and data-losing operations."""
+    from tasks.alembic_api import DEFAULT_PROJECT, resolve_revision, upgrade_path
+    from tasks.lint import lint_revisions, parse_range
+    from tasks.status import read_current
+
+    scripts = DEFAULT_PROJECT.scripts()
+    if range_ and all_:
+        raise UsageError("--range and --all contradict each other; pass one of them.")
+    if all_:
+        start, end = None, "head"
+    elif range_:
+        start, end = parse_range(range_)
+    else:
+        start, end = read_current(_environment(env)), "head"
+    path = upgrade_path(
+        scripts, resolve_revision(scripts, start) if start else None, resolve_revision(scripts, end)
+    )
+    result = lint_revisions(DEFAULT_PROJECT, path)
+    print(json.dumps(result.to_dict(), indent=2) if json_ else result.render())
+    if result.blocking:
+        raise Exit(code=EXIT_FAILED)
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "stairway": "also run the stairway test (up, down one, up) on a scratch database",
+        "json_": JSON_HELP,
+    }
+)
+@edge
+def check(c: Any, env: str | None = None, stairway: bool = False, json_: bool = False) -> None:
+    """One head, models match the database, pending SQL linted; --stairway for downgrades."""
+    from tasks.alembic_api import DEFAULT_PROJECT
+    from tasks.check import run_check
+    from tasks.results import format_results
+
+    results = run_check(_environment(env), DEFAULT_PROJECT, stairway)
+    failed = [r for r in results if not r.ok]
+    if json_:
+        print(json.dumps({"ok": not failed, "checks": [r.to_dict() for r in results]}, indent=2))
+    else:
+        print(format_results(results))
+    if failed:
+        raise Exit(f"check failed: {', '.join(r.name for r in failed)}", code=EXIT_FAILED)
+
+
 ns = Collection(
     status,
     heads,
@@ -350,4 +409,6 @@ ns = Collection(
     health,
     report_task,
     ci,
+    lint,
+    check,
 )

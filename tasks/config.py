@@ -39,6 +39,7 @@ class HealthSettings(_Section):
     min_free_disk_mb: int = Field(default=100, ge=0)
     max_transaction_age: float = Field(default=300.0, gt=0)
     check_blocking_sessions: bool = True
+    lint: bool = False
 
 
 class BackupSettings(_Section):

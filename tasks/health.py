@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tasks.alembic_api import Project, heads, resolve_revision
+from tasks.alembic_api import Project, current_revision, heads, resolve_revision
 from tasks.config import Environment
 from tasks.database import make_engine, sqlite_path
 from tasks.errors import ConfigError
@@ -223,12 +223,15 @@ def run_health(env: Environment, project: Project, target: str = "head") -> list
     """All checks in order; a failed connection skips those that need the database."""
     results = [check_connection(env)]
     db_size: int | None = None
+    current: str | None = None
     if results[0].ok:
         engine = make_engine(env, role="health")
         try:
             with engine.connect() as connection:
                 db_size = database_size(env, connection)
                 results.append(check_version_table(env, connection))
+                if results[-1].details["present"]:
+                    current = current_revision(connection)
                 if not env.is_sqlite and env.settings.health.check_blocking_sessions:
                     results.append(check_blocking_sessions(env, connection))
         finally:
@@ -236,6 +239,10 @@ def run_health(env: Environment, project: Project, target: str = "head") -> list
     results.append(check_disk(env, db_size))
     results.append(check_single_head(project))
     results.append(check_target(project, target))
+    if env.settings.health.lint and results[0].ok and results[-1].ok:
+        from tasks.lint import lint_pending
+
+        results.append(lint_pending(project, current, results[-1].details["resolved"]))
     return results
 
 

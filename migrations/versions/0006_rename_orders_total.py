@@ -15,6 +15,10 @@ branch_labels = None
 depends_on = None
 
 
+# squawk: allow renaming-column -- shipped before any client read orders.total_cents
+# (a live service would add the new column, backfill, switch readers, then drop the old one).
+
+
 def upgrade() -> None:
     with op.batch_alter_table("orders") as batch:
         batch.alter_column("total_cents", new_column_name="amount_cents")
