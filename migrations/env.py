@@ -7,6 +7,7 @@ control connections, timeouts and transactions; plain Alembic gets its URL from
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from logging.config import fileConfig
@@ -16,9 +17,6 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 config = context.config
 attributes = config.attributes
 
@@ -27,12 +25,19 @@ if config.config_file_name is not None and attributes.get("configure_logger", Tr
 
 
 def load_metadata():
-    """The models to compare against; callers (and tests) may hand in their own."""
+    """The models to compare against: handed in by the caller, else models.py beside this file."""
     if "target_metadata" in attributes:
         return attributes["target_metadata"]
-    from migrations.models import metadata
-
-    return metadata
+    path = Path(__file__).resolve().with_name("models.py")
+    if not path.exists():
+        return None
+    name = f"_migration_models_{abs(hash(str(path)))}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name].metadata
 
 
 target_metadata = load_metadata()

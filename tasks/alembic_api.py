@@ -229,13 +229,49 @@ class Project:
         return script_directory(self.config())
 
     def metadata(self) -> Any:
-        """The models the database is compared with after migrating."""
+        """The models the database is compared with: handed in, or ``models.py`` beside env.py."""
         given = dict(self.attributes)
         if "target_metadata" in given:
             return given["target_metadata"]
-        import importlib
+        return load_models(Path(self.scripts().dir))
 
-        return importlib.import_module("migrations.models").metadata
+
+def load_models(script_folder: Path) -> Any:
+    """``metadata`` from the script folder's ``models.py``, loaded by path; None if absent."""
+    import importlib.util
+    import sys
+
+    path = script_folder / "models.py"
+    if not path.exists():
+        return None
+    name = f"_migration_models_{abs(hash(str(path.resolve())))}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return getattr(sys.modules[name], "metadata", None)
 
 
 DEFAULT_PROJECT = Project()
+
+
+def project_for(env: Any) -> Project:
+    """The Alembic project an environment names (default: this repository's)."""
+    settings = env.settings.alembic
+    ini = env.resolve(settings.ini)
+    if not ini.is_file():
+        raise ConfigError(
+            f"{env.path.name}: alembic.ini '{settings.ini}' does not exist; "
+            "fix alembic.ini in the environment file."
+        )
+    location = env.resolve(settings.script_location) if settings.script_location else None
+    if location is not None and not (location / "env.py").is_file():
+        raise ConfigError(
+            f"{env.path.name}: alembic.script_location '{settings.script_location}' "
+            "has no env.py; point it at an Alembic script folder."
+        )
+    if ini == ALEMBIC_INI and location is None:
+        return DEFAULT_PROJECT
+    return Project(ini=ini, script_location=location)

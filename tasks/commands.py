@@ -85,14 +85,14 @@ def status(c: Any, env: str | None = None, json_: bool = False) -> None:
     print(json.dumps(result.to_dict(), indent=2) if json_ else result.render())
 
 
-@task
+@task(help={"env": ENV_HELP + "; picks the Alembic project"})
 @edge
-def heads(c: Any) -> None:
+def heads(c: Any, env: str | None = None) -> None:
     """The scripts' heads; warns (exit 1) when there are several."""
-    from tasks.alembic_api import DEFAULT_PROJECT
     from tasks.alembic_api import heads as find_heads
+    from tasks.alembic_api import project_for
 
-    found = find_heads(DEFAULT_PROJECT.scripts())
+    found = find_heads(project_for(_environment(env)).scripts())
     for head in found:
         print(head)
     if len(found) > 1:
@@ -116,7 +116,14 @@ def generate(c: Any, message: str = "", autogenerate: bool = False, env: str | N
 
     if not message.strip():
         raise UsageError("A revision needs a message: invoke generate -m 'add orders table'.")
-    print(new_revision(message, autogenerate, _environment(env) if autogenerate else None))
+    from tasks.alembic_api import project_for
+
+    environment = _environment(env)
+    print(
+        new_revision(
+            message, autogenerate, environment if autogenerate else None, project_for(environment)
+        )
+    )
 
 
 def _run(env: str | None, direction: str, flags: dict[str, Any]) -> None:
@@ -231,11 +238,12 @@ def _emit(text: str, output: str) -> None:
 
 
 def _health(env: str | None, revision: str, json_: bool, output: str) -> None:
-    from tasks.alembic_api import DEFAULT_PROJECT
+    from tasks.alembic_api import project_for
     from tasks.health import blocking, run_health
     from tasks.results import format_results
 
-    results = run_health(_environment(env), DEFAULT_PROJECT, revision)
+    environment = _environment(env)
+    results = run_health(environment, project_for(environment), revision)
     failed = blocking(results)
     if json_:
         payload = {"ok": not failed, "checks": [r.to_dict() for r in results]}
@@ -351,11 +359,13 @@ def lint(
     c: Any, env: str | None = None, range_: str = "", all_: bool = False, json_: bool = False
 ) -> None:
     """Check the migrations' SQL with squawk for locking and data-losing operations."""
-    from tasks.alembic_api import DEFAULT_PROJECT, resolve_revision, upgrade_path
+    from tasks.alembic_api import project_for, resolve_revision, upgrade_path
     from tasks.lint import lint_revisions, parse_range
     from tasks.status import read_current
 
-    scripts = DEFAULT_PROJECT.scripts()
+    environment = _environment(env)
+    project = project_for(environment)
+    scripts = project.scripts()
     if range_ and all_:
         raise UsageError("--range and --all contradict each other; pass one of them.")
     if all_:
@@ -363,11 +373,11 @@ def lint(
     elif range_:
         start, end = parse_range(range_)
     else:
-        start, end = read_current(_environment(env)), "head"
+        start, end = read_current(environment), "head"
     path = upgrade_path(
         scripts, resolve_revision(scripts, start) if start else None, resolve_revision(scripts, end)
     )
-    result = lint_revisions(DEFAULT_PROJECT, path)
+    result = lint_revisions(project, path)
     print(json.dumps(result.to_dict(), indent=2) if json_ else result.render())
     if result.blocking:
         raise Exit(code=EXIT_FAILED)
@@ -383,11 +393,12 @@ def lint(
 @edge
 def check(c: Any, env: str | None = None, stairway: bool = False, json_: bool = False) -> None:
     """One head, models match the database, pending SQL linted; --stairway for downgrades."""
-    from tasks.alembic_api import DEFAULT_PROJECT
+    from tasks.alembic_api import project_for
     from tasks.check import run_check
     from tasks.results import format_results
 
-    results = run_check(_environment(env), DEFAULT_PROJECT, stairway)
+    environment = _environment(env)
+    results = run_check(environment, project_for(environment), stairway)
     failed = [r for r in results if not r.ok]
     if json_:
         print(json.dumps({"ok": not failed, "checks": [r.to_dict() for r in results]}, indent=2))

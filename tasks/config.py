@@ -35,6 +35,13 @@ class DatabaseSettings(_Section):
     connect_timeout: float = Field(default=10.0, gt=0, le=600)
 
 
+class AlembicSettings(_Section):
+    """Which Alembic project the tasks drive: this repository's, or one a team already has."""
+
+    ini: str = "alembic.ini"
+    script_location: str | None = None
+
+
 class HealthSettings(_Section):
     min_free_disk_mb: int = Field(default=100, ge=0)
     max_transaction_age: float = Field(default=300.0, gt=0)
@@ -77,6 +84,7 @@ class ReportSettings(_Section):
 class EnvironmentFile(_Section):
     description: str = ""
     database: DatabaseSettings
+    alembic: AlembicSettings = AlembicSettings()
     health: HealthSettings = HealthSettings()
     backup: BackupSettings = BackupSettings()
     migration: MigrationSettings = MigrationSettings()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from tasks import alembic_api, confirm, health, report, upgrade, validate
-from tasks.alembic_api import DEFAULT_PROJECT, Project
+from tasks.alembic_api import Project, project_for
 from tasks.backup import BackupInfo, Progress, take_backup
 from tasks.config import Environment
 from tasks.errors import (
@@ -159,11 +159,12 @@ def run_backup_step(env: Environment, record: RunRecord, console: Console) -> Ba
 def migrate(
     env: Environment,
     options: RunOptions,
-    project: Project = DEFAULT_PROJECT,
+    project: Project | None = None,
     console: Console | None = None,
 ) -> RunRecord:
     """The whole pipeline; raises a ToolError (with its exit code) when a step fails."""
     console = console or Console()
+    project = project or project_for(env)
     operation = options.operation or options.direction
     check_policy(env, options)
     with recorded(env, operation, console, options.dry_run) as record:
@@ -347,7 +348,7 @@ def rollback(
     from_backup: bool,
     yes: bool,
     interactive: bool,
-    project: Project = DEFAULT_PROJECT,
+    project: Project | None = None,
     console: Console | None = None,
 ) -> RunRecord:
     """Undo the last run: downgrade to its pre-revision, or restore its backup."""

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from tasks.alembic_api import (
-    DEFAULT_PROJECT,
     Project,
     Revision,
     current_revision,
     heads,
     history,
+    project_for,
     upgrade_path,
 )
 from tasks.config import Environment
@@ -74,8 +74,8 @@ def _first_line(exc: BaseException) -> str:
     return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
 
 
-def get_status(env: Environment, project: Project = DEFAULT_PROJECT) -> Status:
-    scripts = project.scripts()
+def get_status(env: Environment, project: Project | None = None) -> Status:
+    scripts = (project or project_for(env)).scripts()
     current = read_current(env)
     all_revisions = history(scripts)
     head_ids = heads(scripts)

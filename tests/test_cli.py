@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import run_invoke, write_environment
+from conftest import ScratchProject, run_invoke, write_environment
 
 
 def cli_env(tmp_path: Path, url: str, name: str = "staging", **sections: object) -> dict[str, str]:
@@ -94,3 +94,22 @@ def test_report_task_renders_last_report_in_each_format(tmp_path: Path, sqlite_u
     assert "failed before the migration wrote a report" in no_failure.stdout
     bad = run_invoke("report", "--env", "staging", "--format", "pdf", env=env)
     assert bad.returncode == 2 and "Unknown report format 'pdf'" in bad.stderr
+
+
+def test_environment_can_point_at_another_alembic_project(
+    tmp_path: Path, sqlite_url: str, scratch: ScratchProject
+) -> None:
+    scratch.add('op.create_table("widgets", sa.Column("id", sa.Integer, primary_key=True))')
+    (scratch.folder / "models.py").write_text(
+        "import sqlalchemy as sa\nmetadata = sa.MetaData()\n"
+        'sa.Table("widgets", metadata, sa.Column("id", sa.Integer, primary_key=True))\n'
+    )
+    env = cli_env(tmp_path, sqlite_url, alembic={"script_location": str(scratch.folder)})
+    result = run_invoke("migrate", "--env", "staging", "--yes", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "at target, answers, schema matches" in result.stdout
+    status = json.loads(run_invoke("status", "--env", "staging", "--json", env=env).stdout)
+    assert status["current"] == "r001" and status["heads"] == ["r001"]
+    broken = cli_env(tmp_path, sqlite_url, alembic={"script_location": str(tmp_path)})
+    missing = run_invoke("status", "--env", "staging", env=broken)
+    assert missing.returncode == 2 and "has no env.py" in missing.stderr
