@@ -288,7 +288,7 @@ def run_validate_step(
     record.validation = [r.to_dict() for r in results]
     failed = [r for r in results if not r.ok]
     message = (
-        "at target, answers, schema matches"
+        ", ".join(r.message for r in results)
         if not failed
         else "; ".join(f"{r.name}: {r.message}" for r in failed)
     )

@@ -107,7 +107,7 @@ def test_environment_can_point_at_another_alembic_project(
     env = cli_env(tmp_path, sqlite_url, alembic={"script_location": str(scratch.folder)})
     result = run_invoke("migrate", "--env", "staging", "--yes", env=env)
     assert result.returncode == 0, result.stderr
-    assert "at target, answers, schema matches" in result.stdout
+    assert "schema matches the models" in result.stdout
     status = json.loads(run_invoke("status", "--env", "staging", "--json", env=env).stdout)
     assert status["current"] == "r001" and status["heads"] == ["r001"]
     broken = cli_env(tmp_path, sqlite_url, alembic={"script_location": str(tmp_path)})
