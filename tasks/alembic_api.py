@@ -86,14 +86,19 @@ def history(scripts: ScriptDirectory) -> list[Revision]:
 
 
 def current_revision(connection: Connection) -> str | None:
-    """The revision in ``alembic_version``; None when the table is absent or empty."""
-    from alembic.runtime.migration import MigrationContext
+    """The revision in ``alembic_version``; None when the table is absent or empty.
 
-    context = MigrationContext.configure(connection)
-    heads_now = context.get_current_heads()
-    if len(heads_now) > 1:
-        return ",".join(heads_now)
-    return heads_now[0] if heads_now else None
+    Plain SQL, as Alembic's MigrationContext reads it, so status and backup need not
+    import Alembic's runtime.
+    """
+    from sqlalchemy import inspect, text
+
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    rows = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    if not rows:
+        return None
+    return ",".join(sorted(rows))
 
 
 def resolve_revision(scripts: ScriptDirectory, target: str) -> str | None:

@@ -7,6 +7,7 @@ environment, never its argv; SQLite through the ``sqlite3`` backup API.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -193,7 +194,8 @@ def dump_postgres(env: Environment, target: Path, tables_total: int, progress: P
                 f"backup: {done[0]}/{tables_total} tables, "
                 f"{size_of(target) / 1024 / 1024:,.1f} MB written"
             )
-            time.sleep(0.2)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=0.2)
         reader.join(timeout=5)
         if process.returncode != 0:
             detail = errors[0] if errors else f"exit code {process.returncode}"

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import quote
-
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic import ValidationError as PydanticValidationError
 
 from tasks.errors import ConfigError
 from tasks.masking import mask_url, url_password
+from tasks.schema import SchemaError, build, setting
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENVIRONMENTS_DIR = PROJECT_ROOT / "environments"
@@ -26,70 +24,77 @@ _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+SECTION = dataclass(frozen=True)
 
 
-class DatabaseSettings(_Section):
-    url: str = Field(min_length=1)
-    connect_timeout: float = Field(default=10.0, gt=0, le=600)
+@SECTION
+class DatabaseSettings:
+    url: str = setting(min_length=1)
+    connect_timeout: float = setting(10.0, gt=0, le=600)
 
 
-class AlembicSettings(_Section):
+@SECTION
+class AlembicSettings:
     """Which Alembic project the tasks drive: this repository's, or one a team already has."""
 
     ini: str = "alembic.ini"
     script_location: str | None = None
 
 
-class HealthSettings(_Section):
-    min_free_disk_mb: int = Field(default=100, ge=0)
-    max_transaction_age: float = Field(default=300.0, gt=0)
+@SECTION
+class HealthSettings:
+    min_free_disk_mb: int = setting(100, ge=0)
+    max_transaction_age: float = setting(300.0, gt=0)
     check_blocking_sessions: bool = True
     lint: bool = False
 
 
-class BackupSettings(_Section):
+@SECTION
+class BackupSettings:
     required: bool = False
     folder: str = "var/backups"
     format: Literal["custom", "directory"] = "custom"
-    jobs: int = Field(default=1, ge=1, le=64)
-    compression: int = Field(default=6, ge=0, le=9)
-    timeout: float = Field(default=3600.0, gt=0)
-    keep: int | None = Field(default=10, ge=1)
-    keep_days: int | None = Field(default=None, ge=1)
+    jobs: int = setting(1, ge=1, le=64)
+    compression: int = setting(6, ge=0, le=9)
+    timeout: float = setting(3600.0, gt=0)
+    keep: int | None = setting(10, ge=1)
+    keep_days: int | None = setting(None, ge=1)
 
 
-class MigrationSettings(_Section):
-    lock_timeout: float = Field(default=2.0, ge=0)
-    statement_timeout: float = Field(default=0.0, ge=0)
-    retries: int = Field(default=3, ge=0, le=100)
-    retry_backoff: float = Field(default=1.0, ge=0)
-    lock_wait: float = Field(default=60.0, ge=0)
+@SECTION
+class MigrationSettings:
+    lock_timeout: float = setting(2.0, ge=0)
+    statement_timeout: float = setting(0.0, ge=0)
+    retries: int = setting(3, ge=0, le=100)
+    retry_backoff: float = setting(1.0, ge=0)
+    lock_wait: float = setting(60.0, ge=0)
     transaction_per_migration: bool = True
 
 
-class PolicySettings(_Section):
+@SECTION
+class PolicySettings:
     confirm: Literal["never", "prompt", "typed"] = "prompt"
     allow_downgrade: bool = True
     allow_rollback: bool = True
     auto_rollback: bool = False
 
 
-class ReportSettings(_Section):
+@SECTION
+class ReportSettings:
     folder: str = "var/reports"
-    retention_days: int = Field(default=30, ge=1)
+    retention_days: int = setting(30, ge=1)
 
 
-class EnvironmentFile(_Section):
-    description: str = ""
+@SECTION
+class EnvironmentFile:
     database: DatabaseSettings
-    alembic: AlembicSettings = AlembicSettings()
-    health: HealthSettings = HealthSettings()
-    backup: BackupSettings = BackupSettings()
-    migration: MigrationSettings = MigrationSettings()
-    policy: PolicySettings = PolicySettings()
-    reports: ReportSettings = ReportSettings()
+    description: str = ""
+    alembic: AlembicSettings = field(default_factory=AlembicSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+    backup: BackupSettings = field(default_factory=BackupSettings)
+    migration: MigrationSettings = field(default_factory=MigrationSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    reports: ReportSettings = field(default_factory=ReportSettings)
 
 
 @dataclass(frozen=True)
@@ -153,26 +158,15 @@ def substitute(template: str, environ: dict[str, str], where: str) -> str:
     return _PLACEHOLDER.sub(lambda m: quote(environ[m.group(1)], safe=""), template)
 
 
-def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"])
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return f"unknown key '{key}'; remove it or check its spelling"
-    if kind == "missing":
-        return f"missing key '{key}'"
-    return f"key '{key}' {error['msg'][0].lower()}{error['msg'][1:]} (got {error['input']!r})"
-
-
 def parse_environment(name: str, path: Path, data: object) -> EnvironmentFile:
     """Validate the YAML data of one file; raise ConfigError naming the key."""
     where = _relative(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping of settings, not {type(data).__name__}.")
     try:
-        return EnvironmentFile.model_validate(data)
-    except PydanticValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"{where}: {_describe(first)}.") from None
+        return build(EnvironmentFile, data)
+    except SchemaError as exc:
+        raise ConfigError(f"{where}: {exc}.") from None
 
 
 def _relative(path: Path) -> str:

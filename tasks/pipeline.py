@@ -64,6 +64,7 @@ def recorded(
     record = RunRecord(
         environment=env.name, operation=operation, url=env.masked_url, dry_run=dry_run
     )
+    report.prewarm()
     started = time.perf_counter()
     try:
         yield record

@@ -6,11 +6,13 @@ text is passed through ``redact`` with the environment's password first.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import json
 import os
 import socket
 import subprocess
+import threading
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -89,7 +91,9 @@ def git_commit() -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
+@functools.cache
 def jinja_environment(autoescape: bool = False) -> Any:
+    """One Jinja environment per escaping mode; it caches compiled templates."""
     from jinja2 import Environment as Jinja
     from jinja2 import FileSystemLoader, StrictUndefined
 
@@ -101,6 +105,15 @@ def jinja_environment(autoescape: bool = False) -> Any:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+
+
+def prewarm() -> threading.Thread:
+    """Import Jinja and compile the report template while the run waits on the database."""
+    worker = threading.Thread(
+        target=lambda: jinja_environment(False).get_template("report.md.j2"), daemon=True
+    )
+    worker.start()
+    return worker
 
 
 def render(report: dict[str, Any], template: str) -> str:

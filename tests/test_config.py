@@ -58,10 +58,24 @@ def test_database_url_overrides_file() -> None:
         ("database: {url: 'sqlite://'}\nbackup: {formt: custom}\n", "unknown key 'backup.formt'"),
         (
             "database: {url: 'sqlite://'}\nbackup: {format: tar}\n",
-            "key 'backup.format' input should be 'custom' or 'directory'",
+            "key 'backup.format' must be one of 'custom', 'directory'",
         ),
         ("database: {url: 'sqlite://'}\nmigration: {retries: many}\n", "key 'migration.retries'"),
         ("backup: {}\n", "missing key 'database'"),
+        (
+            "database: {url: 'sqlite://', connect_timeout: 0}\n",
+            "key 'database.connect_timeout' must be greater than 0 (got 0)",
+        ),
+        (
+            "database: {url: 'sqlite://'}\npolicy: {allow_downgrade: maybe}\n",
+            "key 'policy.allow_downgrade' must be true or false (got 'maybe')",
+        ),
+        (
+            "database: {url: 'sqlite://'}\nbackup: {keep: 2.5}\n",
+            "key 'backup.keep' must be a whole number (got 2.5)",
+        ),
+        ("database: {url: ''}\n", "key 'database.url' must not be empty"),
+        ("- a\n- b\n", "must be a mapping of settings"),
         ("database: {url: 'mysql://x@y/z'}\n", "only postgresql and sqlite"),
         ("database: [unclosed\n", "not valid YAML"),
     ],

@@ -1,0 +1,148 @@
+"""Pipeline overhead: `invoke migrate --yes --no-backup` against bare `alembic upgrade head`.
+
+A generated chain of revisions (tables, columns, indexes) is applied to a fresh
+database each run; both sides run as commands, alternately. Goal: ratio <= 1.3.
+
+    python benchmarks/bench_pipeline.py [--revisions 40] [--runs 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from common import (
+    BIN,
+    ROOT,
+    arguments,
+    create_database,
+    drop_database,
+    environment_file,
+    finish,
+    invoke,
+    median,
+    postgres,
+    timed_run,
+)
+
+
+def generate_project(folder: Path, count: int) -> Path:
+    """A script folder with ``count`` revisions and the models they end at."""
+    scripts = folder / "migrations"
+    (scripts / "versions").mkdir(parents=True)
+    shutil.copy(ROOT / "migrations" / "env.py", scripts / "env.py")
+    shutil.copy(ROOT / "migrations" / "script.py.mako", scripts / "script.py.mako")
+    ini = (ROOT / "alembic.ini").read_text()
+    (folder / "alembic.ini").write_text(
+        ini.replace("script_location = %(here)s/migrations", f"script_location = {scripts}")
+    )
+    tables: dict[str, list[str]] = {}
+    indexes: list[tuple[str, str]] = []
+    previous = None
+    for number in range(1, count + 1):
+        revision = f"b{number:04d}"
+        kind = number % 3
+        if kind == 1 or not tables:
+            table = f"t{number:04d}"
+            tables[table] = ["name"]
+            up = (
+                f'op.create_table("{table}", sa.Column("id", sa.BigInteger, primary_key=True), '
+                f'sa.Column("name", sa.Text))'
+            )
+            down = f'op.drop_table("{table}")'
+        elif kind == 2:
+            table = list(tables)[-1]
+            column = f"c{number:04d}"
+            tables[table].append(column)
+            up = f'op.add_column("{table}", sa.Column("{column}", sa.Text))'
+            down = f'op.drop_column("{table}", "{column}")'
+        else:
+            table = list(tables)[-1]
+            indexes.append((table, "name"))
+            up = f'op.create_index("ix_{table}_name", "{table}", ["name"])'
+            down = f'op.drop_index("ix_{table}_name", table_name="{table}")'
+        (scripts / "versions" / f"{revision}.py").write_text(
+            f'"""generated {number}"""\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
+            f"revision = {revision!r}\ndown_revision = {previous!r}\nbranch_labels = None\n"
+            f"depends_on = None\n\n\ndef upgrade():\n    {up}\n\n\ndef downgrade():\n    {down}\n"
+        )
+        previous = revision
+    lines = ["import sqlalchemy as sa", "metadata = sa.MetaData()"]
+    for table, columns in tables.items():
+        cols = ", ".join(
+            f'sa.Column("{c}", sa.Text, index={(table, c) in indexes})' for c in columns
+        )
+        lines.append(
+            f'sa.Table("{table}", metadata, '
+            f'sa.Column("id", sa.BigInteger, primary_key=True), {cols})'
+        )
+    (scripts / "models.py").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def main() -> None:
+    args = arguments(__doc__, runs=5, revisions=40)
+    runs, count = (1, 6) if args.quick else (args.runs, args.revisions)
+    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    generate_project(work, count)
+    environments = environment_file(
+        work,
+        "bench",
+        alembic={"ini": str(work / "alembic.ini"), "script_location": str(work / "migrations")},
+    )
+    ours, raw, steps = [], [], {}
+    with postgres() as admin:
+        for run in range(runs):
+            for side in ("ours", "raw") if run % 2 == 0 else ("raw", "ours"):
+                url = create_database(admin)
+                env = os.environ | {
+                    "DATABASE_URL": url,
+                    "MIGRATE_ENVIRONMENTS_DIR": str(environments),
+                }
+                if side == "ours":
+                    ours.append(
+                        timed_run(invoke("migrate", "--env", "bench", "--yes", "--no-backup"), env)
+                    )
+                else:
+                    raw.append(
+                        timed_run(
+                            [
+                                str(BIN / "alembic"),
+                                "-c",
+                                str(work / "alembic.ini"),
+                                "upgrade",
+                                "head",
+                            ],
+                            env,
+                        )
+                    )
+                drop_database(admin, url)
+        for report in (work / "reports").glob("bench-*.json"):
+            for step in json.loads(report.read_text())["steps"]:
+                steps.setdefault(step["name"], []).append(step["duration"])
+    shutil.rmtree(work, ignore_errors=True)
+    ratio = median(ours) / median(raw)
+    print(f"chain of {count} revisions, {runs} run(s) each side, fresh database each run")
+    print(f"bare alembic upgrade head:      median {median(raw):.3f} s")
+    print(f"invoke migrate --yes --no-backup: median {median(ours):.3f} s")
+    print(f"ratio ours/raw: {ratio:.2f} (goal <= 1.3)")
+    for name, values in steps.items():
+        print(f"  step {name:<10} median {median(values):.3f} s")
+    finish(
+        "pipeline",
+        {
+            "revisions": count,
+            "runs": runs,
+            "raw_s": round(median(raw), 3),
+            "ours_s": round(median(ours), 3),
+            "ratio": round(ratio, 3),
+            "steps_s": {k: round(median(v), 4) for k, v in steps.items()},
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Traffic behind a lock: what clients feel while a migration waits for its table lock.
+
+pgbench clients (8, simple updates on a table) run for a fixed time; another
+session holds a lock on that table (ACCESS SHARE in an open transaction: it
+blocks no client, only DDL) for 10 s; meanwhile the next revision needs ACCESS
+EXCLUSIVE on it. Round 1 runs the pipeline (lock_timeout 1 s, retries with
+backoff), round 2 bare `alembic upgrade head`, which waits for the blocker while
+every client queues behind it. Printed: each round's worst client latency, p99 and
+failed transactions, from pgbench's per-transaction log.
+
+    python benchmarks/bench_traffic.py [--hold 10] [--duration 20] [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from common import (
+    BIN,
+    ROOT,
+    arguments,
+    create_database,
+    drop_database,
+    environment_file,
+    finish,
+    invoke,
+    libpq_env,
+    postgres,
+    which,
+)
+
+UPDATE_SCRIPT = (
+    "\\set id random(1, 10000)\nUPDATE bench_accounts SET balance = balance + 1 WHERE id = :id;\n"
+)
+
+
+def make_project(folder: Path) -> None:
+    scripts = folder / "migrations"
+    (scripts / "versions").mkdir(parents=True)
+    shutil.copy(ROOT / "migrations" / "env.py", scripts / "env.py")
+    shutil.copy(ROOT / "migrations" / "script.py.mako", scripts / "script.py.mako")
+    ini = (ROOT / "alembic.ini").read_text()
+    (folder / "alembic.ini").write_text(
+        ini.replace("script_location = %(here)s/migrations", f"script_location = {scripts}")
+    )
+    (scripts / "versions" / "t1.py").write_text(
+        '"""accounts"""\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
+        "revision = 't1'\ndown_revision = None\nbranch_labels = None\ndepends_on = None\n\n\n"
+        "def upgrade():\n"
+        '    op.create_table("bench_accounts", sa.Column("id", sa.Integer, primary_key=True),\n'
+        '                    sa.Column("balance", sa.Integer, nullable=False))\n'
+        '    op.execute("INSERT INTO bench_accounts "\n'
+        '               "SELECT i, 0 FROM generate_series(1, 10000) i")\n'
+        "\n\ndef downgrade():\n    op.drop_table('bench_accounts')\n"
+    )
+    (scripts / "versions" / "t2.py").write_text(
+        '"""add a column: needs ACCESS EXCLUSIVE briefly"""\nimport sqlalchemy as sa\n'
+        "from alembic import op\n\n"
+        "revision = 't2'\ndown_revision = 't1'\nbranch_labels = None\ndepends_on = None\n\n\n"
+        "def upgrade():\n    op.add_column('bench_accounts', sa.Column('note', sa.Text))\n"
+        "\n\ndef downgrade():\n    op.drop_column('bench_accounts', 'note')\n"
+    )
+    (scripts / "models.py").write_text(
+        "import sqlalchemy as sa\nmetadata = sa.MetaData()\n"
+        'sa.Table("bench_accounts", metadata, sa.Column("id", sa.Integer, primary_key=True),\n'
+        '         sa.Column("balance", sa.Integer, nullable=False), sa.Column("note", sa.Text))\n'
+    )
+
+
+def hold_lock(url: str, seconds: float, started: threading.Event) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.connect() as connection:
+        connection.execute(text("LOCK TABLE bench_accounts IN ACCESS SHARE MODE"))
+        started.set()
+        time.sleep(seconds)
+        connection.commit()
+    engine.dispose()
+
+
+def latencies(folder: Path, prefix: str) -> list[float]:
+    """Per-transaction latencies in seconds from pgbench's -l logs."""
+    values = []
+    for log in folder.glob(f"{prefix}*"):
+        for line in log.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[2].isdigit():
+                values.append(int(parts[2]) / 1e6)
+    return sorted(values)
+
+
+def failed_transactions(output: str) -> int:
+    for line in output.splitlines():
+        if "number of failed transactions" in line:
+            return int(line.split(":")[1].split()[0])
+    return 0
+
+
+def run_round(
+    admin: str, work: Path, environments: Path, side: str, duration: int, hold: float
+) -> dict[str, float]:
+    url = create_database(admin, prefix=f"traffic_{side}")
+    env = os.environ | {"DATABASE_URL": url, "MIGRATE_ENVIRONMENTS_DIR": str(environments)}
+    subprocess.run(
+        [str(BIN / "alembic"), "-c", str(work / "alembic.ini"), "upgrade", "t1"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    script = work / "update.sql"
+    script.write_text(UPDATE_SCRIPT)
+    prefix = f"pgbench_{side}"
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+    bench = subprocess.Popen(
+        [
+            which("pgbench"),
+            "-n",
+            "-c",
+            "8",
+            "-j",
+            "2",
+            "-T",
+            str(duration),
+            "-f",
+            str(script),
+            "-l",
+            f"--log-prefix={logs / prefix}",
+        ],
+        env=libpq_env(url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(2)
+    started = threading.Event()
+    blocker = threading.Thread(target=hold_lock, args=(url, hold, started))
+    blocker.start()
+    started.wait(10)
+    time.sleep(0.5)
+    began = time.perf_counter()
+    if side == "pipeline":
+        migration = subprocess.run(
+            invoke("migrate", "--env", "bench", "--yes", "--no-backup"),
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    else:
+        migration = subprocess.run(
+            [str(BIN / "alembic"), "-c", str(work / "alembic.ini"), "upgrade", "head"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    migration_seconds = time.perf_counter() - began
+    output, _ = bench.communicate(timeout=duration + 60)
+    blocker.join()
+    values = latencies(logs, prefix)
+    drop_database(admin, url)
+    if migration.returncode != 0:
+        raise SystemExit(f"{side} migration failed:\n{migration.stdout}\n{migration.stderr}")
+    return {
+        "worst_s": round(values[-1], 3) if values else float("nan"),
+        "p99_s": round(values[int(len(values) * 0.99) - 1], 4) if values else float("nan"),
+        "transactions": len(values),
+        "failed": failed_transactions(output),
+        "migration_s": round(migration_seconds, 2),
+    }
+
+
+def main() -> None:
+    args = arguments(__doc__, runs=1, hold=10.0, duration=20)
+    hold, duration = (2.0, 6) if args.quick else (args.hold, args.duration)
+    work = Path(tempfile.mkdtemp(prefix="bench-traffic-"))
+    make_project(work)
+    environments = environment_file(
+        work,
+        "bench",
+        alembic={"ini": str(work / "alembic.ini"), "script_location": str(work / "migrations")},
+        migration={"lock_timeout": 1, "retries": 8, "retry_backoff": 0.5, "statement_timeout": 0},
+    )
+    with postgres() as admin:
+        rounds = {
+            side: run_round(admin, work, environments, side, duration, hold)
+            for side in ("pipeline", "bare")
+        }
+    shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"8 pgbench clients for {duration} s; a session holds ACCESS SHARE for {hold:g} s; "
+        "the next revision needs ACCESS EXCLUSIVE"
+    )
+    for side, figures in rounds.items():
+        label = "pipeline (lock_timeout 1 s, retries)" if side == "pipeline" else "bare alembic"
+        print(
+            f"{label:<38} worst {figures['worst_s']:.3f} s, p99 {figures['p99_s']:.4f} s, "
+            f"failed {figures['failed']}, {figures['transactions']} transactions, "
+            f"migration took {figures['migration_s']:.1f} s"
+        )
+    ratio = rounds["pipeline"]["worst_s"] / rounds["bare"]["worst_s"]
+    print(f"worst latency ratio pipeline/bare: {ratio:.2f}")
+    finish(
+        "traffic",
+        {
+            "hold_s": hold,
+            "duration_s": duration,
+            **{f"{side}_{k}": v for side, figures in rounds.items() for k, v in figures.items()},
+            "worst_ratio": round(ratio, 3),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Shared helpers for the benchmarks: a PostgreSQL to measure on, timing, and the printout.
+
+Each script uses TEST_DATABASE_URL when set (a superuser URL), else starts the
+same throwaway cluster the tests use (tests/pgcluster.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def arguments(description: str, **defaults: Any) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--quick", action="store_true", help="smallest size and one run (the smoke test uses it)"
+    )
+    parser.add_argument(
+        "--runs", type=int, default=defaults.pop("runs", 5), help="runs of each side, alternating"
+    )
+    for name, value in defaults.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    return parser.parse_args()
+
+
+@contextmanager
+def postgres() -> Iterator[str]:
+    """A superuser URL (psycopg2 driver)."""
+    given = os.environ.get("TEST_DATABASE_URL")
+    if given:
+        yield given.replace("postgresql://", "postgresql+psycopg2://", 1)
+        return
+    from pgcluster import start_cluster
+
+    cluster = start_cluster()
+    if cluster is None:
+        sys.exit(
+            "No PostgreSQL server binaries (initdb) found; install postgresql "
+            "or set TEST_DATABASE_URL."
+        )
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+def _admin(url: str) -> Any:
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    return create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+
+
+def create_database(admin_url: str, prefix: str = "bench") -> str:
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    engine = _admin(admin_url)
+    with engine.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    engine = _admin(admin_url)
+    with engine.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def libpq_env(url: str) -> dict[str, str]:
+    """The child environment for pg_dump / pgbench / psql: credentials never in argv."""
+    from tasks.backup import pg_environment
+
+    return pg_environment(url)
+
+
+def timed_run(argv: list[str], env: dict[str, str], cwd: Path = ROOT) -> float:
+    """Wall time of one command; a failure stops the benchmark with its output."""
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(argv[:3])} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return elapsed
+
+
+def invoke(*args: str) -> list[str]:
+    return [str(BIN / "invoke"), *args]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def environment_file(
+    folder: Path, name: str, url_var: str = "DATABASE_URL", **sections: Any
+) -> Path:
+    """An environment file for the benchmark, folders under ``folder``."""
+    import yaml
+
+    data: dict[str, Any] = {
+        "database": {"url": "${" + url_var + "}", "connect_timeout": 10},
+        "backup": {"folder": str(folder / "backups"), "keep": 1},
+        "policy": {"confirm": "never"},
+        "reports": {"folder": str(folder / "reports")},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    directory = folder / "environments"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.yml").write_text(yaml.safe_dump(data))
+    return directory
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+
+
+def finish(name: str, figures: dict[str, Any]) -> None:
+    """The last line: machine-readable."""
+    print(f"RESULT {json.dumps({'benchmark': name, 'machine': machine(), **figures})}")
+
+
+def which(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        sys.exit(f"{name} is not on PATH; install the PostgreSQL client.")
+    return found
