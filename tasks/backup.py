@@ -177,6 +177,10 @@ def dump_postgres(env: Environment, target: Path, tables_total: int, progress: P
             elif "error" in line.lower() or "fatal" in line.lower():
                 errors.append(line.strip())
 
+    def show_progress() -> None:
+        megabytes = size_of(target) / 1024 / 1024
+        progress.show(f"backup: {done[0]}/{tables_total} tables, {megabytes:,.1f} MB written")
+
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
     deadline = time.monotonic() + settings.timeout
@@ -190,13 +194,11 @@ def dump_postgres(env: Environment, target: Path, tables_total: int, progress: P
                     "the partial backup was removed. Raise the timeout or use the directory "
                     "format with more jobs."
                 )
-            progress.show(
-                f"backup: {done[0]}/{tables_total} tables, "
-                f"{size_of(target) / 1024 / 1024:,.1f} MB written"
-            )
+            show_progress()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=0.2)
         reader.join(timeout=5)
+        show_progress()
         if process.returncode != 0:
             detail = errors[0] if errors else f"exit code {process.returncode}"
             raise BackupError(f"pg_dump failed: {detail}")

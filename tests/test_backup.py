@@ -281,3 +281,20 @@ def test_restore_without_terminal_or_yes_is_refused(
     take_backup(env, "0007")
     with pytest.raises(BlockedError, match="pass --yes"):
         restore(env, "latest", yes=False, interactive=False, console=QUIET)
+
+
+def test_progress_shows_on_a_terminal_and_stays_quiet_otherwise(
+    pg_url: str, make_env: Callable[..., Environment]
+) -> None:
+    import io
+
+    from tasks.backup import Progress
+
+    env = make_env(pg_url)
+    seed(env, rows=20000)
+    shown = io.StringIO()
+    take_backup(env, "0007", Progress(enabled=True, stream=shown))
+    assert "tables" in shown.getvalue() and "MB written" in shown.getvalue()
+    quiet = io.StringIO()
+    take_backup(env, "0007", Progress(stream=quiet))  # StringIO is not a terminal
+    assert quiet.getvalue() == ""

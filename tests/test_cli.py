@@ -113,3 +113,11 @@ def test_environment_can_point_at_another_alembic_project(
     broken = cli_env(tmp_path, sqlite_url, alembic={"script_location": str(tmp_path)})
     missing = run_invoke("status", "--env", "staging", env=broken)
     assert missing.returncode == 2 and "has no env.py" in missing.stderr
+
+
+def test_every_flag_has_help_text() -> None:
+    from tasks.commands import ns
+
+    for name, task in ns.tasks.items():
+        for argument in task.get_arguments():
+            assert argument.help, f"invoke {name} --{argument.names[0]} has no help"
