@@ -86,6 +86,39 @@ def hold_lock(url: str, seconds: float, started: threading.Event) -> None:
     engine.dispose()
 
 
+class LockWaitMonitor:
+    """Polls pg_stat_activity: how long the migration's ALTER waited for its lock, in all."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.waited = 0.0
+        self.first: float | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.pool import NullPool
+
+        engine = create_engine(self.url, poolclass=NullPool)
+        query = text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query ILIKE 'ALTER TABLE bench_accounts%'"
+        )
+        with engine.connect() as connection:
+            last = time.perf_counter()
+            while not self.stop.is_set():
+                waiting = connection.execute(query).scalar()
+                connection.rollback()
+                now = time.perf_counter()
+                if waiting:
+                    self.waited += now - last
+                    self.first = self.first or now
+                last = now
+                time.sleep(0.02)
+        engine.dispose()
+
+
 def latencies(folder: Path, prefix: str) -> list[float]:
     """Per-transaction latencies in seconds from pgbench's -l logs."""
     values = []
@@ -145,6 +178,9 @@ def run_round(
     blocker = threading.Thread(target=hold_lock, args=(url, hold, started))
     blocker.start()
     started.wait(10)
+    lock_taken = time.perf_counter()
+    monitor = LockWaitMonitor(url)
+    monitor.thread.start()
     time.sleep(0.5)
     began = time.perf_counter()
     if side == "pipeline":
@@ -166,6 +202,8 @@ def run_round(
     migration_seconds = time.perf_counter() - began
     output, _ = bench.communicate(timeout=duration + 60)
     blocker.join()
+    monitor.stop.set()
+    monitor.thread.join()
     values = latencies(logs, prefix)
     drop_database(admin, url)
     if migration.returncode != 0:
@@ -176,6 +214,10 @@ def run_round(
         "transactions": len(values),
         "failed": failed_transactions(output),
         "migration_s": round(migration_seconds, 2),
+        "alter_waited_s": round(monitor.waited, 2),
+        "alter_first_wait_after_blocker_s": round(monitor.first - lock_taken, 2)
+        if monitor.first
+        else None,
     }
 
 
@@ -206,6 +248,11 @@ def main() -> None:
             f"{label:<38} worst {figures['worst_s']:.3f} s, p99 {figures['p99_s']:.4f} s, "
             f"failed {figures['failed']}, {figures['transactions']} transactions, "
             f"migration took {figures['migration_s']:.1f} s"
+        )
+        print(
+            f"{'':<38} its ALTER queued {figures['alter_waited_s']:.1f} s in all, first "
+            f"{figures['alter_first_wait_after_blocker_s']} s after the blocker took its lock "
+            "(the rest is start-up under the client load)"
         )
     ratio = rounds["pipeline"]["worst_s"] / rounds["bare"]["worst_s"]
     print(f"worst latency ratio pipeline/bare: {ratio:.2f}")
