@@ -56,10 +56,29 @@ def alembic_config(
     return cfg
 
 
+_SCRIPT_CACHE: dict[tuple[Any, ...], ScriptDirectory] = {}
+
+
 def script_directory(cfg: Config) -> ScriptDirectory:
+    """The scripts, loaded once per state of their files (a run asks many times)."""
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(cfg)
+    scripts = ScriptDirectory.from_config(cfg)
+    folders = getattr(scripts, "version_locations", None) or [scripts.versions]
+    key = (scripts.dir, tuple(state for f in folders for state in _file_states(f)))
+    if key not in _SCRIPT_CACHE:
+        _SCRIPT_CACHE.clear()
+        _SCRIPT_CACHE[key] = scripts
+    return _SCRIPT_CACHE[key]
+
+
+def _file_states(folder: str) -> list[tuple[str, int, int]]:
+    """Name, mtime and size of each revision file: any edit changes the key."""
+    states = []
+    for path in sorted(Path(folder).glob("*.py")):
+        stat = path.stat()
+        states.append((path.name, stat.st_mtime_ns, stat.st_size))
+    return states
 
 
 def describe(script: Script) -> Revision:

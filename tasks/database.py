@@ -27,7 +27,34 @@ def make_engine(
     statement_timeout: float | None = None,
     autocommit: bool = False,
 ) -> Engine:
-    """An engine without a pool: every connection is opened on purpose and closed after."""
+    """An engine without a pool: every connection is opened on purpose and closed after.
+
+    Engines are kept per URL and options: building one costs tens of milliseconds and
+    a run asks for the same kind several times. Without a pool they hold no connection.
+    """
+    key = (
+        env.url,
+        env.settings.database.connect_timeout,
+        role,
+        lock_timeout,
+        statement_timeout,
+        autocommit,
+    )
+    if key not in _ENGINES:
+        _ENGINES[key] = _build_engine(env, role, lock_timeout, statement_timeout, autocommit)
+    return _ENGINES[key]
+
+
+_ENGINES: dict[tuple[Any, ...], Engine] = {}
+
+
+def _build_engine(
+    env: Environment,
+    role: str,
+    lock_timeout: float | None,
+    statement_timeout: float | None,
+    autocommit: bool,
+) -> Engine:
     from sqlalchemy import create_engine, event
     from sqlalchemy.pool import NullPool
 

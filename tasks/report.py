@@ -118,7 +118,7 @@ def prewarm() -> threading.Thread:
 
 def render(report: dict[str, Any], template: str) -> str:
     """Markdown (``report.md.j2``), issue body, or autoescaped HTML (``*.html.j2``)."""
-    env = jinja_environment(autoescape=template.endswith(".html.j2"))
+    env = jinja_environment(template.endswith(".html.j2"))
     links = {
         "server": os.environ.get("GITHUB_SERVER_URL"),
         "repository": os.environ.get("GITHUB_REPOSITORY"),
