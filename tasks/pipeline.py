@@ -126,8 +126,8 @@ def run_health_step(
         if not failed
         else "failed: " + "; ".join(f"{r.name}: {r.message}" for r in failed)
     )
+    console.say("\n".join("  " + line for line in format_results(results).splitlines()))
     _step(record, StepResult("health", not failed, message, duration=clock.seconds), console)
-    console.say(format_results(results))
     if not failed:
         return
     if options.interactive and not options.yes:
