@@ -42,23 +42,11 @@ def arguments(description: str, **defaults: Any) -> argparse.Namespace:
 
 @contextmanager
 def postgres() -> Iterator[str]:
-    """A superuser URL (psycopg2 driver)."""
-    given = os.environ.get("TEST_DATABASE_URL")
-    if given:
-        yield given.replace("postgresql://", "postgresql+psycopg2://", 1)
-        return
-    from pgcluster import start_cluster
+    """A superuser URL (psycopg2 driver), shared with the tests' way of finding one."""
+    from pgcluster import admin_url
 
-    cluster = start_cluster()
-    if cluster is None:
-        sys.exit(
-            "No PostgreSQL server binaries (initdb) found; install postgresql "
-            "or set TEST_DATABASE_URL."
-        )
-    try:
-        yield cluster.url
-    finally:
-        cluster.stop()
+    with admin_url(sys.exit) as url:
+        yield url
 
 
 def _admin(url: str) -> Any:

@@ -212,8 +212,8 @@ def dump_postgres(env: Environment, target: Path, tables_total: int, progress: P
         progress.done()
 
 
-def verify_postgres(env: Environment, target: Path) -> int:
-    """``pg_restore --list`` must read the archive; returns its count of table-data entries."""
+def archive_listing(env: Environment, target: Path) -> list[str]:
+    """``pg_restore --list`` of an archive: proof that it reads back, and its table of contents."""
     result = subprocess.run(
         [find_binary("pg_restore"), "--list", str(target)],
         env=pg_environment(env.url),
@@ -227,7 +227,12 @@ def verify_postgres(env: Environment, target: Path) -> int:
             f"The backup {target.name} cannot be read back by pg_restore: "
             f"{result.stderr.strip().splitlines()[0] if result.stderr else ''}"
         )
-    return sum(1 for line in result.stdout.splitlines() if " TABLE DATA " in line)
+    return result.stdout.splitlines()
+
+
+def verify_postgres(env: Environment, target: Path) -> int:
+    """The archive must read back; returns its count of table-data entries."""
+    return sum(1 for line in archive_listing(env, target) if " TABLE DATA " in line)
 
 
 def backup_sqlite(env: Environment, target: Path, progress: Progress) -> int:

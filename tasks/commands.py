@@ -126,6 +126,11 @@ def generate(c: Any, message: str = "", autogenerate: bool = False, env: str | N
     )
 
 
+def _flags(scope: dict[str, Any]) -> dict[str, Any]:
+    """A task's flags from its ``locals()``, without the context and the environment name."""
+    return {k: v for k, v in scope.items() if k not in ("c", "env")}
+
+
 def _run(env: str | None, direction: str, flags: dict[str, Any]) -> None:
     """Shared body of migrate and downgrade: flags to RunOptions, then the pipeline."""
     from tasks.pipeline import RunOptions, migrate
@@ -157,10 +162,7 @@ def migrate(
     dry_run: bool = False,
 ) -> None:
     """Health, backup, confirm, upgrade, validate, report (alias: upgrade)."""
-    flags = dict(locals())
-    for name in ("c", "env"):
-        flags.pop(name)
-    _run(env, "upgrade", flags)
+    _run(env, "upgrade", _flags(locals()))
 
 
 @task(help=RUN_HELP | {"revision": "revision to go down to (required): an id or 'base'"})
@@ -180,10 +182,7 @@ def downgrade(
     """The pipeline downward, to an explicit --revision."""
     if not revision:
         raise UsageError("downgrade needs an explicit target: --revision <id> or --revision base.")
-    flags = dict(locals())
-    for name in ("c", "env"):
-        flags.pop(name)
-    _run(env, "downgrade", flags)
+    _run(env, "downgrade", _flags(locals()))
 
 
 @task(

@@ -9,6 +9,7 @@ from typing import Any
 
 from tasks.backup import (
     MANIFEST_SUFFIX,
+    archive_listing,
     find_binary,
     list_backups,
     pg_environment,
@@ -83,15 +84,8 @@ def _restore_sqlite(env: Environment, path: Path) -> None:
 
 
 def _backup_tables(env: Environment, path: Path) -> set[tuple[str, str]]:
-    listing = subprocess.run(
-        [find_binary("pg_restore"), "--list", str(path)],
-        env=pg_environment(env.url),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
     tables = set()
-    for line in listing.stdout.splitlines():
+    for line in archive_listing(env, path):
         parts = line.split()
         if ";" not in line and len(parts) > 5 and parts[3] == "TABLE" and parts[4] != "DATA":
             tables.add((parts[4], parts[5]))

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from pgcluster import start_cluster  # noqa: E402
+from pgcluster import admin_url  # noqa: E402
 
 from tasks.alembic_api import Project  # noqa: E402
 from tasks.config import Environment, load_environment  # noqa: E402
@@ -36,23 +36,14 @@ from tasks.config import Environment, load_environment  # noqa: E402
 @pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str]:
     """A superuser URL on a server the tests may create databases in."""
-    given = os.environ.get("TEST_DATABASE_URL")
-    if given:
-        yield given.replace("postgresql://", "postgresql+psycopg2://", 1)
-        return
-    cluster = start_cluster()
-    if cluster is None:
-        message = (
-            "No PostgreSQL server binaries found (initdb); install postgresql "
-            "or set TEST_DATABASE_URL."
-        )
+
+    def missing(message: str) -> None:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    try:
-        yield cluster.url
-    finally:
-        cluster.stop()
+
+    with admin_url(missing) as url:
+        yield url
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -126,3 +128,26 @@ def start_cluster() -> Cluster | None:
     cluster = Cluster(bindir, folder, free_port(), user)
     cluster.start()
     return cluster
+
+
+@contextmanager
+def admin_url(missing: Callable[[str], None]) -> Iterator[str]:
+    """TEST_DATABASE_URL (a superuser URL), else a throwaway cluster for the duration.
+
+    ``missing`` is called with a sentence when neither is possible; it must not return.
+    """
+    given = os.environ.get("TEST_DATABASE_URL")
+    if given:
+        yield given.replace("postgresql://", "postgresql+psycopg2://", 1)
+        return
+    cluster = start_cluster()
+    if cluster is None:
+        missing(
+            "No PostgreSQL server binaries found (initdb); install postgresql "
+            "or set TEST_DATABASE_URL."
+        )
+        raise RuntimeError("unreachable")
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
