@@ -110,19 +110,32 @@ def check_disk(env: Environment, db_size: int | None) -> StepResult:
     )
 
 
-def check_version_table(env: Environment, connection: Any) -> StepResult:
+def check_version_table(connection: Any, project: Project) -> StepResult:
+    """Absent is a first migration; a revision the scripts do not know blocks the run."""
     from sqlalchemy import inspect
 
     with timed() as clock:
         present = inspect(connection).has_table("alembic_version")
-    message = "alembic_version present" if present else "no alembic_version: first migration"
+        current = current_revision(connection) if present else None
+        known = {s.revision for s in project.scripts().walk_revisions()}
+        unknown = [r for r in (current or "").split(",") if r and r not in known]
+    details = {"present": present, "current": current}
+    if unknown:
+        return StepResult(
+            "alembic_version",
+            False,
+            f"the database is at {', '.join(unknown)}, which these scripts do not contain "
+            "(deployed from newer code?); deploy the code that has it",
+            duration=clock.seconds,
+            details=details,
+        )
+    message = (
+        f"alembic_version present, at {current or 'base'}"
+        if present
+        else "no alembic_version: first migration"
+    )
     return StepResult(
-        "alembic_version",
-        True,
-        message,
-        severity="info",
-        duration=clock.seconds,
-        details={"present": present},
+        "alembic_version", True, message, severity="info", duration=clock.seconds, details=details
     )
 
 
@@ -229,9 +242,8 @@ def run_health(env: Environment, project: Project, target: str = "head") -> list
         try:
             with engine.connect() as connection:
                 db_size = database_size(env, connection)
-                results.append(check_version_table(env, connection))
-                if results[-1].details["present"]:
-                    current = current_revision(connection)
+                results.append(check_version_table(connection, project))
+                current = results[-1].details["current"]
                 if not env.is_sqlite and env.settings.health.check_blocking_sessions:
                     results.append(check_blocking_sessions(env, connection))
         finally:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -87,45 +90,91 @@ def _backup_tables(env: Environment, path: Path) -> set[tuple[str, str]]:
     tables = set()
     for line in archive_listing(env, path):
         parts = line.split()
-        if ";" not in line and len(parts) > 5 and parts[3] == "TABLE" and parts[4] != "DATA":
+        if (
+            not line.startswith(";")
+            and len(parts) > 5
+            and parts[3] == "TABLE"
+            and parts[4] != "DATA"
+        ):
             tables.add((parts[4], parts[5]))
     return tables
 
 
-def _restore_postgres(env: Environment, path: Path) -> None:
-    """Drop tables the backup does not know (made after it), then pg_restore in one transaction."""
+def _tables_made_after(env: Environment, keep: set[tuple[str, str]]) -> list[str]:
+    """Quoted names of the tables in the backup's schemas that the backup does not hold."""
     from sqlalchemy import text
 
-    keep = _backup_tables(env, path)
     schemas = {schema for schema, _ in keep} or {"public"}
     engine = make_engine(env, role="restore")
     try:
-        with engine.begin() as connection:
+        with engine.connect() as connection:
             rows = connection.execute(
                 text("SELECT schemaname, tablename FROM pg_tables WHERE schemaname = ANY(:s)"),
-                {"s": list(schemas)},
+                {"s": sorted(schemas)},
             ).all()
-            for schema, table in rows:
-                if (schema, table) not in keep:
-                    quoted = connection.dialect.identifier_preparer.quote
-                    connection.execute(
-                        text(f"DROP TABLE IF EXISTS {quoted(schema)}.{quoted(table)} CASCADE")
-                    )
+            quote = connection.dialect.identifier_preparer.quote
     finally:
         engine.dispose()
-    child = pg_environment(env.url)
-    argv = [
-        find_binary("pg_restore"),
-        "--no-password",
-        "--clean",
-        "--if-exists",
-        "--single-transaction",
-        "--no-owner",
-        "--exit-on-error",
-        f"--dbname={child.get('PGDATABASE', '')}",
-        str(path),
+    return [
+        f"{quote(schema)}.{quote(table)}" for schema, table in rows if (schema, table) not in keep
     ]
-    result = subprocess.run(argv, env=child, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        first = result.stderr.strip().splitlines()[0] if result.stderr.strip() else ""
-        raise BackupError(f"pg_restore failed and changed nothing: {first}")
+
+
+def _restore_postgres(env: Environment, path: Path) -> None:
+    """All or nothing: drop the tables made after the backup and replay the archive,
+    in one psql transaction fed by ``pg_restore --file=-``.
+    """
+    drops = "".join(
+        f"DROP TABLE IF EXISTS {name} CASCADE;\n"
+        for name in _tables_made_after(env, _backup_tables(env, path))
+    )
+    child = pg_environment(env.url)
+    with tempfile.TemporaryFile() as restore_errors, tempfile.TemporaryFile() as psql_errors:
+        producer = subprocess.Popen(
+            [
+                find_binary("pg_restore"),
+                "--clean",
+                "--if-exists",
+                "--no-owner",
+                "--file=-",
+                str(path),
+            ],
+            env=child,
+            stdout=subprocess.PIPE,
+            stderr=restore_errors,
+        )
+        consumer = subprocess.Popen(
+            [
+                find_binary("psql"),
+                "--no-password",
+                "--no-psqlrc",
+                "--quiet",
+                "--single-transaction",
+                "--set=ON_ERROR_STOP=1",
+                "--file=-",
+            ],
+            env=child,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=psql_errors,
+        )
+        assert producer.stdout is not None and consumer.stdin is not None
+        try:
+            consumer.stdin.write(drops.encode())
+            shutil.copyfileobj(producer.stdout, consumer.stdin, 1024 * 1024)
+        except BrokenPipeError:
+            pass  # psql stopped on an error; its message and exit code say which
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                consumer.stdin.close()
+            producer.stdout.close()
+        producer.wait()
+        consumer.wait()
+        if producer.returncode != 0 or consumer.returncode != 0:
+            failed = psql_errors if consumer.returncode != 0 else restore_errors
+            failed.seek(0)
+            lines = failed.read().decode(errors="replace").strip().splitlines()
+            raise BackupError(
+                f"Restoring {path.name} failed and was rolled back, the database is unchanged: "
+                f"{lines[0] if lines else 'exit code ' + str(consumer.returncode)}"
+            )

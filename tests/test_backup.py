@@ -298,3 +298,23 @@ def test_progress_shows_on_a_terminal_and_stays_quiet_otherwise(
     quiet = io.StringIO()
     take_backup(env, "0007", Progress(stream=quiet))  # StringIO is not a terminal
     assert quiet.getvalue() == ""
+
+
+def test_failed_restore_is_rolled_back_whole(
+    pg_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url)
+    seed(env, rows=10)
+    info = take_backup(env, "0007")
+    engine = create_engine(env.url, poolclass=NullPool)
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM orders"))
+        connection.execute(text("CREATE TABLE made_after_backup (id int)"))
+        # A view the backup does not know pins `orders`: its DROP inside the restore fails.
+        connection.execute(text("CREATE VIEW pinned AS SELECT id FROM orders"))
+    engine.dispose()
+    before = table_fingerprints(env.url)
+    with pytest.raises(BackupError, match="failed and was rolled back"):
+        restore(env, info.path, yes=True, interactive=False, console=QUIET)
+    assert table_fingerprints(env.url) == before
+    assert "made_after_backup" in before

@@ -109,7 +109,7 @@ def test_session_holding_a_table_lock_blocks(
     sessions = results["blocking_sessions"]
     assert not sessions.ok and sessions.blocks
     assert "AccessExclusiveLock" in sessions.message
-    assert results["alembic_version"].message == "alembic_version present"
+    assert results["alembic_version"].message == "alembic_version present, at 0002"
 
 
 def test_old_open_transaction_blocks(pg_url: str, make_env: Callable[..., Environment]) -> None:
@@ -166,3 +166,16 @@ def test_health_json_exit_codes(tmp_path: Path, pg_url: str) -> None:
     )
     assert refused.returncode == 3
     assert json.loads(refused.stdout)["ok"] is False
+
+
+def test_revision_unknown_to_the_scripts_blocks(
+    sqlite_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(sqlite_url)
+    run_migrations(env, DEFAULT_PROJECT, "head")
+    engine = create_engine(env.url, poolclass=NullPool)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'f00dcafe'"))
+    engine.dispose()
+    version = by_name(run_health(env, DEFAULT_PROJECT))["alembic_version"]
+    assert version.blocks and "at f00dcafe, which these scripts do not contain" in version.message
