@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,8 @@ def edge(function: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # A cancelled CI job sends SIGTERM: stop like Ctrl-C, so reports are still written.
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             return function(*args, **kwargs)
         except ToolError as exc:
@@ -41,7 +44,10 @@ def edge(function: Callable[..., Any]) -> Callable[..., Any]:
 
             raise Exit(f"error: {redact(exc.message, [])}", code=exc.exit_code) from None
         except KeyboardInterrupt:
-            raise Exit("interrupted", code=EXIT_BLOCKED) from None
+            raise Exit(
+                "error: interrupted; the running revision was rolled back, see the report.",
+                code=EXIT_BLOCKED,
+            ) from None
         except EOFError:
             raise Exit(
                 "error: no answer on standard input; pass --yes to run unattended.",
@@ -49,6 +55,10 @@ def edge(function: Callable[..., Any]) -> Callable[..., Any]:
             ) from None
 
     return wrapper
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _environment(name: str | None) -> Any:

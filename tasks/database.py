@@ -65,6 +65,7 @@ def _build_engine(
         connect_args["timeout"] = timeout
         _ensure_sqlite_folder(env.url)
     else:
+        _interruptible_queries()
         # libpq takes whole seconds and treats anything below 2 as 2.
         connect_args["connect_timeout"] = max(2, math.ceil(timeout))
         connect_args["application_name"] = application_name(role)
@@ -81,6 +82,64 @@ def _build_engine(
     if env.is_sqlite:
         event.listen(engine, "connect", _sqlite_foreign_keys)
     return engine
+
+
+def _interruptible_queries() -> None:
+    """Let Ctrl-C / SIGTERM reach a running query: cancel it on the server, then raise.
+
+    psycopg2 otherwise blocks in C until the statement ends, so a cancelled CI job
+    would wait out a long migration and never write its report.
+    """
+    import psycopg2.extensions
+
+    if psycopg2.extensions.get_wait_callback() is None:
+        psycopg2.extensions.set_wait_callback(_wait_cancelling)
+
+
+def _wait_cancelling(connection: Any) -> None:
+    """psycopg2's wait_select, plus: a deadline while connecting (libpq's connect_timeout
+    does not apply in this mode), and KeyboardInterrupt re-raised after the cancel.
+    """
+    import select
+    import time
+
+    import psycopg2
+    import psycopg2.extensions as ext
+
+    deadline = None
+    if connection.status in (ext.STATUS_SETUP, getattr(ext, "STATUS_CONNECTING", 20)):
+        seconds = ext.parse_dsn(connection.dsn).get("connect_timeout")
+        if seconds:
+            deadline = time.monotonic() + max(2, int(seconds))
+    interrupted: KeyboardInterrupt | None = None
+    while True:
+        try:
+            state = connection.poll()
+        except psycopg2.Error:
+            if interrupted is not None:
+                raise interrupted from None
+            raise
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+            connection.cancel()
+            continue
+        if state == ext.POLL_OK:
+            break
+        wait = None if deadline is None else deadline - time.monotonic()
+        if wait is not None and wait <= 0:
+            raise psycopg2.OperationalError("timeout expired")
+        try:
+            if state == ext.POLL_READ:
+                select.select([connection.fileno()], [], [], wait)
+            elif state == ext.POLL_WRITE:
+                select.select([], [connection.fileno()], [], wait)
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+            if deadline is not None:
+                raise
+            connection.cancel()
+    if interrupted is not None:
+        raise interrupted
 
 
 def _sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:

@@ -17,6 +17,7 @@ from tasks.alembic_api import Project, project_for
 from tasks.backup import BackupInfo, Progress, take_backup
 from tasks.config import Environment
 from tasks.errors import (
+    EXIT_BLOCKED,
     EXIT_OK,
     BlockedError,
     ConfigError,
@@ -73,8 +74,12 @@ def recorded(
         exc.message = redact(exc.message, [env.password])
         record.error, record.exit_code = exc.message, exc.exit_code
         raise
+    except KeyboardInterrupt as exc:
+        record.error = f"interrupted ({exc or 'SIGINT'}); the running revision was rolled back"
+        record.exit_code = EXIT_BLOCKED
+        raise
     except BaseException as exc:
-        record.error = f"{type(exc).__name__}: {exc}"
+        record.error = redact(f"{type(exc).__name__}: {exc}", [env.password])
         raise
     finally:
         record.duration = round(time.perf_counter() - started, 4)

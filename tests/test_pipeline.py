@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -354,3 +355,49 @@ def test_cli_exit_codes(sqlite_url: str, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     again = run_invoke("migrate", "--env", "staging", "--yes", env=env)
     assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+def test_sigterm_mid_revision_rolls_back_and_still_reports(
+    pg_url: str, tmp_path: Path, scratch: ScratchProject
+) -> None:
+    scratch.add('op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))')
+    scratch.add(
+        'op.create_table("b", sa.Column("id", sa.Integer))\nop.execute("SELECT pg_sleep(60)")'
+    )
+    write_environment(
+        tmp_path / "environments",
+        "staging",
+        tmp_path / "var",
+        alembic={"script_location": str(scratch.folder)},
+    )
+    env = os.environ | {
+        "MIGRATE_ENVIRONMENTS_DIR": str(tmp_path / "environments"),
+        "DATABASE_URL": pg_url,
+    }
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "invoke"), "migrate", "--env", "staging", "--yes"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    engine = create_engine(pg_url, poolclass=NullPool)
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'")
+    for _ in range(300):
+        with engine.connect() as connection:
+            if connection.execute(query).scalar():
+                break
+        time.sleep(0.1)
+    process.terminate()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 3 and "interrupted" in stderr
+    with engine.connect() as connection:
+        assert (
+            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "r001"
+        )
+        assert not inspect(connection).has_table("b")
+    engine.dispose()
+    report = json.loads(next((tmp_path / "var" / "reports").glob("staging-*.json")).read_text())
+    assert report["success"] is False and report["post_revision"] == "r001"
+    assert "interrupted (SIGTERM)" in report["error"]
