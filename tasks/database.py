@@ -81,7 +81,24 @@ def _build_engine(
     engine = create_engine(env.url, connect_args=connect_args, **options)
     if env.is_sqlite:
         event.listen(engine, "connect", _sqlite_foreign_keys)
+    else:
+        event.listen(engine, "connect", _check_client_connection)
     return engine
+
+
+def _check_client_connection(dbapi_connection: Any, _record: Any) -> None:
+    """PostgreSQL 14+: end our statements within a second when this process dies.
+
+    Without it a SIGKILLed runner leaves its backend running the statement, holding
+    the revision's locks, until the statement ends on its own.
+    """
+    if getattr(dbapi_connection, "server_version", 0) < 140000:
+        return
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET client_connection_check_interval = 1000")
+    cursor.close()
+    if not dbapi_connection.autocommit:
+        dbapi_connection.commit()
 
 
 def _interruptible_queries() -> None:

@@ -33,6 +33,7 @@ class Status:
             "environment": self.environment,
             "url": self.url,
             "current": self.current,
+            "head": self.heads[0] if len(self.heads) == 1 else None,
             "heads": self.heads,
             "applied": [r.to_dict() for r in self.applied],
             "pending": [r.to_dict() for r in self.pending],

@@ -37,7 +37,7 @@ def test_migrate_then_status_on_sqlite(tmp_path: Path, sqlite_url: str) -> None:
     assert result.returncode == 0, result.stderr
     status = run_invoke("status", "--env", "staging", "--json", env=env)
     data = json.loads(status.stdout)
-    assert data["current"] == "0007" and data["pending"] == []
+    assert data["current"] == data["head"] == "0007" and data["pending"] == []
     assert [r["revision"] for r in data["applied"]][:2] == ["0001", "0002"]
 
 

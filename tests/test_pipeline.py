@@ -401,3 +401,55 @@ def test_sigterm_mid_revision_rolls_back_and_still_reports(
     report = json.loads(next((tmp_path / "var" / "reports").glob("staging-*.json")).read_text())
     assert report["success"] is False and report["post_revision"] == "r001"
     assert "interrupted (SIGTERM)" in report["error"]
+
+
+def test_sigkilled_runner_releases_the_lock_and_the_next_run_completes(
+    pg_url: str, tmp_path: Path, scratch: ScratchProject
+) -> None:
+    scratch.add('op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))')
+    slow = scratch.add(
+        'op.create_table("b", sa.Column("id", sa.Integer))\nop.execute("SELECT pg_sleep(60)")'
+    )
+    write_environment(
+        tmp_path / "environments",
+        "staging",
+        tmp_path / "var",
+        alembic={"script_location": str(scratch.folder)},
+    )
+    env = {"MIGRATE_ENVIRONMENTS_DIR": str(tmp_path / "environments"), "DATABASE_URL": pg_url}
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "invoke"), "migrate", "--env", "staging", "--yes"],
+        cwd=ROOT,
+        env=os.environ | env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    engine = create_engine(pg_url, poolclass=NullPool)
+    sleeping = text("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'")
+    advisory = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+    for _ in range(300):
+        with engine.connect() as connection:
+            if connection.execute(sleeping).scalar():
+                break
+        time.sleep(0.1)
+    process.kill()
+    process.wait()
+    for _ in range(100):  # the server notices the dead client within about a second
+        with engine.connect() as connection:
+            if (
+                not connection.execute(advisory).scalar()
+                and not connection.execute(sleeping).scalar()
+            ):
+                break
+        time.sleep(0.1)
+    with engine.connect() as connection:
+        assert connection.execute(advisory).scalar() == 0
+        assert (
+            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "r001"
+        )
+    engine.dispose()
+    revision = scratch.folder / "versions" / f"{slow}.py"
+    revision.write_text(revision.read_text().replace('op.execute("SELECT pg_sleep(60)")', "pass"))
+    again = run_invoke("migrate", "--env", "staging", "--yes", env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 revision(s) applied" in again.stdout
