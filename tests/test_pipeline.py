@@ -453,3 +453,23 @@ def test_sigkilled_runner_releases_the_lock_and_the_next_run_completes(
     again = run_invoke("migrate", "--env", "staging", "--yes", env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "1 revision(s) applied" in again.stdout
+
+
+def test_interactive_run_is_asked_whether_to_continue_past_a_failed_check(
+    pg_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url, health={"max_transaction_age": 0.2}, policy={"confirm": "never"})
+    engine = create_engine(env.url, poolclass=NullPool)
+    asked: list[str] = []
+    with engine.connect() as idle:
+        idle.execute(text("SELECT 1"))  # an old open transaction: a blocking health check
+        time.sleep(0.4)
+        refuse = Console(say=lambda _t: None, ask=lambda p: asked.append(p) or "n")
+        with pytest.raises(BlockedError):
+            migrate(env, RunOptions(interactive=True), DEFAULT_PROJECT, refuse)
+        accept = Console(say=lambda _t: None, ask=lambda p: asked.append(p) or "y")
+        record = migrate(env, RunOptions(interactive=True), DEFAULT_PROJECT, accept)
+        idle.rollback()
+    engine.dispose()
+    assert record.success and read_current(env) == "0007"
+    assert len(asked) == 2 and all("Continue anyway?" in p for p in asked)
