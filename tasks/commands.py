@@ -45,7 +45,7 @@ def edge(function: Callable[..., Any]) -> Callable[..., Any]:
             raise Exit(f"error: {redact(exc.message, [])}", code=exc.exit_code) from None
         except KeyboardInterrupt:
             raise Exit(
-                "error: interrupted; the running revision was rolled back, see the report.",
+                "error: interrupted; any revision in progress was rolled back, see the report.",
                 code=EXIT_BLOCKED,
             ) from None
         except EOFError:

@@ -75,7 +75,7 @@ def recorded(
         record.error, record.exit_code = exc.message, exc.exit_code
         raise
     except KeyboardInterrupt as exc:
-        record.error = f"interrupted ({exc or 'SIGINT'}); the running revision was rolled back"
+        record.error = f"interrupted ({exc or 'SIGINT'}); any revision in progress was rolled back"
         record.exit_code = EXIT_BLOCKED
         raise
     except BaseException as exc:
@@ -84,16 +84,14 @@ def recorded(
     finally:
         record.duration = round(time.perf_counter() - started, 4)
         record.finished_at = datetime.now(UTC).isoformat()
-        record.post_revision = _current_or_none(env, record.pre_revision)
+        try:
+            record.post_revision = read_current(env)
+        except ToolError as exc:
+            record.post_revision = record.pre_revision
+            note = f"the revision could not be re-read at the end ({exc.message})"
+            record.error = f"{record.error}; {note}" if record.error else note
         path = write_report(env, record)
         console.say(f"report: {path}")
-
-
-def _current_or_none(env: Environment, fallback: str | None) -> str | None:
-    try:
-        return read_current(env)
-    except ToolError:
-        return fallback
 
 
 def _step(record: RunRecord, result: StepResult, console: Console) -> StepResult:
