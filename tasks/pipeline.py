@@ -175,6 +175,17 @@ def migrate(
         scripts = project.scripts()
         target = alembic_api.resolve_revision(scripts, options.revision)
         record.target_revision = target
+        if options.skip_health_checks or options.dry_run:
+            if not options.dry_run:
+                _step(
+                    record,
+                    StepResult("health", True, "skipped (--skip-health-checks)", severity="info"),
+                    console,
+                )
+        else:  # first, so an unreachable database is a failed check (exit 3)
+            run_health_step(
+                env, project, replace(options, revision=target or "base"), record, console
+            )
         record.pre_revision = read_current(env)
         if options.direction == "downgrade" and not alembic_api.is_ancestor(
             scripts, target, record.pre_revision
@@ -188,16 +199,6 @@ def migrate(
         if options.dry_run:
             dry_run(env, project, path, options.direction, record, console)
             return record
-        if options.skip_health_checks:
-            _step(
-                record,
-                StepResult("health", True, "skipped (--skip-health-checks)", severity="info"),
-                console,
-            )
-        else:
-            run_health_step(
-                env, project, replace(options, revision=target or "base"), record, console
-            )
         if options.backup or (options.backup is None and env.settings.backup.required):
             run_backup_step(env, record, console)
         if confirm.needs_confirmation(env, options.yes):
@@ -209,8 +210,9 @@ def migrate(
                     say=console.say,
                 )
             _step(record, StepResult("confirm", True, "confirmed", duration=clock.seconds), console)
-        with timed() as clock, migration_lock(env):
-            lock_wait = clock.seconds
+        asked_at = time.perf_counter()
+        with migration_lock(env):
+            lock_wait = time.perf_counter() - asked_at
             _upgrade_step(env, project, target, options, record, console, lock_wait)
         if options.skip_validation:
             _step(

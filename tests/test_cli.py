@@ -121,3 +121,12 @@ def test_every_flag_has_help_text() -> None:
     for name, task in ns.tasks.items():
         for argument in task.get_arguments():
             assert argument.help, f"invoke {name} --{argument.names[0]} has no help"
+
+
+def test_unreachable_database_is_a_failed_health_check_exit_3(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, "postgresql://app:s3cret@127.0.0.1:1/app")
+    result = run_invoke("migrate", "--env", "staging", "--yes", env=env)
+    assert result.returncode == 3, result.stderr
+    assert "connection refused" in result.stderr and "s3cret" not in result.stderr
+    report = json.loads(next((tmp_path / "var" / "reports").glob("*.json")).read_text())
+    assert report["success"] is False and "could not be re-read" in report["error"]
