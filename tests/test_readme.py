@@ -23,3 +23,14 @@ def test_quick_start_has_exactly_two_commands() -> None:
 def test_ci_runs_the_readme_test_command_verbatim() -> None:
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert quick_start_commands()[1] in ci
+
+
+def test_readme_names_every_task_and_flag() -> None:
+    from tasks.commands import ns
+
+    text = (ROOT / "README.md").read_text()
+    for name, task in ns.tasks.items():
+        assert f"invoke {name}" in text, name
+        for argument in task.get_arguments():
+            flag = "--" + argument.names[0].strip("_").replace("_", "-")
+            assert flag in text, f"invoke {name} {flag}"
