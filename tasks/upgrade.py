@@ -64,9 +64,6 @@ class _Clock:
         )
         self.mark = now
 
-    def restart(self) -> None:
-        self.mark = time.perf_counter()
-
 
 def plan(
     project: Project, current: str | None, target: str | None, direction: Direction
@@ -133,7 +130,8 @@ def run_migrations(
                     applied += clock.done
                     return applied
                 except Exception as exc:  # user code may raise anything; re-raised with its cause
-                    applied += clock.done
+                    if settings.transaction_per_migration:  # else the failure undid them all
+                        applied += clock.done
                     failed = path[len(clock.done)] if len(clock.done) < len(path) else path[-1]
                     if isinstance(exc, DBAPIError) and is_lock_timeout(exc):
                         count = retries.get(failed.revision, 0)

@@ -473,3 +473,16 @@ def test_interactive_run_is_asked_whether_to_continue_past_a_failed_check(
     engine.dispose()
     assert record.success and read_current(env) == "0007"
     assert len(asked) == 2 and all("Continue anyway?" in p for p in asked)
+
+
+def test_one_transaction_for_all_revisions_rolls_back_the_whole_run(
+    pg_url: str, scratch: ScratchProject, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url, migration={"transaction_per_migration": False})
+    scratch.add('op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))')
+    scratch.add('raise RuntimeError("second fails")')
+    with pytest.raises(MigrationError, match="r002"):
+        migrate(env, UNATTENDED, scratch.project(), QUIET)
+    assert read_current(env) is None and tables(env.url) == set()
+    report = last_report(env)[1]
+    assert report["applied"] == [] and report["post_revision"] is None
