@@ -123,10 +123,6 @@ class Environment:
     def is_sqlite(self) -> bool:
         return self.dialect == "sqlite"
 
-    @property
-    def is_production(self) -> bool:
-        return self.name == "production"
-
     def resolve(self, folder: str) -> Path:
         """A folder from the file, relative to the project root unless absolute."""
         path = Path(folder)
