@@ -130,3 +130,27 @@ def test_unreachable_database_is_a_failed_health_check_exit_3(tmp_path: Path) ->
     assert "connection refused" in result.stderr and "s3cret" not in result.stderr
     report = json.loads(next((tmp_path / "var" / "reports").glob("*.json")).read_text())
     assert report["success"] is False and "could not be re-read" in report["error"]
+
+
+def test_blocked_run_without_terminal_never_reads_stdin(tmp_path: Path) -> None:
+    """stdin stays open and silent: reading it would hang until the timeout."""
+    import os
+    import subprocess
+    import sys
+
+    env = cli_env(tmp_path, "postgresql://app:pw@127.0.0.1:1/app")
+    for args in (["migrate", "--env", "staging", "--yes"], ["migrate", "--env", "staging"]):
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "invoke"), *args],
+            cwd=Path(__file__).parent.parent,
+            env=os.environ | env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert process.wait(timeout=30) == 3
+        finally:
+            process.kill()
+            process.communicate()
