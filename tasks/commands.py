@@ -53,6 +53,18 @@ def edge(function: Callable[..., Any]) -> Callable[..., Any]:
                 "error: no answer on standard input; pass --yes to run unattended.",
                 code=EXIT_BLOCKED,
             ) from None
+        except Exception as exc:
+            if type(exc).__module__.startswith(("sqlalchemy", "psycopg2")):
+                from tasks.masking import redact
+
+                orig = getattr(exc, "orig", None) or exc
+                first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+                raise Exit(
+                    f"error: the database failed: {redact(first, [])}; see the report "
+                    "for the revision it is at.",
+                    code=EXIT_FAILED,
+                ) from None
+            raise
 
     return wrapper
 
