@@ -33,11 +33,19 @@ class StepResult:
 
 
 class Stopwatch:
-    """Measures a block: ``with timed() as clock: ...; clock.seconds``."""
+    """Measures a block: ``with timed() as clock: ...; clock.seconds``.
+
+    ``seconds`` is the time so far inside the block and the block's time after it,
+    so a result built (or returned) inside the block gets its real duration.
+    """
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
-        self.seconds = 0.0
+        self.end: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        return (self.end if self.end is not None else time.perf_counter()) - self.start
 
 
 @contextmanager
@@ -46,7 +54,7 @@ def timed() -> Iterator[Stopwatch]:
     try:
         yield clock
     finally:
-        clock.seconds = time.perf_counter() - clock.start
+        clock.end = time.perf_counter()
 
 
 def format_results(results: list[StepResult]) -> str:

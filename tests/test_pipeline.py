@@ -70,6 +70,9 @@ def test_failed_migration_leaves_last_good_revision(
     assert report["success"] is False and report["failed_revision"] == "r003"
     assert report["post_revision"] == "r002"
     assert [a["revision"] for a in report["applied"]] == ["r001", "r002"]
+    failed_step = report["steps"][-1]
+    assert failed_step["name"] == "upgrade" and not failed_step["ok"]
+    assert failed_step["duration"] > 0  # timed inside its block, not read as 0
     broken.write_text(broken.read_text().replace('    raise RuntimeError("halfway")\n', ""))
     record = migrate(env, UNATTENDED, scratch.project(), QUIET)
     assert record.success and read_current(env) == "r003"
