@@ -17,6 +17,7 @@ from tasks.database import make_engine
 from tasks.health import check_single_head
 from tasks.lint import lint_pending
 from tasks.results import StepResult, timed
+from tasks.status import read_current
 from tasks.validate import schema_drift
 
 
@@ -54,13 +55,7 @@ def check_drift(env: Environment, project: Project) -> StepResult:
 
 
 def check_lint(env: Environment, project: Project) -> StepResult:
-    engine = make_engine(env, role="check")
-    try:
-        with engine.connect() as connection:
-            current = current_revision(connection)
-    finally:
-        engine.dispose()
-    return lint_pending(project, current, project.scripts().get_current_head())
+    return lint_pending(project, read_current(env), project.scripts().get_current_head())
 
 
 def _snapshot(connection: Any) -> dict[str, Any]:

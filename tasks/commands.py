@@ -250,12 +250,13 @@ OUTPUT_HELP = "also write the output to this file (folders are created)"
 
 def _emit(text: str, output: str) -> None:
     """Print, and write to ``output`` too when given (for CI artifacts)."""
-    print(text, end="" if text.endswith("\n") else "\n")
+    text = text if text.endswith("\n") else text + "\n"
+    print(text, end="")
     if output:
         from pathlib import Path
 
         Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        Path(output).write_text(text, encoding="utf-8")
 
 
 def _health(env: str | None, revision: str, json_: bool, output: str) -> None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tasks.upgrade import AppliedRevision
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -47,7 +52,7 @@ class MigrationError(ToolError):
     """A revision failed; the database is at the last revision that completed."""
 
     def __init__(
-        self, message: str, revision: str | None = None, applied: tuple[object, ...] = ()
+        self, message: str, revision: str | None = None, applied: tuple[AppliedRevision, ...] = ()
     ) -> None:
         super().__init__(message)
         self.revision = revision

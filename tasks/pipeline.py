@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
 from tasks import alembic_api, confirm, health, report, upgrade, validate
@@ -240,14 +240,7 @@ def _upgrade_step(
         record.pre_revision = current
 
     def on_retry(attempt: upgrade.MigrationAttempt) -> None:
-        record.retries.append(
-            {
-                "revision": attempt.revision,
-                "attempt": attempt.attempt,
-                "error": attempt.error,
-                "waited": attempt.waited,
-            }
-        )
+        record.retries.append(asdict(attempt))
         console.say(
             f"revision {attempt.revision} hit the lock timeout "
             f"(attempt {attempt.attempt}); retrying in {attempt.waited:g}s"
@@ -257,7 +250,7 @@ def _upgrade_step(
         try:
             applied = upgrade.run_migrations(env, project, target, options.direction, on_retry)
         except MigrationError as exc:
-            record.applied = [a.to_dict() for a in exc.applied]  # type: ignore[attr-defined]
+            record.applied = [a.to_dict() for a in exc.applied]
             record.failed_revision = exc.revision
             _step(
                 record,

@@ -119,12 +119,13 @@ def prewarm() -> threading.Thread:
 def render(report: dict[str, Any], template: str) -> str:
     """Markdown (``report.md.j2``), issue body, or autoescaped HTML (``*.html.j2``)."""
     env = jinja_environment(template.endswith(".html.j2"))
-    links = {
-        "server": os.environ.get("GITHUB_SERVER_URL"),
-        "repository": os.environ.get("GITHUB_REPOSITORY"),
-        "run_id": os.environ.get("GITHUB_RUN_ID"),
-    }
-    return env.get_template(template).render(report=report, links=links)
+    return env.get_template(template).render(report=report, run_url=run_url())
+
+
+def run_url() -> str | None:
+    """The GitHub Actions run this process belongs to, when GitHub says so."""
+    parts = [os.environ.get(k) for k in ("GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_RUN_ID")]
+    return "{}/{}/actions/runs/{}".format(*parts) if all(parts) else None
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -242,19 +243,8 @@ def find_report(env: Environment, path: str | None, failed_only: bool = False) -
 
 def no_report_issue_body(environment: str) -> str:
     """The issue body when a job failed before the migration wrote any report."""
-    links = {
-        k: os.environ.get(v)
-        for k, v in (
-            ("server", "GITHUB_SERVER_URL"),
-            ("repository", "GITHUB_REPOSITORY"),
-            ("run_id", "GITHUB_RUN_ID"),
-        )
-    }
-    run = (
-        f"\nRun: {links['server']}/{links['repository']}/actions/runs/{links['run_id']}\n"
-        if all(links.values())
-        else ""
-    )
+    url = run_url()
+    run = f"\nRun: {url}\n" if url else ""
     return (
         f"## Database migration failed: {environment}\n{run}\n"
         "The job failed before the migration wrote a report (for example a missing "
