@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -60,6 +60,15 @@ def pg_url(pg_admin_url: str) -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def table_names(url: str) -> set[str]:
+    """The tables a database holds now, read on a connection of its own."""
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.connect() as connection:
+        names = set(inspect(connection).get_table_names())
+    engine.dispose()
+    return names
 
 
 @pytest.fixture

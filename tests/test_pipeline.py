@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from conftest import ROOT, ScratchProject, run_invoke, write_environment
-from sqlalchemy import create_engine, inspect, text
+from conftest import table_names as tables
+from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from tasks.alembic_api import DEFAULT_PROJECT
@@ -36,14 +37,6 @@ from tasks.upgrade import run_migrations
 
 QUIET = Console(say=lambda _text: None, ask=lambda _prompt: "no")
 UNATTENDED = RunOptions(yes=True)
-
-
-def tables(url: str) -> set[str]:
-    engine = create_engine(url, poolclass=NullPool)
-    with engine.connect() as connection:
-        names = set(inspect(connection).get_table_names())
-    engine.dispose()
-    return names
 
 
 def test_failed_migration_leaves_last_good_revision(
@@ -360,59 +353,19 @@ def test_cli_exit_codes(sqlite_url: str, tmp_path: Path) -> None:
     assert again.returncode == 0 and "nothing to do" in again.stdout
 
 
-def test_sigterm_mid_revision_rolls_back_and_still_reports(
-    pg_url: str, tmp_path: Path, scratch: ScratchProject
-) -> None:
-    scratch.add('op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))')
-    scratch.add(
-        'op.create_table("b", sa.Column("id", sa.Integer))\nop.execute("SELECT pg_sleep(60)")'
-    )
-    write_environment(
-        tmp_path / "environments",
-        "staging",
-        tmp_path / "var",
-        alembic={"script_location": str(scratch.folder)},
-    )
-    env = os.environ | {
-        "MIGRATE_ENVIRONMENTS_DIR": str(tmp_path / "environments"),
-        "DATABASE_URL": pg_url,
-    }
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "invoke"), "migrate", "--env", "staging", "--yes"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    engine = create_engine(pg_url, poolclass=NullPool)
-    query = text("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'")
-    for _ in range(300):
-        with engine.connect() as connection:
-            if connection.execute(query).scalar():
-                break
-        time.sleep(0.1)
-    process.terminate()
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 3 and "interrupted" in stderr
-    with engine.connect() as connection:
-        assert (
-            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "r001"
-        )
-        assert not inspect(connection).has_table("b")
-    engine.dispose()
-    report = json.loads(next((tmp_path / "var" / "reports").glob("staging-*.json")).read_text())
-    assert report["success"] is False and report["post_revision"] == "r001"
-    assert "interrupted (SIGTERM)" in report["error"]
+SLEEP = 'op.execute("SELECT pg_sleep(60)")'
+SLEEPING = text("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'")
 
 
-def test_sigkilled_runner_releases_the_lock_and_the_next_run_completes(
+def start_sleeping_migration(
     pg_url: str, tmp_path: Path, scratch: ScratchProject
-) -> None:
+) -> tuple[subprocess.Popen[str], dict[str, str], Path]:
+    """`invoke migrate` in its own process, returned once its second revision sleeps in SQL.
+
+    Returns the process, the CLI environment and the sleeping revision's file.
+    """
     scratch.add('op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))')
-    slow = scratch.add(
-        'op.create_table("b", sa.Column("id", sa.Integer))\nop.execute("SELECT pg_sleep(60)")'
-    )
+    slow = scratch.add(f'op.create_table("b", sa.Column("id", sa.Integer))\n{SLEEP}')
     write_environment(
         tmp_path / "environments",
         "staging",
@@ -424,35 +377,63 @@ def test_sigkilled_runner_releases_the_lock_and_the_next_run_completes(
         [str(Path(sys.executable).parent / "invoke"), "migrate", "--env", "staging", "--yes"],
         cwd=ROOT,
         env=os.environ | env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     engine = create_engine(pg_url, poolclass=NullPool)
-    sleeping = text("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'")
-    advisory = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
     for _ in range(300):
         with engine.connect() as connection:
-            if connection.execute(sleeping).scalar():
+            if connection.execute(SLEEPING).scalar():
                 break
         time.sleep(0.1)
+    engine.dispose()
+    return process, env, scratch.folder / "versions" / f"{slow}.py"
+
+
+def current_version(pg_url: str) -> str | None:
+    engine = create_engine(pg_url, poolclass=NullPool)
+    with engine.connect() as connection:
+        version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    engine.dispose()
+    return version
+
+
+def test_sigterm_mid_revision_rolls_back_and_still_reports(
+    pg_url: str, tmp_path: Path, scratch: ScratchProject
+) -> None:
+    process, _, _ = start_sleeping_migration(pg_url, tmp_path, scratch)
+    process.terminate()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 3 and "interrupted" in stderr
+    assert current_version(pg_url) == "r001"
+    assert "b" not in tables(pg_url)
+    report = json.loads(next((tmp_path / "var" / "reports").glob("staging-*.json")).read_text())
+    assert report["success"] is False and report["post_revision"] == "r001"
+    assert "interrupted (SIGTERM)" in report["error"]
+
+
+def test_sigkilled_runner_releases_the_lock_and_the_next_run_completes(
+    pg_url: str, tmp_path: Path, scratch: ScratchProject
+) -> None:
+    process, env, slow = start_sleeping_migration(pg_url, tmp_path, scratch)
     process.kill()
-    process.wait()
+    process.communicate()
+    engine = create_engine(pg_url, poolclass=NullPool)
+    advisory = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
     for _ in range(100):  # the server notices the dead client within about a second
         with engine.connect() as connection:
             if (
                 not connection.execute(advisory).scalar()
-                and not connection.execute(sleeping).scalar()
+                and not connection.execute(SLEEPING).scalar()
             ):
                 break
         time.sleep(0.1)
     with engine.connect() as connection:
         assert connection.execute(advisory).scalar() == 0
-        assert (
-            connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "r001"
-        )
     engine.dispose()
-    revision = scratch.folder / "versions" / f"{slow}.py"
-    revision.write_text(revision.read_text().replace('op.execute("SELECT pg_sleep(60)")', "pass"))
+    assert current_version(pg_url) == "r001"
+    slow.write_text(slow.read_text().replace(SLEEP, "pass"))
     again = run_invoke("migrate", "--env", "staging", "--yes", env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "1 revision(s) applied" in again.stdout

@@ -13,11 +13,10 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import table_names
 from ghactions import condition, os_path_with, play_job
 from pgcluster import PASSWORD
-from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / ".github" / "workflows" / "db-migrate.yml"
@@ -226,14 +225,6 @@ def context_for(pg_url: str, environment: str = "staging") -> dict[str, Any]:
     }
 
 
-def current_tables(pg_url: str) -> set[str]:
-    engine = create_engine(pg_url, poolclass=NullPool)
-    with engine.connect() as connection:
-        names = set(inspect(connection).get_table_names())
-    engine.dispose()
-    return names
-
-
 def test_migrate_job_plays_locally(
     pg_url: str, tmp_path: Path, checkout: Path, fake_gh: Path
 ) -> None:
@@ -294,13 +285,13 @@ def test_failed_migration_rolls_back_and_renders_the_issue(
     assert "Database migration failed: staging" in body and "**left at** | `0008`" in body
     assert "https://github.example/team/service/actions/runs/4242" in body
     assert PASSWORD not in body
-    assert "canary" in current_tables(pg_url)
+    assert "canary" in table_names(pg_url)
 
     context["needs"] = {"migrate": {"result": "failure", "outputs": run.outputs}}
     assert condition(workflow["jobs"]["rollback"]["if"], context, "failure")
     rollback = play_job(workflow, "rollback", context, checkout, env, skip_run=("pip install",))
     assert rollback.status == "success", rollback.logs
-    assert "canary" not in current_tables(pg_url)
+    assert "canary" not in table_names(pg_url)
     status = subprocess.run(
         [str(BIN / "invoke"), "status", "--env", "staging", "--json"],
         cwd=checkout,
