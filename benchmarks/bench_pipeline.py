@@ -16,10 +16,11 @@ from pathlib import Path
 
 from common import (
     BIN,
-    ROOT,
+    alembic_settings,
     arguments,
     create_database,
     drop_database,
+    empty_project,
     environment_file,
     finish,
     invoke,
@@ -31,14 +32,7 @@ from common import (
 
 def generate_project(folder: Path, count: int) -> Path:
     """A script folder with ``count`` revisions and the models they end at."""
-    scripts = folder / "migrations"
-    (scripts / "versions").mkdir(parents=True)
-    shutil.copy(ROOT / "migrations" / "env.py", scripts / "env.py")
-    shutil.copy(ROOT / "migrations" / "script.py.mako", scripts / "script.py.mako")
-    ini = (ROOT / "alembic.ini").read_text()
-    (folder / "alembic.ini").write_text(
-        ini.replace("script_location = %(here)s/migrations", f"script_location = {scripts}")
-    )
+    scripts = empty_project(folder)
     tables: dict[str, list[str]] = {}
     indexes: list[tuple[str, str]] = []
     previous = None
@@ -91,7 +85,7 @@ def main() -> None:
     environments = environment_file(
         work,
         "bench",
-        alembic={"ini": str(work / "alembic.ini"), "script_location": str(work / "migrations")},
+        alembic=alembic_settings(work),
     )
     ours, raw, steps = [], [], {}
     with postgres() as admin:

@@ -23,10 +23,11 @@ from pathlib import Path
 
 from common import (
     BIN,
-    ROOT,
+    alembic_settings,
     arguments,
     create_database,
     drop_database,
+    empty_project,
     environment_file,
     finish,
     invoke,
@@ -41,14 +42,7 @@ UPDATE_SCRIPT = (
 
 
 def make_project(folder: Path) -> None:
-    scripts = folder / "migrations"
-    (scripts / "versions").mkdir(parents=True)
-    shutil.copy(ROOT / "migrations" / "env.py", scripts / "env.py")
-    shutil.copy(ROOT / "migrations" / "script.py.mako", scripts / "script.py.mako")
-    ini = (ROOT / "alembic.ini").read_text()
-    (folder / "alembic.ini").write_text(
-        ini.replace("script_location = %(here)s/migrations", f"script_location = {scripts}")
-    )
+    scripts = empty_project(folder)
     (scripts / "versions" / "t1.py").write_text(
         '"""accounts"""\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
         "revision = 't1'\ndown_revision = None\nbranch_labels = None\ndepends_on = None\n\n\n"
@@ -229,7 +223,7 @@ def main() -> None:
     environments = environment_file(
         work,
         "bench",
-        alembic={"ini": str(work / "alembic.ini"), "script_location": str(work / "migrations")},
+        alembic=alembic_settings(work),
         migration={"lock_timeout": 1, "retries": 8, "retry_backoff": 0.5, "statement_timeout": 0},
     )
     with postgres() as admin:

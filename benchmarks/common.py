@@ -123,6 +123,26 @@ def environment_file(
     return directory
 
 
+def empty_project(folder: Path) -> Path:
+    """An Alembic project in ``folder`` with this repository's env.py and no revisions yet;
+    returns its script folder (revisions go in ``versions/``).
+    """
+    scripts = folder / "migrations"
+    (scripts / "versions").mkdir(parents=True)
+    shutil.copy(ROOT / "migrations" / "env.py", scripts / "env.py")
+    shutil.copy(ROOT / "migrations" / "script.py.mako", scripts / "script.py.mako")
+    ini = (ROOT / "alembic.ini").read_text()
+    (folder / "alembic.ini").write_text(
+        ini.replace("script_location = %(here)s/migrations", f"script_location = {scripts}")
+    )
+    return scripts
+
+
+def alembic_settings(folder: Path) -> dict[str, str]:
+    """The environment file's ``alembic`` section for a project made by ``empty_project``."""
+    return {"ini": str(folder / "alembic.ini"), "script_location": str(folder / "migrations")}
+
+
 def machine() -> str:
     return f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
 
