@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from typing import Any
 from tasks.config import Environment
 from tasks.database import sqlite_path
 from tasks.errors import BackupError
+from tasks.files import private_folder
 
 MANIFEST_SUFFIX = ".manifest.json"
 
@@ -105,8 +107,7 @@ def size_of(path: Path) -> int:
 
 def prepare_folder(folder: Path) -> None:
     try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(folder, 0o700)
+        private_folder(folder)  # made 0700; an existing folder (or symlink) is left as it is
     except OSError as exc:
         raise BackupError(
             f"Cannot create the backup folder {folder}: {exc.strerror}; "
@@ -138,7 +139,9 @@ class Progress:
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir():
+    if path.is_symlink():
+        path.unlink()
+    elif path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
@@ -348,34 +351,80 @@ def take_backup(
     return info
 
 
+def archive_of(manifest: Path) -> Path:
+    """The archive a manifest describes: its own name without the suffix, in its own folder.
+
+    Never the manifest's ``path`` field: a manifest can be forged, its location cannot
+    point outside the backup folder.
+    """
+    return manifest.with_name(manifest.name[: -len(MANIFEST_SUFFIX)])
+
+
+def is_own_backup(env: Environment, archive: Path) -> bool:
+    """A file (or folder) this tool made in the backup folder, reached through no symlink."""
+    folder = env.backup_dir
+    return (
+        archive.parent == folder
+        and not folder.is_symlink()
+        and not archive.is_symlink()
+        and re.fullmatch(
+            rf"{re.escape(env.name)}-\d{{8}}T\d{{9}}Z-[\w.-]+\.(dump|dir|sqlite3)", archive.name
+        )
+        is not None
+    )
+
+
 def list_backups(env: Environment) -> list[dict[str, Any]]:
-    """Manifests of this environment's backups, newest first."""
+    """Manifests of this environment's backups in its folder, newest first."""
     found = []
     folder = env.backup_dir
-    if not folder.exists():
+    if not folder.is_dir():
         return []
     for manifest in folder.glob(f"{env.name}-*{MANIFEST_SUFFIX}"):
+        archive = archive_of(manifest)
+        if manifest.is_symlink() or not is_own_backup(env, archive):
+            continue
         try:
             data = json.loads(manifest.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if data.get("environment") == env.name:
-            data["manifest"] = str(manifest)
+        if isinstance(data, dict) and data.get("environment") == env.name:
+            data["manifest"], data["path"] = str(manifest), str(archive)
             found.append(data)
-    return sorted(found, key=lambda d: d["created_at"], reverse=True)
+    return sorted(found, key=lambda d: str(d.get("created_at")), reverse=True)
+
+
+def protected_backups(env: Environment) -> set[str]:
+    """Backups that reports still point to: the newest report's and the newest run's
+    (what `invoke rollback --restore` would restore)."""
+    from tasks.report import last_report
+    from tasks.rollback import RUN_OPERATIONS
+
+    names = set()
+    for found in (last_report(env), last_report(env, RUN_OPERATIONS)):
+        backup = (found[1].get("backup") or {}) if found else {}
+        if isinstance(backup, dict) and backup.get("path"):
+            names.add(Path(str(backup["path"])).name)
+    return names
 
 
 def prune_backups(env: Environment, keep_path: Path, now: datetime) -> list[str]:
-    """Drop backups beyond ``keep`` newest or older than ``keep_days``; never ``keep_path``."""
+    """Drop backups beyond ``keep`` newest or older than ``keep_days``; never ``keep_path``
+    nor one that the newest reports name, and only files this tool made in the folder."""
     settings = env.settings.backup
+    protected = protected_backups(env) | {keep_path.name}
     removed = []
     for index, data in enumerate(list_backups(env)):
         path = Path(data["path"])
-        if path == keep_path:
+        if path.name in protected:
             continue
         too_many = settings.keep is not None and index >= settings.keep
-        too_old = settings.keep_days is not None and (
-            datetime.fromisoformat(data["created_at"]) < now - timedelta(days=settings.keep_days)
+        try:
+            created = datetime.fromisoformat(str(data.get("created_at")))
+        except ValueError:
+            continue
+        too_old = settings.keep_days is not None and created < now - timedelta(
+            days=settings.keep_days
         )
         if too_many or too_old:
             _remove(path)

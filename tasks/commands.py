@@ -31,42 +31,68 @@ RUN_HELP = {
 
 
 def edge(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn our errors into one sentence on stderr and the documented exit code."""
+    """Turn our errors into one sentence on stderr and the documented exit code.
+
+    Under GitHub Actions the exit code also goes to ``$GITHUB_OUTPUT`` as ``exit_code``,
+    so a later job can tell a failed migration (1) from a refusal (2, 3, 4).
+    """
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         # A cancelled CI job sends SIGTERM: stop like Ctrl-C, so reports are still written.
         signal.signal(signal.SIGTERM, _interrupt)
+        code = EXIT_FAILED
         try:
-            return function(*args, **kwargs)
-        except ToolError as exc:
-            from tasks.masking import redact
-
-            raise Exit(f"error: {redact(exc.message, [])}", code=exc.exit_code) from None
-        except KeyboardInterrupt:
-            raise Exit(
-                "error: interrupted; any revision in progress was rolled back, see the report.",
-                code=EXIT_BLOCKED,
-            ) from None
-        except EOFError:
-            raise Exit(
-                "error: no answer on standard input; pass --yes to run unattended.",
-                code=EXIT_BLOCKED,
-            ) from None
-        except Exception as exc:
-            if type(exc).__module__.startswith(("sqlalchemy", "psycopg2")):
-                from tasks.masking import redact
-
-                orig = getattr(exc, "orig", None) or exc
-                first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-                raise Exit(
-                    f"error: the database failed: {redact(first, [])}; see the report "
-                    "for the revision it is at.",
-                    code=EXIT_FAILED,
-                ) from None
+            result = _mapped(function, *args, **kwargs)
+            code = 0
+            return result
+        except Exit as exc:
+            code = exc.code
             raise
+        finally:
+            _github_output("exit_code", str(code))
 
     return wrapper
+
+
+def _mapped(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return function(*args, **kwargs)
+    except ToolError as exc:
+        from tasks.masking import redact
+
+        raise Exit(f"error: {redact(exc.message, [])}", code=exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise Exit(
+            "error: interrupted; any revision in progress was rolled back, see the report.",
+            code=EXIT_BLOCKED,
+        ) from None
+    except EOFError:
+        raise Exit(
+            "error: no answer on standard input; pass --yes to run unattended.",
+            code=EXIT_BLOCKED,
+        ) from None
+    except Exception as exc:
+        if type(exc).__module__.startswith(("sqlalchemy", "psycopg2")):
+            from tasks.masking import redact
+
+            orig = getattr(exc, "orig", None) or exc
+            first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+            raise Exit(
+                f"error: the database failed: {redact(first, [])}; see the report "
+                "for the revision it is at.",
+                code=EXIT_FAILED,
+            ) from None
+        raise
+
+
+def _github_output(name: str, value: str) -> None:
+    import os
+
+    path = os.environ.get("GITHUB_OUTPUT")
+    if path:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(f"{name}={value}\n")
 
 
 def _interrupt(signum: int, _frame: Any) -> None:

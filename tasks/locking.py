@@ -7,6 +7,7 @@ and a killed runner releases it when its connection drops.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -46,6 +47,7 @@ def migration_lock(env: Environment, wait: float | None = None) -> Iterator[None
 @contextmanager
 def _advisory_lock(env: Environment, wait: float) -> Iterator[None]:
     from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
 
     engine = make_engine(env, role="lock", autocommit=True)
     connection = engine.connect()
@@ -64,9 +66,13 @@ def _advisory_lock(env: Environment, wait: float) -> Iterator[None]:
         try:
             yield
         finally:
-            connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            # A lost connection has released the lock already; its error must never
+            # replace the one the run is raising.
+            with contextlib.suppress(DBAPIError):
+                connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
     finally:
-        connection.close()
+        with contextlib.suppress(DBAPIError):
+            connection.close()
         engine.dispose()
 
 

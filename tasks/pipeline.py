@@ -1,4 +1,4 @@
-"""The migrate pipeline: health -> backup -> confirm -> lock -> upgrade -> validate -> report.
+"""The migrate pipeline: health -> confirm -> lock -> backup -> upgrade -> validate -> report.
 
 Each step is a function in its own module; this module only orders them,
 records each result and writes the report in a ``finally``.
@@ -6,10 +6,11 @@ records each result and writes the report in a ``finally``.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
 from tasks import alembic_api, confirm, health, report, upgrade, validate
@@ -28,9 +29,9 @@ from tasks.errors import (
 )
 from tasks.locking import migration_lock
 from tasks.masking import redact
-from tasks.report import RunRecord, write_report
+from tasks.report import RunRecord, reported, write_report
 from tasks.results import StepResult, format_results, timed
-from tasks.status import read_current
+from tasks.status import read_current, reread_current
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class RunOptions:
     dry_run: bool = False
     interactive: bool = False
     operation: str | None = None
+    # rollback: where the database must be (a revision or "base"), checked under the lock
+    expect_current: str | None = None
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Console:
     say: Callable[[str], None] = print
     ask: Callable[[str], str] = input
     progress: Progress | None = None
+    warn: Callable[[str], None] = field(default=lambda text: print(text, file=sys.stderr))
 
 
 @contextmanager
@@ -84,14 +88,23 @@ def recorded(
     finally:
         record.duration = round(time.perf_counter() - started, 4)
         record.finished_at = datetime.now(UTC).isoformat()
-        try:
-            record.post_revision = read_current(env)
+        try:  # on a fresh connection, retried: the server may just have restarted
+            # a run that never read the revision changed nothing: one try is enough
+            attempts = 4 if record.pre_revision is not None else 1
+            record.post_revision = reported(reread_current(env, attempts))
         except ToolError as exc:
-            record.post_revision = record.pre_revision
+            record.post_revision = None  # unknown, never guessed from the pre-revision
             note = f"the revision could not be re-read at the end ({exc.message})"
             record.error = f"{record.error}; {note}" if record.error else note
-        path = write_report(env, record)
-        console.say(f"report: {path}")
+        try:
+            console.say(f"report: {write_report(env, record)}")
+        except OSError as exc:  # the outcome still reaches the user, with the run's exit code
+            outcome = "succeeded" if record.success else f"failed: {record.error}"
+            console.warn(
+                f"error: the report could not be written to {env.report_dir} "
+                f"({exc.strerror or exc}); the {env.name} database is at "
+                f"{record.post_revision or 'an unknown revision'} and this run {outcome}"
+            )
 
 
 def _step(record: RunRecord, result: StepResult, console: Console) -> StepResult:
@@ -143,9 +156,11 @@ def run_health_step(
     )
 
 
-def run_backup_step(env: Environment, record: RunRecord, console: Console) -> BackupInfo:
+def run_backup_step(
+    env: Environment, current: str | None, record: RunRecord, console: Console
+) -> BackupInfo:
     with timed() as clock:
-        info = take_backup(env, record.pre_revision, console.progress)
+        info = take_backup(env, current, console.progress)
     record.backup = info.to_dict()
     _step(
         record,
@@ -158,6 +173,16 @@ def run_backup_step(env: Environment, record: RunRecord, console: Console) -> Ba
         console,
     )
     return info
+
+
+def check_expected(env: Environment, current: str | None, expected: str | None) -> None:
+    """Rollback acts only on the database its report describes."""
+    if expected is not None and reported(current) != expected:
+        raise BlockedError(
+            f"The {env.name} database is at {reported(current)}, not at {expected} where its "
+            "newest run left it: something moved it since, so nothing was changed. Check "
+            "`invoke status`, then move it explicitly with `invoke downgrade --revision REV`."
+        )
 
 
 def migrate(
@@ -174,7 +199,7 @@ def migrate(
     with recorded(env, operation, console, options.dry_run) as record:
         scripts = project.scripts()
         target = alembic_api.resolve_revision(scripts, options.revision)
-        record.target_revision = target
+        record.target_revision = reported(target)
         if options.skip_health_checks or options.dry_run:
             if not options.dry_run:
                 _step(
@@ -186,33 +211,41 @@ def migrate(
             run_health_step(
                 env, project, replace(options, revision=target or "base"), record, console
             )
-        record.pre_revision = read_current(env)
-        if options.direction == "downgrade" and not alembic_api.is_ancestor(
-            scripts, target, record.pre_revision
-        ):
-            raise ConfigError(
-                f"Revision {options.revision} is not below the current revision "
-                f"{record.pre_revision or 'base'}; downgrade goes down only."
-            )
-        path = upgrade.plan(project, record.pre_revision, target, options.direction)
+        current = read_current(env)
+        record.pre_revision = reported(current)
+        check_expected(env, current, options.expect_current)
+        path = _plan(env, project, options, current, target)
         record.pending = [r.to_dict() for r in path]
         if options.dry_run:
             dry_run(env, project, path, options.direction, record, console)
             return record
-        if options.backup or (options.backup is None and env.settings.backup.required):
-            run_backup_step(env, record, console)
         if confirm.needs_confirmation(env, options.yes):
             with timed() as clock:
                 confirm.confirm(
                     env,
-                    confirm.summary(env, operation, record.pre_revision, target, path),
+                    confirm.summary(env, operation, current, target, path),
                     ask=console.ask,
                     say=console.say,
                 )
             _step(record, StepResult("confirm", True, "confirmed", duration=clock.seconds), console)
         asked_at = time.perf_counter()
-        with migration_lock(env):
+        with migration_lock(env):  # from the backup to the end of the upgrade
             lock_wait = time.perf_counter() - asked_at
+            moved = read_current(env)  # another run may have migrated while we waited
+            check_expected(env, moved, options.expect_current)
+            if moved != current:
+                console.say(f"another run moved the database to {reported(moved)} meanwhile")
+                current, record.pre_revision = moved, reported(moved)
+                path = _plan(env, project, options, current, target)
+            if options.backup or (options.backup is None and env.settings.backup.required):
+                if path:
+                    run_backup_step(env, current, record, console)
+                else:
+                    _step(
+                        record,
+                        StepResult("backup", True, "skipped: nothing to apply", severity="info"),
+                        console,
+                    )
             _upgrade_step(env, project, target, options, record, console, lock_wait)
         if options.skip_validation:
             _step(
@@ -225,6 +258,23 @@ def migrate(
         return record
 
 
+def _plan(
+    env: Environment,
+    project: Project,
+    options: RunOptions,
+    current: str | None,
+    target: str | None,
+) -> list[alembic_api.Revision]:
+    if options.direction == "downgrade" and not alembic_api.is_ancestor(
+        project.scripts(), target, current
+    ):
+        raise ConfigError(
+            f"Revision {options.revision} is not below the current revision "
+            f"{reported(current)}; downgrade goes down only."
+        )
+    return upgrade.plan(project, current, target, options.direction)
+
+
 def _upgrade_step(
     env: Environment,
     project: Project,
@@ -234,11 +284,6 @@ def _upgrade_step(
     console: Console,
     lock_wait: float,
 ) -> None:
-    current = read_current(env)  # another run may have migrated while we waited
-    if current != record.pre_revision:
-        console.say(f"another run moved the database to {current or 'base'} meanwhile")
-        record.pre_revision = current
-
     def on_retry(attempt: upgrade.MigrationAttempt) -> None:
         record.retries.append(asdict(attempt))
         console.say(
@@ -332,16 +377,6 @@ def dry_run(
     )
 
 
-def last_run(env: Environment) -> dict:
-    found = report.last_report(env, operations=("upgrade", "migrate", "downgrade"))
-    if found is None:
-        raise ConfigError(
-            f"There is no migration report for {env.name} to roll back from; "
-            "rollback undoes the last `invoke migrate`."
-        )
-    return found[1]
-
-
 def rollback(
     env: Environment,
     from_backup: bool,
@@ -349,8 +384,10 @@ def rollback(
     interactive: bool,
     project: Project | None = None,
     console: Console | None = None,
-) -> RunRecord:
-    """Undo the last run: downgrade to its pre-revision, or restore its backup."""
+) -> RunRecord | None:
+    """Undo the newest run, only from where it left the database; None when it changed nothing."""
+    from tasks.rollback import RUN_OPERATIONS, plan_rollback
+
     console = console or Console()
     if not env.settings.policy.allow_rollback:
         raise UsageError(
@@ -362,23 +399,22 @@ def rollback(
             f"Automatic rollback is off for {env.name} (policy.auto_rollback is "
             "false); an operator must run `invoke rollback` from a terminal."
         )
-    last = last_run(env)
+    plan = plan_rollback(env.name, report.last_report(env, RUN_OPERATIONS), from_backup)
+    if plan.nothing:
+        console.say(plan.nothing)
+        return None
     if from_backup:
-        if not last.get("backup"):
-            raise ConfigError(
-                f"The last run on {env.name} took no backup; "
-                "roll back without --restore to downgrade instead."
-            )
-        return restore(env, last["backup"]["path"], yes, interactive, console, "rollback")
-    target = last.get("pre_revision")
+        assert plan.backup is not None
+        return restore(
+            env, plan.backup["path"], yes, interactive, console, "rollback", expect=plan.expect
+        )
     options = RunOptions(
-        revision=target or "base",
-        direction="downgrade",
+        revision=plan.target,
+        direction=plan.direction,  # type: ignore[arg-type]
         yes=yes,
         interactive=interactive,
         operation="rollback",
-        skip_health_checks=False,
-        backup=None,
+        expect_current=plan.expect,
     )
     return migrate(env, options, project, console)
 
@@ -390,6 +426,7 @@ def restore(
     interactive: bool,
     console: Console | None = None,
     operation: str = "restore",
+    expect: str | None = None,
 ) -> RunRecord:
     """Put a verified backup back, under the migration lock, after confirmation."""
     from tasks.restore import find_backup, restore_backup
@@ -398,8 +435,10 @@ def restore(
     backup = find_backup(env, spec)
     confirm.refuse_without_terminal(env, yes, interactive)
     with recorded(env, operation, console) as record:
-        record.pre_revision = read_current(env)
-        record.target_revision = backup.get("revision")
+        current = read_current(env)
+        record.pre_revision = reported(current)
+        check_expected(env, current, expect)
+        record.target_revision = reported(backup.get("revision"))
         if confirm.needs_confirmation(env, yes):
             confirm.confirm(
                 env,
@@ -408,6 +447,7 @@ def restore(
                 say=console.say,
             )
         with timed() as clock, migration_lock(env):
+            check_expected(env, read_current(env), expect)
             restore_backup(env, backup)
         record.restored_from = backup["path"]
         _step(
@@ -419,9 +459,10 @@ def restore(
 
 
 def backup(env: Environment, console: Console | None = None) -> RunRecord:
-    """Take a verified backup on its own, with a report."""
+    """Take a verified backup on its own, with a report, under the migration lock."""
     console = console or Console()
-    with recorded(env, "backup", console) as record:
-        record.pre_revision = read_current(env)
-        run_backup_step(env, record, console)
+    with recorded(env, "backup", console) as record, migration_lock(env):
+        current = read_current(env)
+        record.pre_revision = reported(current)
+        run_backup_step(env, current, record, console)
         return record

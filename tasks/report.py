@@ -12,24 +12,32 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from tasks.config import PROJECT_ROOT, Environment
+from tasks.files import append_line, private_folder, write_atomic
 from tasks.masking import redact, redact_data
 from tasks.results import StepResult
 
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2
+BASE = "base"  # a revision field's value for an empty history; None means unknown
 TOOL_VERSION = "0.1.0"
 TEMPLATES = Path(__file__).parent / "templates"
 
 
 @dataclass
 class RunRecord:
-    """Everything a run learned; filled in step by step, written at the end."""
+    """Everything a run learned; filled in step by step, written at the end.
+
+    Revision fields hold an id, ``BASE`` for an empty history, or None when the
+    run never read it or could not: never a guess (report schema 2).
+    """
 
     environment: str
     operation: str
@@ -128,34 +136,27 @@ def run_url() -> str | None:
     return "{}/{}/actions/runs/{}".format(*parts) if all(parts) else None
 
 
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
+def reported(revision: str | None) -> str:
+    """A revision read from the database, as a report states it: None (empty) is BASE."""
+    return revision or BASE
 
 
 def append_audit(folder: Path, line: dict[str, Any]) -> None:
     """One JSON line per run; a single O_APPEND write, so concurrent runs never interleave."""
-    data = (json.dumps(line, sort_keys=True) + "\n").encode()
-    fd = os.open(folder / "audit.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+    append_line(folder / "audit.jsonl", (json.dumps(line, sort_keys=True) + "\n").encode())
 
 
 def write_report(env: Environment, record: RunRecord) -> Path:
     """JSON + Markdown beside each other, an audit line, the step summary; returns the JSON."""
-    folder = env.report_dir
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_folder(env.report_dir)
     secrets = [env.password]
     data = redact_data(record.to_dict(), secrets)
     stamp = datetime.fromisoformat(record.started_at).strftime("%Y%m%dT%H%M%S%fZ")
     base = folder / f"{env.name}-{record.operation}-{stamp}-{os.getpid()}"
     json_path = base.with_suffix(".json")
     markdown = redact(render(data, "report.md.j2"), secrets)
-    _write_private(json_path, json.dumps(data, indent=2) + "\n")
-    _write_private(base.with_suffix(".md"), markdown)
+    write_atomic(json_path, json.dumps(data, indent=2) + "\n")
+    write_atomic(base.with_suffix(".md"), markdown)
     append_audit(
         folder,
         {
@@ -190,15 +191,27 @@ def list_reports(env: Environment) -> list[Path]:
 
 
 def load_report(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
+    """One report; a version 1 report's null revisions stay null, which now means unknown."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or "operation" not in data:
+        raise ValueError("not a run report")
+    return data
+
+
+def readable_reports(env: Environment) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """This environment's reports, newest first; a damaged one is skipped with a warning."""
+    for path in list_reports(env):
+        try:
+            yield path, load_report(path)
+        except (OSError, ValueError) as exc:
+            print(f"warning: skipping the damaged report {path}: {exc}", file=sys.stderr)
 
 
 def last_report(
     env: Environment, operations: tuple[str, ...] | None = None, real_only: bool = True
 ) -> tuple[Path, dict[str, Any]] | None:
     """The newest report (of the given operations, not a dry run), or None."""
-    for path in list_reports(env):
-        data = load_report(path)
+    for path, data in readable_reports(env):
         if operations and data.get("operation") not in operations:
             continue
         if real_only and data.get("dry_run"):
@@ -233,8 +246,7 @@ def find_report(env: Environment, path: str | None, failed_only: bool = False) -
             return load_report(file)
         except ValueError:
             raise ConfigError(f"{path} is not a JSON report.") from None
-    for file in list_reports(env):
-        data = load_report(file)
+    for _file, data in readable_reports(env):
         if not failed_only or not data.get("success"):
             return data
     kind = "failed run's report" if failed_only else "report"

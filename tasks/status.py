@@ -70,6 +70,22 @@ def read_current(env: Environment) -> str | None:
         engine.dispose()
 
 
+def reread_current(env: Environment, attempts: int = 4, pause: float = 1.0) -> str | None:
+    """``read_current`` on a fresh connection each try: a server that just restarted
+    refuses connections for a moment. Raises the last ConfigError when all tries fail.
+    """
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return read_current(env)
+        except ConfigError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
 def _first_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__

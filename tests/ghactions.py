@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,7 @@ def play_job(
     run = JobRun()
     for index, step in enumerate(job["steps"]):
         name = step.get("name", f"step {index}")
+        step_outputs: dict[str, str] = {}
         if not condition(step.get("if"), context, run.status):
             outcome = "skipped"
         elif "uses" in step:
@@ -182,6 +184,8 @@ def play_job(
             outcome = "success"
         else:
             step_env = env | {k: render(v, context) for k, v in (step.get("env") or {}).items()}
+            output_file = tempfile.NamedTemporaryFile("r", suffix=".github_output")  # noqa: SIM115
+            step_env["GITHUB_OUTPUT"] = output_file.name
             done = subprocess.run(
                 ["bash", "-e", "-o", "pipefail", "-c", step["run"]],
                 cwd=workdir,
@@ -192,12 +196,20 @@ def play_job(
                 check=False,
             )
             run.logs[name] = done.stdout + done.stderr
+            step_outputs = dict(
+                line.split("=", 1) for line in output_file.read().splitlines() if "=" in line
+            )
+            output_file.close()
             outcome = "success" if done.returncode == 0 else "failure"
             if outcome == "failure":
                 run.status = "failure"
         run.outcomes[name] = outcome
         if "id" in step:
-            context["steps"][step["id"]] = {"outcome": outcome, "conclusion": outcome}
+            context["steps"][step["id"]] = {
+                "outcome": outcome,
+                "conclusion": outcome,
+                "outputs": step_outputs,
+            }
     run.outputs = {k: render(v, context) for k, v in (job.get("outputs") or {}).items()}
     return run
 

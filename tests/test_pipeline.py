@@ -469,4 +469,4 @@ def test_one_transaction_for_all_revisions_rolls_back_the_whole_run(
         migrate(env, UNATTENDED, scratch.project(), QUIET)
     assert read_current(env) is None and tables(env.url) == set()
     report = last_report(env)[1]
-    assert report["applied"] == [] and report["post_revision"] is None
+    assert report["applied"] == [] and report["post_revision"] == "base"

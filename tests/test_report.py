@@ -22,7 +22,7 @@ from tasks.report import find_report, list_reports, show
 
 QUIET = Console(say=lambda _text: None, ask=lambda _prompt: "no")
 SCHEMA = json.loads(
-    (Path(__file__).parent.parent / "tasks" / "schemas" / "report-v1.schema.json").read_text()
+    (Path(__file__).parent.parent / "tasks" / "schemas" / "report-v2.schema.json").read_text()
 )
 
 
@@ -141,7 +141,7 @@ def test_concurrent_runs_append_whole_audit_lines(sqlite_url: str, tmp_path: Pat
     assert len(lines) == 50
     records = [json.loads(line) for line in lines]
     assert all(r["success"] for r in records)
-    assert sum(1 for r in records if r["pre_revision"] is None) == 1
+    assert sum(1 for r in records if r["pre_revision"] == "base") == 1
 
 
 def test_step_summary_gets_the_markdown(

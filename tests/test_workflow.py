@@ -109,20 +109,23 @@ def test_inputs_concurrency_jobs_and_retention() -> None:
     assert rollback["needs"] == "migrate"
 
 
-def test_rollback_job_runs_only_on_failure_outside_production() -> None:
+def test_rollback_job_runs_only_after_a_failed_migration_outside_production() -> None:
     rollback_if = load_workflow()["jobs"]["rollback"]["if"]
 
-    def runs(environment: str, outcome: str) -> bool:
+    def runs(environment: str, exit_code: str) -> bool:
+        outcome = "success" if exit_code == "0" else "failure"
         context = {
             "inputs": {"environment": environment},
             "github": {"event": {}},
-            "needs": {"migrate": {"result": outcome, "outputs": {"migrate_outcome": outcome}}},
+            "needs": {"migrate": {"result": outcome, "outputs": {"migrate_exit_code": exit_code}}},
         }
-        return condition(rollback_if, context, "failure" if outcome == "failure" else "success")
+        return condition(rollback_if, context, outcome)
 
-    assert runs("staging", "failure") and runs("development", "failure")
-    assert not runs("production", "failure")
-    assert not runs("staging", "success")
+    assert runs("staging", "1") and runs("development", "1")
+    assert not runs("production", "1")
+    assert not runs("staging", "0")
+    # refusals changed nothing: usage error, blocked by health, lock held, or no output at all
+    assert not any(runs("staging", code) for code in ("2", "3", "4", ""))
 
 
 def invoke_calls(workflow: dict[str, Any]) -> list[list[str]]:
@@ -242,7 +245,7 @@ def test_migrate_job_plays_locally(
         assert any((checkout / upload["path"]).rglob("*")), upload
     health = json.loads((checkout / "var" / "health" / "health.json").read_text())
     assert health["ok"] is True
-    assert run.outputs["migrate_outcome"] == "success"
+    assert run.outputs["migrate_exit_code"] == "0"
     for log in run.logs.values():
         assert PASSWORD not in log
 
@@ -279,6 +282,7 @@ def test_failed_migration_rolls_back_and_renders_the_issue(
     context = context_for(pg_url)
     run = play_job(workflow, "migrate", context, checkout, env, skip_run=("pip install",))
     assert run.status == "failure" and run.outcomes["Migrate"] == "failure"
+    assert run.outputs["migrate_exit_code"] == "1"
     assert "revision 0009 is broken" in run.logs["Migrate"]
     assert run.outcomes["Open an issue"] == "success"
     body = (fake_gh / "body.md").read_text()
