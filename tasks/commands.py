@@ -281,8 +281,10 @@ def _emit(text: str, output: str) -> None:
     if output:
         from pathlib import Path
 
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(text, encoding="utf-8")
+        from tasks.files import private_folder, write_atomic
+
+        private_folder(Path(output).resolve().parent)
+        write_atomic(Path(output), text)  # 0600: health results and issue bodies stay private
 
 
 def _health(env: str | None, revision: str, json_: bool, output: str) -> None:

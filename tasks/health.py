@@ -110,6 +110,24 @@ def check_disk(env: Environment, db_size: int | None) -> StepResult:
     )
 
 
+def check_report_folder(env: Environment) -> StepResult:
+    """The report must be writable before anything changes: a run must be able to say
+    what it did."""
+    from tasks.files import probe_writable
+
+    with timed() as clock:
+        problem = probe_writable(env.report_dir)
+    return StepResult(
+        "reports",
+        problem is None,
+        f"{env.report_dir} is writable"
+        if problem is None
+        else f"cannot write reports to {env.report_dir} ({problem}); free space there or "
+        "choose a writable reports.folder",
+        duration=clock.seconds,
+    )
+
+
 def check_version_table(connection: Any, project: Project) -> StepResult:
     """Absent is a first migration; a revision the scripts do not know blocks the run."""
     from sqlalchemy import inspect
@@ -249,6 +267,7 @@ def run_health(env: Environment, project: Project, target: str = "head") -> list
         finally:
             engine.dispose()
     results.append(check_disk(env, db_size))
+    results.append(check_report_folder(env))
     results.append(check_single_head(project))
     results.append(check_target(project, target))
     if env.settings.health.lint and results[0].ok and results[-1].ok:

@@ -399,7 +399,8 @@ def rollback(
             f"Automatic rollback is off for {env.name} (policy.auto_rollback is "
             "false); an operator must run `invoke rollback` from a terminal."
         )
-    plan = plan_rollback(env.name, report.last_report(env, RUN_OPERATIONS), from_backup)
+    newest = report.last_report(env, RUN_OPERATIONS, strict=True)
+    plan = plan_rollback(env.name, newest, from_backup)
     if plan.nothing:
         console.say(plan.nothing)
         return None

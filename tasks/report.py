@@ -198,20 +198,34 @@ def load_report(path: Path) -> dict[str, Any]:
     return data
 
 
-def readable_reports(env: Environment) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """This environment's reports, newest first; a damaged one is skipped with a warning."""
+def readable_reports(
+    env: Environment, strict: bool = False
+) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """This environment's reports, newest first; a damaged one is skipped with a warning,
+    or, when ``strict`` (rollback must not reach past it), refused."""
+    from tasks.errors import ConfigError
+
     for path in list_reports(env):
         try:
             yield path, load_report(path)
         except (OSError, ValueError) as exc:
+            if strict:
+                raise ConfigError(
+                    f"The newest report {path} is damaged ({exc}); rollback will not guess "
+                    "past it. Check `invoke status`, then move the database explicitly with "
+                    "`invoke downgrade --revision REV`."
+                ) from None
             print(f"warning: skipping the damaged report {path}: {exc}", file=sys.stderr)
 
 
 def last_report(
-    env: Environment, operations: tuple[str, ...] | None = None, real_only: bool = True
+    env: Environment,
+    operations: tuple[str, ...] | None = None,
+    real_only: bool = True,
+    strict: bool = False,
 ) -> tuple[Path, dict[str, Any]] | None:
     """The newest report (of the given operations, not a dry run), or None."""
-    for path, data in readable_reports(env):
+    for path, data in readable_reports(env, strict):
         if operations and data.get("operation") not in operations:
             continue
         if real_only and data.get("dry_run"):

@@ -36,6 +36,7 @@ def test_healthy_postgres_passes_every_check(
         "alembic_version",
         "blocking_sessions",
         "disk",
+        "reports",
         "single_head",
         "target",
     }
