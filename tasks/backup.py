@@ -44,9 +44,26 @@ class BackupInfo:
     duration: float
     verify_seconds: float
     tables: int
+    target: dict[str, Any]  # what was backed up: engine, host, port, database (no user)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def database_identity(env: Environment) -> dict[str, Any]:
+    """Which database a URL names, without user or password: restore compares these."""
+    from sqlalchemy.engine import make_url
+
+    if env.is_sqlite:
+        path = sqlite_path(env.url)
+        return {"engine": "sqlite", "database": str(Path(path).resolve()) if path else None}
+    url = make_url(env.url)
+    return {
+        "engine": env.dialect,
+        "host": url.host or "localhost",
+        "port": url.port or 5432,
+        "database": url.database,
+    }
 
 
 def backup_name(env: Environment, revision: str | None, now: datetime, fmt: str) -> str:
@@ -55,12 +72,26 @@ def backup_name(env: Environment, revision: str | None, now: datetime, fmt: str)
     return f"{env.name}-{stamp}-{revision or 'base'}{suffix}"
 
 
+# What a PostgreSQL client child inherits from us: how to find programs, locale and
+# time zone, and the user's TLS and service settings. Nothing else: no DB_PASSWORD,
+# DATABASE_URL or cloud credential reaches pg_dump, pg_restore or a script they run.
+CHILD_VARIABLES = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+CHILD_PREFIXES = ("LC_", "PGSSL", "PGSERVICEFILE", "PGSYSCONFDIR", "PGGSS", "PGKRB")
+
+
+def child_environment() -> dict[str, str]:
+    """The variables a client child needs that are not about which database to reach."""
+    return {
+        k: v for k, v in os.environ.items() if k in CHILD_VARIABLES or k.startswith(CHILD_PREFIXES)
+    }
+
+
 def pg_environment(url: str) -> dict[str, str]:
-    """libpq variables for a child process: the password travels here, not in argv."""
+    """libpq variables for a child that connects: the password travels here, not in argv."""
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
-    child = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    child = child_environment()
     values = {
         "PGHOST": parsed.host,
         "PGPORT": parsed.port,
@@ -219,7 +250,7 @@ def archive_listing(env: Environment, target: Path) -> list[str]:
     """``pg_restore --list`` of an archive: proof that it reads back, and its table of contents."""
     result = subprocess.run(
         [find_binary("pg_restore"), "--list", str(target)],
-        env=pg_environment(env.url),
+        env=child_environment(),  # reads a file, never connects: no password
         capture_output=True,
         text=True,
         check=False,
@@ -345,6 +376,7 @@ def take_backup(
         duration=round(finished - started, 4),
         verify_seconds=round(finished - verify_started, 4),
         tables=tables,
+        target=database_identity(env),
     )
     write_manifest(info, env.masked_url)
     prune_backups(env, keep_path=target, now=created)
@@ -361,16 +393,16 @@ def archive_of(manifest: Path) -> Path:
 
 
 def is_own_backup(env: Environment, archive: Path) -> bool:
-    """A file (or folder) this tool made in the backup folder, reached through no symlink."""
-    folder = env.backup_dir
+    """A file (or folder) this tool made in the backup folder, itself no symlink.
+
+    The folder may be a symlink the user configured; what is inside it is compared
+    by resolved parent, so nothing reaches outside through a planted link.
+    """
+    name = rf"{re.escape(env.name)}-\d{{8}}T\d{{9}}Z-[\w.-]+\.(dump|dir|sqlite3)"
     return (
-        archive.parent == folder
-        and not folder.is_symlink()
+        archive.parent.resolve() == env.backup_dir.resolve()
         and not archive.is_symlink()
-        and re.fullmatch(
-            rf"{re.escape(env.name)}-\d{{8}}T\d{{9}}Z-[\w.-]+\.(dump|dir|sqlite3)", archive.name
-        )
-        is not None
+        and re.fullmatch(name, archive.name) is not None
     )
 
 

@@ -259,16 +259,24 @@ def backup(c: Any, env: str | None = None) -> None:
 
 @task(
     name="restore",
-    help={"env": ENV_HELP, "backup": "a backup path, or 'latest'", "yes": RUN_HELP["yes"]},
+    help={
+        "env": ENV_HELP,
+        "backup": "a backup path, or 'latest'",
+        "yes": RUN_HELP["yes"],
+        "foreign": "allow a backup that is not this environment's own (shown first; on a "
+        "terminal the environment's name must be typed)",
+    },
 )
 @edge
-def restore_task(c: Any, backup: str = "", env: str | None = None, yes: bool = False) -> None:
-    """Verify a backup's checksum, then restore it (all or nothing)."""
+def restore_task(
+    c: Any, backup: str = "", env: str | None = None, yes: bool = False, foreign: bool = False
+) -> None:
+    """Verify one of the environment's own backups, then restore it (all or nothing)."""
     from tasks.pipeline import restore as put_back
 
     if not backup:
         raise UsageError("restore needs --backup PATH or --backup latest.")
-    put_back(_environment(env), backup, yes, _interactive())
+    put_back(_environment(env), backup, yes, _interactive(), foreign=foreign)
 
 
 OUTPUT_HELP = "also write the output to this file (folders are created)"

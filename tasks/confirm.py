@@ -45,10 +45,11 @@ def confirm(
     text: str,
     ask: Callable[[str], str] = input,
     say: Callable[[str], None] = print,
+    typed: bool = False,
 ) -> None:
-    """Ask; production wants its name typed. Anything else is a refusal (exit 3)."""
+    """Ask; production (or ``typed``) wants its name typed. Anything else is a refusal."""
     say(text)
-    if env.settings.policy.confirm == "typed":
+    if typed or env.settings.policy.confirm == "typed":
         answer = ask(f"Type the environment name ({env.name}) to continue: ")
         if answer.strip() != env.name:
             raise BlockedError(f"Cancelled: the typed name did not match '{env.name}'.")

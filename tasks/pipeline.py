@@ -428,19 +428,37 @@ def restore(
     console: Console | None = None,
     operation: str = "restore",
     expect: str | None = None,
+    foreign: bool = False,
 ) -> RunRecord:
-    """Put a verified backup back, under the migration lock, after confirmation."""
-    from tasks.restore import find_backup, restore_backup
+    """Put one of the environment's own verified backups back (another's only with
+    ``foreign``), under the migration lock, after confirmation."""
+    from tasks.restore import describe_backup, find_backup, restore_backup
 
     console = console or Console()
-    backup = find_backup(env, spec)
-    confirm.refuse_without_terminal(env, yes, interactive)
+    backup = find_backup(env, spec, foreign)
+    if backup["own"]:
+        confirm.refuse_without_terminal(env, yes, interactive)
+    elif not yes and not interactive:
+        raise BlockedError(
+            f"Restoring a foreign backup into {env.name} needs a terminal to type the "
+            "environment's name on, or --yes."
+        )
     with recorded(env, operation, console) as record:
         current = read_current(env)
         record.pre_revision = reported(current)
         check_expected(env, current, expect)
-        record.target_revision = reported(backup.get("revision"))
-        if confirm.needs_confirmation(env, yes):
+        record.target_revision = reported(backup.get("revision")) if backup["own"] else None
+        if not backup["own"]:
+            console.say(describe_backup(env, backup))
+        if not backup["own"] and interactive and not yes:
+            confirm.confirm(
+                env,
+                f"restore this foreign backup into {env.masked_url}",
+                console.ask,
+                console.say,
+                typed=True,
+            )
+        elif confirm.needs_confirmation(env, yes):
             confirm.confirm(
                 env,
                 f"restore {backup['path']} into {env.masked_url}",

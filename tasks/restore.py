@@ -1,21 +1,38 @@
-"""`invoke restore`: checksum first, then put a backup back, all or nothing."""
+"""`invoke restore`: only the environment's own verified backups, put back all or nothing.
+
+A backup is the environment's own when it is a file this tool made in the
+environment's backup folder and its manifest names this environment and the same
+engine, host, port and database. Anything else needs ``--foreign``.
+
+PostgreSQL archives are replayed on our own connection, in one transaction, from
+``pg_restore --file=-`` (which reads the archive and connects nowhere): no psql,
+so nothing inside an archive can run as a client command. In the same transaction,
+every object of the archive's schemas that the archive does not hold is dropped
+first (tables, views, sequences, types, domains, functions), so the database is
+exactly the backup again; extensions are left alone.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
+import re
 import subprocess
 import tempfile
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tasks.backup import (
     MANIFEST_SUFFIX,
     archive_listing,
+    archive_of,
+    child_environment,
+    database_identity,
     find_binary,
+    is_own_backup,
     list_backups,
-    pg_environment,
     sha256_of,
 )
 from tasks.config import Environment
@@ -23,8 +40,9 @@ from tasks.database import make_engine, sqlite_path
 from tasks.errors import BackupError, ConfigError
 
 
-def find_backup(env: Environment, spec: str) -> dict[str, Any]:
-    """``latest`` or a path to a backup (or its manifest) -> that backup's manifest."""
+def find_backup(env: Environment, spec: str, foreign: bool = False) -> dict[str, Any]:
+    """``latest`` or a path (archive or manifest) -> its manifest, with ``path`` (the
+    archive, by location), ``own`` and, for another's backup, ``foreign_reason``."""
     if spec == "latest":
         backups = list_backups(env)
         if not backups:
@@ -32,39 +50,105 @@ def find_backup(env: Environment, spec: str) -> dict[str, Any]:
                 f"There is no backup for {env.name} in {env.backup_dir}; "
                 "take one with `invoke backup`."
             )
-        return backups[0]
-    path = Path(spec)
-    manifest = path if path.name.endswith(MANIFEST_SUFFIX) else Path(str(path) + MANIFEST_SUFFIX)
-    if not manifest.exists():
+        data = dict(backups[0])
+        archive = Path(data["path"])
+    else:
+        given = Path(spec).absolute()
+        archive = archive_of(given) if given.name.endswith(MANIFEST_SUFFIX) else given
+        if not archive.exists():
+            raise ConfigError(
+                f"No backup at {spec}; pass a path that `invoke backup` printed, or 'latest'."
+            )
+        manifest = Path(str(archive) + MANIFEST_SUFFIX)
+        data = _read_manifest(manifest) or {}
+        data["manifest"] = str(manifest) if manifest.is_file() else None
+        data["path"] = str(archive)  # by location, never the manifest's own claim
+    reason = foreign_reason(env, archive, data)
+    data["own"], data["foreign_reason"] = reason is None, reason
+    if reason and not foreign:
         raise ConfigError(
-            f"No backup at {spec} (its manifest {manifest.name} is missing); "
-            "pass a path that `invoke backup` printed, or 'latest'."
+            f"{archive} is not one of {env.name}'s own backups ({reason}); restore runs only "
+            "the environment's own backups. To restore it anyway pass --foreign (on a "
+            "terminal you will be shown what it holds and asked to type the environment's name)."
         )
-    data = json.loads(manifest.read_text(encoding="utf-8"))
-    data["manifest"] = str(manifest)
     return data
+
+
+def _read_manifest(manifest: Path) -> dict[str, Any] | None:
+    if manifest.is_symlink() or not manifest.is_file():
+        return None
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def foreign_reason(env: Environment, archive: Path, manifest: dict[str, Any]) -> str | None:
+    """Why a backup is not this environment's own, or None when it is."""
+    if not is_own_backup(env, archive):
+        return f"it is not a backup this tool made in {env.backup_dir}"
+    if not manifest.get("manifest"):
+        return "it has no readable manifest"
+    if manifest.get("environment") != env.name:
+        return f"its manifest names the environment {manifest.get('environment')!r}"
+    target = manifest.get("target")
+    if not isinstance(target, dict):
+        return "its manifest names no database (taken by an older version)"
+    if target != database_identity(env):
+        where = ", ".join(f"{k} {v}" for k, v in target.items() if k != "engine")
+        return f"it was taken of another database ({where})"
+    return None
 
 
 def verify_checksum(backup: dict[str, Any]) -> None:
     path = Path(backup["path"])
     if not path.exists():
-        raise BackupError(f"The backup {path} named by its manifest is missing.")
+        raise BackupError(f"The backup {path} is missing.")
+    expected = backup.get("sha256")
+    if not expected:
+        raise BackupError(f"The backup {path.name} has no checksum to verify it against.")
     actual = sha256_of(path)
-    if actual != backup["sha256"]:
+    if actual != expected:
         raise BackupError(
             f"The backup {path.name} does not match its manifest's sha256 "
-            f"(expected {backup['sha256'][:12]}..., found {actual[:12]}...); "
+            f"(expected {str(expected)[:12]}..., found {actual[:12]}...); "
             "it was changed or damaged and will not be restored."
         )
 
 
+def describe_backup(env: Environment, backup: dict[str, Any]) -> str:
+    """What a (foreign) archive holds, shown before asking to restore it."""
+    path = Path(backup["path"])
+    lines = [f"backup:   {path}", f"manifest: {backup.get('manifest') or '(none)'}"]
+    if backup.get("foreign_reason"):
+        lines.append(f"foreign:  {backup['foreign_reason']}")
+    if env.is_sqlite:
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        lines.append(f"tables ({len(names)}): {', '.join(sorted(names))}")
+        return "\n".join(lines)
+    listing = archive_listing(env, path)
+    header = {
+        key.strip(): value.strip()
+        for line in listing
+        if line.startswith(";") and ":" in line
+        for key, value in [line[1:].split(":", 1)]
+    }
+    for key in ("Dbname", "Dumped from database version", "Archive created at"):
+        if key in header:
+            lines.append(f"{key.lower()}: {header[key]}")
+    kinds = Counter(entry.kind for entry in toc_entries(listing))
+    lines.append("holds: " + ", ".join(f"{n} {kind.lower()}" for kind, n in sorted(kinds.items())))
+    return "\n".join(lines)
+
+
 def restore_backup(env: Environment, backup: dict[str, Any]) -> None:
-    verify_checksum(backup)
-    if backup.get("environment") not in (None, env.name):
-        raise ConfigError(
-            f"The backup belongs to {backup['environment']}, not {env.name}; "
-            "pass --env for the environment it came from."
-        )
+    """Checksum first (own backups always have one), then put the database back."""
+    if backup.get("own") or backup.get("sha256"):
+        verify_checksum(backup)
     if env.is_sqlite:
         _restore_sqlite(env, Path(backup["path"]))
     else:
@@ -86,95 +170,253 @@ def _restore_sqlite(env: Environment, path: Path) -> None:
         source.close()
 
 
-def _backup_tables(env: Environment, path: Path) -> set[tuple[str, str]]:
-    tables = set()
-    for line in archive_listing(env, path):
-        parts = line.split()
-        if (
-            not line.startswith(";")
-            and len(parts) > 5
-            and parts[3] == "TABLE"
-            and parts[4] != "DATA"
-        ):
-            tables.add((parts[4], parts[5]))
-    return tables
+# --- PostgreSQL -----------------------------------------------------------------------
+
+# pg_dump's entry descriptions that hold a space; any other description is one word.
+MULTI_WORD = (
+    "MATERIALIZED VIEW DATA",
+    "SEQUENCE OWNED BY",
+    "MATERIALIZED VIEW",
+    "FOREIGN DATA WRAPPER",
+    "FOREIGN TABLE",
+    "FOREIGN SERVER",
+    "TABLE DATA",
+    "SEQUENCE SET",
+    "DEFAULT ACL",
+    "FK CONSTRAINT",
+    "EVENT TRIGGER",
+    "CHECK CONSTRAINT",
+    "TEXT SEARCH CONFIGURATION",
+    "TEXT SEARCH DICTIONARY",
+    "TEXT SEARCH PARSER",
+    "TEXT SEARCH TEMPLATE",
+    "OPERATOR CLASS",
+    "OPERATOR FAMILY",
+    "LARGE OBJECT",
+    "BLOB DATA",
+    "BLOBS",
+    "USER MAPPING",
+    "PUBLICATION TABLE",
+    "PUBLICATION TABLES IN SCHEMA",
+    "ACCESS METHOD",
+    "POLICY",
+    "ROW SECURITY",
+    "INDEX ATTACH",
+    "STATISTICS DATA",
+)
+_TOC_LINE = re.compile(r"^\d+; \d+ \d+ (?P<rest>.*)$")
+DROP_ORDER = {
+    "VIEW": 0,
+    "MATERIALIZED VIEW": 0,
+    "TABLE": 1,
+    "FOREIGN TABLE": 1,
+    "SEQUENCE": 2,
+    "FUNCTION": 3,
+    "PROCEDURE": 3,
+    "AGGREGATE": 3,
+    "DOMAIN": 4,
+    "TYPE": 4,
+}
 
 
-def _tables_made_after(env: Environment, keep: set[tuple[str, str]]) -> list[str]:
-    """Quoted names of the tables in the backup's schemas that the backup does not hold."""
-    from sqlalchemy import text
+@dataclass(frozen=True)
+class TocEntry:
+    kind: str
+    schema: str
+    name: str
+    line: str
 
-    schemas = {schema for schema, _ in keep} or {"public"}
-    engine = make_engine(env, role="restore")
+
+def toc_entries(listing: list[str]) -> list[TocEntry]:
+    """Every entry of ``pg_restore --list``: description, schema, name."""
+    entries = []
+    for line in listing:
+        match = _TOC_LINE.match(line)
+        if not match:
+            continue
+        rest = match.group("rest")
+        kind = next((k for k in MULTI_WORD if rest.startswith(k + " ")), rest.split(" ")[0])
+        parts = rest[len(kind) + 1 :].split(" ")
+        if len(parts) < 2:
+            continue
+        entries.append(TocEntry(kind, parts[0], " ".join(parts[1:-1]) or parts[1], line))
+    return entries
+
+
+INVENTORY_SQL = """
+WITH owned AS (  -- members of an extension, or parts of another object (identity sequences,
+                 -- range constructors): they go with their owner, never on their own
+  SELECT classid, objid FROM pg_depend WHERE deptype IN ('e', 'i'))
+SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+         WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
+       n.nspname, c.relname::text, format('%%I.%%I', n.nspname, c.relname),
+       pg_has_role(c.relowner, 'USAGE')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+  AND NOT EXISTS (SELECT 1 FROM owned o
+                  WHERE o.classid = 'pg_class'::regclass AND o.objid = c.oid)
+UNION ALL
+SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
+       n.nspname, t.typname::text, format('%%I.%%I', n.nspname, t.typname),
+       pg_has_role(t.typowner, 'USAGE')
+FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+WHERE n.nspname = ANY(%(schemas)s)
+  AND (t.typtype IN ('e', 'd', 'r')
+       OR (t.typtype = 'c' AND (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c'))
+  AND NOT EXISTS (SELECT 1 FROM owned o
+                  WHERE o.classid = 'pg_type'::regclass AND o.objid = t.oid)
+UNION ALL
+SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END,
+       n.nspname, p.proname || '(' || pg_catalog.oidvectortypes(p.proargtypes) || ')',
+       format('%%I.%%I(%%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid)),
+       pg_has_role(p.proowner, 'USAGE')
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = ANY(%(schemas)s)
+  AND NOT EXISTS (SELECT 1 FROM owned o
+                  WHERE o.classid = 'pg_proc'::regclass AND o.objid = p.oid)
+"""
+
+
+def stale_objects(cursor: Any, entries: list[TocEntry]) -> tuple[list[str], list[str]]:
+    """(DROP statements for what the archive's schemas hold beyond the archive,
+    names of those the role may not drop). Names are compared as pg_dump writes them:
+    with an empty search_path, so argument types come schema-qualified."""
+    compared = [e for e in entries if e.kind in DROP_ORDER]
+    schemas = sorted({e.schema for e in compared if e.schema not in ("-", "")} or {"public"})
+    held = {(e.kind, e.schema, e.name) for e in compared}
+    cursor.execute("SELECT set_config('search_path', '', true)")
+    cursor.execute(INVENTORY_SQL, {"schemas": schemas})
+    drops, refused = [], []
+    for kind, schema, name, qualified, may_drop in sorted(
+        cursor.fetchall(), key=lambda row: DROP_ORDER[row[0]]
+    ):
+        if (kind, schema, name) in held:
+            continue
+        if not may_drop:
+            refused.append(f"{kind.lower()} {qualified}")
+        drops.append(f"DROP {kind} IF EXISTS {qualified} CASCADE")
+    return drops, refused
+
+
+def _use_list(listing: list[str], installed: set[str]) -> str:
+    """The archive's list with installed extensions (and their comments) left out."""
+    lines = []
+    for line in listing:
+        match = _TOC_LINE.match(line)
+        rest = match.group("rest") if match else ""
+        skip = any(
+            rest.startswith(f"EXTENSION - {name} ")
+            or rest.startswith(f"COMMENT - EXTENSION {name} ")
+            for name in installed
+        )
+        lines.append(";" + line if skip else line)
+    return "\n".join(lines) + "\n"
+
+
+class _CopyReader:
+    """COPY data for psycopg2's copy_expert, read line by line from the script."""
+
+    def __init__(self, lines: Any) -> None:
+        self.lines = lines
+
+    def read(self, _size: int = -1) -> bytes:
+        return next(self.lines, b"")
+
+    readline = read
+
+
+@contextlib.contextmanager
+def _blocking_io() -> Any:
+    """psycopg2 refuses COPY under the wait callback that makes queries interruptible;
+    lift it for one COPY (Ctrl-C then lands when that COPY ends)."""
+    import psycopg2.extensions
+
+    callback = psycopg2.extensions.get_wait_callback()
+    psycopg2.extensions.set_wait_callback(None)
     try:
-        with engine.connect() as connection:
-            rows = connection.execute(
-                text("SELECT schemaname, tablename FROM pg_tables WHERE schemaname = ANY(:s)"),
-                {"s": sorted(schemas)},
-            ).all()
-            quote = connection.dialect.identifier_preparer.quote
+        yield
     finally:
-        engine.dispose()
-    return [
-        f"{quote(schema)}.{quote(table)}" for schema, table in rows if (schema, table) not in keep
-    ]
+        psycopg2.extensions.set_wait_callback(callback)
 
 
 def _restore_postgres(env: Environment, path: Path) -> None:
-    """All or nothing: drop the tables made after the backup and replay the archive,
-    in one psql transaction fed by ``pg_restore --file=-``.
-    """
-    drops = "".join(
-        f"DROP TABLE IF EXISTS {name} CASCADE;\n"
-        for name in _tables_made_after(env, _backup_tables(env, path))
-    )
-    child = pg_environment(env.url)
-    with tempfile.TemporaryFile() as restore_errors, tempfile.TemporaryFile() as psql_errors:
-        producer = subprocess.Popen(
-            [
-                find_binary("pg_restore"),
-                "--clean",
-                "--if-exists",
-                "--no-owner",
-                "--file=-",
-                str(path),
-            ],
-            env=child,
-            stdout=subprocess.PIPE,
-            stderr=restore_errors,
-        )
-        consumer = subprocess.Popen(
-            [
-                find_binary("psql"),
-                "--no-password",
-                "--no-psqlrc",
-                "--quiet",
-                "--single-transaction",
-                "--set=ON_ERROR_STOP=1",
-                "--file=-",
-            ],
-            env=child,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=psql_errors,
-        )
-        assert producer.stdout is not None and consumer.stdin is not None
-        try:
-            consumer.stdin.write(drops.encode())
-            shutil.copyfileobj(producer.stdout, consumer.stdin, 1024 * 1024)
-        except BrokenPipeError:
-            pass  # psql stopped on an error; its message and exit code say which
-        finally:
-            with contextlib.suppress(BrokenPipeError):
-                consumer.stdin.close()
-            producer.stdout.close()
-        producer.wait()
-        consumer.wait()
-        if producer.returncode != 0 or consumer.returncode != 0:
-            failed = psql_errors if consumer.returncode != 0 else restore_errors
-            failed.seek(0)
-            lines = failed.read().decode(errors="replace").strip().splitlines()
+    """Drop what the backup does not hold, replay the archive; one transaction."""
+    import psycopg2
+
+    from tasks.sqlscript import Copy, ScriptError, split_script
+
+    listing = archive_listing(env, path)
+    entries = toc_entries(listing)
+    lock_timeout = env.settings.migration.lock_timeout or None
+    engine = make_engine(env, role="restore", lock_timeout=lock_timeout)
+    raw = engine.raw_connection()
+    producer: subprocess.Popen[bytes] | None = None
+    try:
+        cursor = raw.cursor()
+        drops, refused = stale_objects(cursor, entries)
+        if refused:
             raise BackupError(
-                f"Restoring {path.name} failed and was rolled back, the database is unchanged: "
-                f"{lines[0] if lines else 'exit code ' + str(consumer.returncode)}"
+                f"Restoring {path.name} would have to drop objects the role may not drop: "
+                f"{', '.join(refused[:10])}; nothing was changed. Restore as their owner."
             )
+        cursor.execute("SELECT extname FROM pg_extension")
+        installed = {row[0] for row in cursor.fetchall()}
+        with tempfile.NamedTemporaryFile("w", suffix=".list") as use_list:
+            use_list.write(_use_list(listing, installed))
+            use_list.flush()
+            with tempfile.TemporaryFile() as errors:
+                producer = subprocess.Popen(
+                    [
+                        find_binary("pg_restore"),
+                        "--clean",
+                        "--if-exists",
+                        "--no-owner",
+                        f"--use-list={use_list.name}",
+                        "--file=-",
+                        str(path),
+                    ],
+                    env=child_environment(),  # writes a script, connects nowhere
+                    stdout=subprocess.PIPE,
+                    stderr=errors,
+                )
+                assert producer.stdout is not None
+                for statement in drops:
+                    cursor.execute(statement)
+                for item in split_script(producer.stdout):
+                    if isinstance(item, Copy):
+                        with _blocking_io():
+                            cursor.copy_expert(item.sql, _CopyReader(item.lines))
+                    elif not re.match(rb"SET lock_timeout\b", item):  # ours applies
+                        cursor.execute(item)
+                if producer.wait() != 0:
+                    errors.seek(0)
+                    first = (errors.read().decode(errors="replace").strip().splitlines() or [""])[0]
+                    raise BackupError(
+                        f"pg_restore could not read {path.name}: {first}; nothing was changed."
+                    )
+        raw.commit()
+    except psycopg2.Error as exc:
+        raw.rollback()
+        primary = getattr(exc.diag, "message_primary", None) or str(exc).strip().splitlines()[0]
+        raise BackupError(
+            f"Restoring {path.name} failed and was rolled back, the database is unchanged: "
+            f"ERROR: {primary}"
+        ) from None
+    except ScriptError as exc:
+        raw.rollback()
+        raise BackupError(
+            f"Refusing to restore {path.name}: it holds {exc}, which pg_dump never writes "
+            "(the archive was changed after it was made). Nothing was run; the database "
+            "is unchanged."
+        ) from None
+    except BaseException:
+        with contextlib.suppress(psycopg2.Error):
+            raw.rollback()
+        raise
+    finally:
+        if producer is not None and producer.poll() is None:
+            producer.kill()
+            producer.wait()
+        if producer is not None and producer.stdout is not None:
+            producer.stdout.close()
+        raw.close()

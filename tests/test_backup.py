@@ -310,11 +310,14 @@ def test_failed_restore_is_rolled_back_whole(
     with engine.begin() as connection:
         connection.execute(text("DELETE FROM orders"))
         connection.execute(text("CREATE TABLE made_after_backup (id int)"))
-        # A view the backup does not know pins `orders`: its DROP inside the restore fails.
-        connection.execute(text("CREATE VIEW pinned AS SELECT id FROM orders"))
+        # A view in a schema the backup does not cover pins `orders`: the archive's own
+        # DROP TABLE orders fails inside the restore, after the other changes began.
+        connection.execute(text("CREATE SCHEMA reporting"))
+        connection.execute(text("CREATE VIEW reporting.pinned AS SELECT id FROM public.orders"))
     engine.dispose()
     before = table_fingerprints(env.url)
-    with pytest.raises(BackupError, match="failed and was rolled back"):
+    with pytest.raises(BackupError, match="failed and was rolled back") as failure:
         restore(env, info.path, yes=True, interactive=False, console=QUIET)
+    assert "ERROR: cannot drop table public.orders" in failure.value.message
     assert table_fingerprints(env.url) == before
     assert "made_after_backup" in before

@@ -1,0 +1,275 @@
+"""Restore runs only the environment's own backups, runs nothing an archive carries,
+and leaves exactly the backup behind (issue 11, items 3 and 4)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from conftest import ScratchProject
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+from test_backup import seed, table_fingerprints
+
+from tasks.backup import take_backup
+from tasks.config import Environment
+from tasks.errors import BackupError, BlockedError, ConfigError
+from tasks.pipeline import Console, RunOptions, migrate, restore
+from tasks.sqlscript import ScriptError, split_script
+from tasks.status import read_current
+
+QUIET = Console(say=lambda _text: None, ask=lambda _prompt: "no", warn=lambda _text: None)
+FILLER = "A" * 240
+
+
+def execute(url: str, *statements: str) -> None:
+    engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        for statement in statements:
+            connection.execute(text(statement))
+    engine.dispose()
+
+
+def patch_archive(path: Path, payload: bytes) -> None:
+    """Swap the users table's comment for ``payload`` at the same length, as an attacker
+    with write access to the backup folder would, and forge the manifest to match."""
+    data = path.read_bytes()
+    original = f"'{FILLER}'".encode()
+    assert data.count(original) == 1
+    replacement = payload.ljust(len(original) - 1, b"-") + b"'"
+    assert len(replacement) == len(original)
+    path.write_bytes(data.replace(original, replacement))
+    manifest = Path(str(path) + ".manifest.json")
+    forged = json.loads(manifest.read_text())
+    forged["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest.write_text(json.dumps(forged))
+
+
+def test_patched_archive_with_a_forged_manifest_runs_nothing(
+    pg_url: str, tmp_path: Path, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url)
+    seed(env, rows=5)
+    execute(env.url, f"COMMENT ON TABLE users IS '{FILLER}'")
+    info = take_backup(env, "0007")
+    marker = tmp_path / "pwned"
+    patch_archive(
+        Path(info.path),
+        b"'';\nGRANT ALL ON public.users TO PUBLIC;\n\\! touch " + str(marker).encode() + b"\n--",
+    )
+    execute(env.url, "DELETE FROM orders")
+    before = table_fingerprints(env.url)
+    with pytest.raises(BackupError, match="Refusing to restore .* psql meta-command"):
+        restore(env, info.path, yes=True, interactive=False, console=QUIET)
+    assert not marker.exists()
+    assert table_fingerprints(env.url) == before
+    engine = create_engine(env.url, poolclass=NullPool)
+    with engine.connect() as connection:
+        granted = connection.execute(
+            text(
+                "SELECT count(*) FROM information_schema.role_table_grants "
+                "WHERE grantee = 'PUBLIC' AND table_name = 'users'"
+            )
+        ).scalar()
+    engine.dispose()
+    assert granted == 0
+
+
+def test_meta_commands_are_refused_by_our_guard_without_psqls_restrict(
+    pg_url: str, tmp_path: Path, make_env: Callable[..., Environment]
+) -> None:
+    """An older pg_restore writes no \\restrict line; the guard must not depend on it."""
+    import subprocess
+
+    env = make_env(pg_url)
+    seed(env, rows=2)
+    execute(env.url, f"COMMENT ON TABLE users IS '{FILLER}'")
+    info = take_backup(env, "0007")
+    patch_archive(Path(info.path), b"'';\n\\! touch /tmp/never\n--")
+    script = subprocess.run(
+        ["pg_restore", "--file=-", info.path], capture_output=True, check=True
+    ).stdout
+    older = b"".join(
+        line for line in script.splitlines(keepends=True) if not line.startswith(b"\\restrict")
+    )
+    assert b"\\restrict" not in older.split(b"\\! touch")[0]
+    with pytest.raises(ScriptError, match="meta-command"):
+        for _item in split_script(older.splitlines(keepends=True)):
+            pass
+
+
+def test_backup_outside_the_folder_needs_foreign_and_the_typed_name(
+    pg_url: str, tmp_path: Path, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url)
+    seed(env, rows=5)
+    info = take_backup(env, "0007")
+    elsewhere = tmp_path / "downloads"
+    elsewhere.mkdir()
+    copy = elsewhere / Path(info.path).name
+    shutil.copy(info.path, copy)
+    shutil.copy(info.manifest, str(copy) + ".manifest.json")
+    execute(env.url, "DELETE FROM orders")
+    with pytest.raises(ConfigError, match="not one of staging's own backups .*--foreign"):
+        restore(env, str(copy), yes=True, interactive=False, console=QUIET)
+    shown: list[str] = []
+    wrong = Console(say=shown.append, ask=lambda _prompt: "production", warn=lambda _t: None)
+    with pytest.raises(BlockedError, match="typed name did not match"):
+        restore(env, str(copy), yes=False, interactive=True, console=wrong, foreign=True)
+    assert any("holds:" in line and "table data" in line for line in shown)
+    assert table_fingerprints(env.url)["orders"][0] == 0
+    right = Console(say=lambda _t: None, ask=lambda _prompt: "staging", warn=lambda _t: None)
+    restore(env, str(copy), yes=False, interactive=True, console=right, foreign=True)
+    assert table_fingerprints(env.url)["orders"][0] == 5
+
+
+@pytest.fixture
+def second_database(pg_admin_url: str) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    execute(pg_admin_url, f'CREATE DATABASE "{name}"')
+    yield make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
+    execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_backup_of_another_database_in_the_folder_is_refused(
+    pg_url: str, second_database: str, make_env: Callable[..., Environment]
+) -> None:
+    other = make_env(second_database)  # same name and folders, another database
+    seed(other, rows=3)
+    take_backup(other, "0007")
+    env = make_env(pg_url)
+    with pytest.raises(ConfigError, match="taken of another database"):
+        restore(env, "latest", yes=True, interactive=False, console=QUIET)
+    assert read_current(env) is None
+
+
+def test_forged_manifest_cannot_make_pruning_delete_elsewhere(
+    sqlite_url: str, tmp_path: Path, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(sqlite_url, backup={"keep": 1})
+    migrate(env, RunOptions(yes=True), None, QUIET)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    env.backup_dir.mkdir(parents=True, exist_ok=True)
+    old = {"environment": "staging", "created_at": datetime(2000, 1, 1, tzinfo=UTC).isoformat()}
+    (env.backup_dir / "staging-20000101T000000000Z-0001.dump.manifest.json").write_text(
+        json.dumps(old | {"path": str(victim)})
+    )
+    (env.backup_dir / "staging-20000102T000000000Z-0001.dir").symlink_to(victim)
+    (env.backup_dir / "staging-20000102T000000000Z-0001.dir.manifest.json").write_text(
+        json.dumps(old | {"path": str(victim)})
+    )
+    take_backup(env, "0007")
+    take_backup(env, "0007")
+    assert (victim / "precious.txt").read_text() == "keep me"
+
+
+def test_restore_leaves_no_object_made_after_the_backup(
+    pg_url: str, scratch: ScratchProject, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url)
+    scratch.add('op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))')
+    migrate(env, RunOptions(yes=True), scratch.project(), QUIET)
+    info = take_backup(env, "r001")
+    scratch.add(
+        """
+        mood = sa.Enum("calm", "busy", name="mood")
+        op.create_table("b", sa.Column("id", sa.Integer, primary_key=True),
+                        sa.Column("m", mood))
+        op.execute("CREATE SEQUENCE tickets")
+        op.execute("CREATE DOMAIN positive AS integer CHECK (VALUE > 0)")
+        op.execute("CREATE FUNCTION twice(x positive) RETURNS int LANGUAGE sql AS 'SELECT 2 * x'")
+        op.execute("CREATE VIEW b_view AS SELECT id FROM b")
+        op.execute("CREATE VIEW a_view AS SELECT id FROM a")
+        """
+    )
+    migrate(env, RunOptions(yes=True), scratch.project(), QUIET)
+    restore(env, info.path, yes=True, interactive=False, console=QUIET)
+    assert read_current(env) == "r001"
+    engine = create_engine(env.url, poolclass=NullPool)
+    with engine.connect() as connection:
+        left = (
+            connection.execute(
+                text(
+                    "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE nspname = 'public' AND relkind IN ('r','v','S') "
+                    "UNION ALL SELECT typname FROM pg_type t JOIN pg_namespace n "
+                    "ON n.oid = t.typnamespace WHERE nspname = 'public' AND typtype IN ('e','d') "
+                    "UNION ALL SELECT proname FROM pg_proc p JOIN pg_namespace n "
+                    "ON n.oid = p.pronamespace WHERE nspname = 'public'"
+                )
+            )
+            .scalars()
+            .all()
+        )
+    engine.dispose()
+    assert sorted(left) == ["a", "a_id_seq", "alembic_version"]  # what the backup held
+    record = migrate(env, RunOptions(yes=True), scratch.project(), QUIET)  # no "already exists"
+    assert record.success and read_current(env) == "r002"
+
+
+@pytest.fixture
+def restricted_role(pg_url: str, pg_admin_url: str) -> Iterator[str]:
+    """A login role owning the test database's public schema, not a superuser."""
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    database = make_url(pg_url).database
+    execute(pg_admin_url, f"CREATE ROLE {role} LOGIN PASSWORD 'secret-{role}'")
+    execute(pg_url, f"ALTER SCHEMA public OWNER TO {role}")
+    yield (
+        make_url(pg_url)
+        .set(username=role, password=f"secret-{role}")
+        .render_as_string(hide_password=False)
+    )
+    execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    execute(pg_admin_url, f"DROP ROLE IF EXISTS {role}")
+
+
+def test_object_the_role_may_not_drop_stops_the_restore_before_any_change(
+    pg_url: str, restricted_role: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(restricted_role)
+    seed(env, rows=4)
+    info = take_backup(env, "0007")
+    execute(env.url, "DELETE FROM orders")
+    execute(pg_url, "CREATE TABLE public.audit_trail (id int)")  # owned by the superuser
+    before = table_fingerprints(pg_url)
+    with pytest.raises(BackupError, match=r"may not drop: table public\.audit_trail"):
+        restore(env, info.path, yes=True, interactive=False, console=QUIET)
+    assert table_fingerprints(pg_url) == before
+
+
+def test_restore_waits_no_longer_than_the_lock_timeout_and_shows_the_error(
+    pg_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url, migration={"lock_timeout": 0.5})
+    seed(env, rows=3)
+    info = take_backup(env, "0007")
+    taken, release = threading.Event(), threading.Event()
+
+    def reader() -> None:  # an application transaction that keeps reading orders
+        engine = create_engine(pg_url, poolclass=NullPool)
+        with engine.connect() as connection:
+            connection.execute(text("SELECT count(*) FROM orders"))
+            taken.set()
+            release.wait(60)
+            connection.rollback()
+        engine.dispose()
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    assert taken.wait(10)
+    try:
+        with pytest.raises(BackupError, match="ERROR: canceling statement due to lock timeout"):
+            restore(env, info.path, yes=True, interactive=False, console=QUIET)
+    finally:
+        release.set()
+        thread.join(10)
