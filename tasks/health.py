@@ -188,54 +188,100 @@ def check_target(project: Project, target: str) -> StepResult:
     )
 
 
+# Built on pg_locks, which every role reads in full. pg_stat_activity shows another
+# role's pid, user and application only (state, ages and backend type read NULL)
+# unless the role has pg_read_all_stats; so a lock is found whoever holds it, and
+# ages are used where they are visible. Query text is never read: it can carry secrets.
 BLOCKERS_SQL = """
-SELECT a.pid, a.usename, a.application_name, a.state, a.wait_event_type,
+WITH here AS (SELECT oid FROM pg_database WHERE datname = current_database()),
+held AS (
+  SELECT l.pid,
+         string_agg(DISTINCT l.mode || ' on ' || l.relation::regclass::text, ', ')
+           FILTER (WHERE l.granted AND l.locktype = 'relation'
+                   AND l.mode NOT IN ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock'))
+           AS strong_locks,
+         bool_or(NOT l.granted) AS waiting,
+         bool_or(l.locktype = 'relation') AS touches_tables
+  FROM pg_locks l
+  WHERE l.pid <> pg_backend_pid()
+    AND (l.database = (SELECT oid FROM here) OR NOT l.granted)
+  GROUP BY l.pid)
+SELECT a.pid, a.usename, a.application_name, a.state, a.backend_type,
+       a.state IS NULL AS hidden,
        EXTRACT(EPOCH FROM now() - a.xact_start) AS xact_age,
-       left(a.query, 120) AS query,
-       (SELECT string_agg(DISTINCT l.mode, ',') FROM pg_locks l
-         WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation'
-           AND l.mode NOT IN ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock'))
-       AS strong_locks
-FROM pg_stat_activity a
+       h.strong_locks, coalesce(h.waiting, false) AS waiting,
+       coalesce(h.touches_tables, false) AS touches_tables
+FROM pg_stat_activity a LEFT JOIN held h ON h.pid = a.pid
 WHERE a.datname = current_database()
   AND a.pid <> pg_backend_pid()
-  AND a.backend_type = 'client backend'
-  AND a.application_name NOT LIKE 'alembic-invoke:%'
-  AND (a.wait_event_type = 'Lock'
-       OR (a.xact_start IS NOT NULL AND now() - a.xact_start > make_interval(secs => :age))
-       OR EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.granted
-                  AND l.locktype = 'relation'
-                  AND l.mode NOT IN ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock')))
-ORDER BY a.xact_start NULLS LAST
+  AND a.usename IS NOT NULL  -- background workers (autovacuum) yield to DDL on their own
+  AND coalesce(a.backend_type, 'client backend') = 'client backend'
+  AND NOT (a.application_name LIKE 'alembic-invoke:%' AND a.usename = current_user)
+ORDER BY a.xact_start NULLS LAST, a.pid
 """
+SEES_ALL_SQL = (
+    "SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') "
+    "FROM pg_roles WHERE rolname = current_user"
+)
 
 
-def check_blocking_sessions(env: Environment, connection: Any) -> StepResult:
-    """Sessions waiting on locks, holding strong locks, or idle in an old transaction."""
+def check_blocking_sessions(env: Environment, connection: Any) -> list[StepResult]:
+    """Sessions holding locks stronger than row-level, waiting for locks, or keeping a
+    transaction open too long; plus a warning when other roles' sessions are hidden."""
     from sqlalchemy import text
 
     age = env.settings.health.max_transaction_age
     with timed() as clock:
-        rows = connection.execute(text(BLOCKERS_SQL), {"age": age}).mappings().all()
+        rows = connection.execute(text(BLOCKERS_SQL)).mappings().all()
+        sees_all = bool(connection.execute(text(SEES_ALL_SQL)).scalar())
     sessions = [
         {
             "pid": r["pid"],
             "user": r["usename"],
             "application": r["application_name"],
             "state": r["state"],
-            "waiting_on_lock": r["wait_event_type"] == "Lock",
-            "transaction_age": round(float(r["xact_age"] or 0), 1),
+            "waiting_on_lock": bool(r["waiting"]),
+            "transaction_age": None if r["xact_age"] is None else round(float(r["xact_age"]), 1),
             "strong_locks": r["strong_locks"],
-            "query": r["query"],
+            "details_hidden": bool(r["hidden"]),
         }
         for r in rows
     ]
+    blockers = [
+        s
+        for s in sessions
+        if s["strong_locks"]
+        or s["waiting_on_lock"]
+        or (s["transaction_age"] is not None and s["transaction_age"] > age)
+    ]
+    hidden = [r["pid"] for r in rows if r["hidden"] and r["touches_tables"]]
+    results = [_blockers_result(blockers, clock.seconds)]
+    if hidden and not sees_all:
+        results.append(
+            StepResult(
+                "session_visibility",
+                False,
+                f"{len(hidden)} session(s) of other roles hold locks here (pids "
+                f"{', '.join(map(str, hidden[:10]))}) but their state and transaction age are "
+                "hidden from this role, so an old transaction among them cannot be seen; "
+                "GRANT pg_read_all_stats (or pg_monitor) TO the migration role",
+                severity="warning",
+                details={"hidden_pids": hidden},
+            )
+        )
+    return results
+
+
+def _blockers_result(sessions: list[dict[str, Any]], seconds: float) -> StepResult:
     if not sessions:
         return StepResult(
-            "blocking_sessions", True, "no session holds or waits for locks", duration=clock.seconds
+            "blocking_sessions", True, "no session holds or waits for locks", duration=seconds
         )
     described = "; ".join(
-        f"pid {s['pid']} ({s['state']}, transaction {s['transaction_age']}s"
+        f"pid {s['pid']} ({s['user']}"
+        + (f", {s['application']}" if s["application"] else "")
+        + (f", {s['state']}" if s["state"] else ", state hidden")
+        + (f", transaction {s['transaction_age']}s" if s["transaction_age"] is not None else "")
         + (f", holds {s['strong_locks']}" if s["strong_locks"] else "")
         + (", waiting on a lock" if s["waiting_on_lock"] else "")
         + ")"
@@ -245,7 +291,7 @@ def check_blocking_sessions(env: Environment, connection: Any) -> StepResult:
         "blocking_sessions",
         False,
         f"{len(sessions)} session(s) would block DDL: {described}",
-        duration=clock.seconds,
+        duration=seconds,
         details={"sessions": sessions},
     )
 
@@ -263,7 +309,7 @@ def run_health(env: Environment, project: Project, target: str = "head") -> list
                 results.append(check_version_table(connection, project))
                 current = results[-1].details["current"]
                 if not env.is_sqlite and env.settings.health.check_blocking_sessions:
-                    results.append(check_blocking_sessions(env, connection))
+                    results += check_blocking_sessions(env, connection)
         finally:
             engine.dispose()
     results.append(check_disk(env, db_size))

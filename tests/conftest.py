@@ -62,6 +62,30 @@ def pg_url(pg_admin_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture
+def role_url(pg_url: str, pg_admin_url: str) -> Iterator[str]:
+    """This test's database as a login role that owns its public schema: a migration
+    role without superuser, pg_monitor or pg_read_all_stats."""
+    role = f"r_{uuid.uuid4().hex[:10]}"
+    database = make_url(pg_url).database
+    admin = create_engine(pg_admin_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE ROLE {role} LOGIN PASSWORD 'secret-{role}'"))
+    owner = create_engine(pg_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with owner.connect() as connection:
+        connection.execute(text(f"ALTER SCHEMA public OWNER TO {role}"))
+    owner.dispose()
+    try:
+        yield make_url(pg_url).set(username=role, password=f"secret-{role}").render_as_string(
+            hide_password=False
+        )
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+            connection.execute(text(f"DROP ROLE IF EXISTS {role}"))
+        admin.dispose()
+
+
 def table_names(url: str) -> set[str]:
     """The tables a database holds now, read on a connection of its own."""
     engine = create_engine(url, poolclass=NullPool)

@@ -195,3 +195,40 @@ def test_silent_host_fails_any_connection_at_the_connect_timeout(
     with pytest.raises(ConfigError, match="Cannot reach the staging database"):
         read_current(env)
     assert 1.9 <= time.monotonic() - started < 4
+
+
+def test_lock_held_by_another_role_blocks_a_role_without_stats_grants(
+    pg_url: str, role_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(role_url)
+    run_migrations(env, DEFAULT_PROJECT, "0002")
+    engine = create_engine(pg_url, poolclass=NullPool)  # the superuser, as a DBA would
+    with engine.connect() as blocker:
+        blocker.execute(text("SELECT 'api_key=sk_live_do_not_copy'"))
+        blocker.execute(text("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE"))
+        results = by_name(run_health(env, DEFAULT_PROJECT))
+        blocker.rollback()
+    engine.dispose()
+    sessions = results["blocking_sessions"]
+    assert not sessions.ok and sessions.blocks
+    assert "AccessExclusiveLock on orders" in sessions.message
+    assert "state hidden" in sessions.message
+    visibility = results["session_visibility"]
+    assert not visibility.ok and not visibility.blocks
+    assert "pg_read_all_stats" in visibility.message
+
+
+def test_no_query_text_of_another_session_is_copied_out(
+    pg_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url, health={"max_transaction_age": 0.1})
+    engine = create_engine(env.url, poolclass=NullPool)
+    with engine.connect() as idle:
+        idle.execute(text("SELECT 'api_key=sk_live_do_not_copy'"))
+        time.sleep(0.3)
+        results = run_health(env, DEFAULT_PROJECT)
+        idle.rollback()
+    engine.dispose()
+    assert not by_name(results)["blocking_sessions"].ok
+    dumped = json.dumps([r.to_dict() for r in results])
+    assert "api_key" not in dumped and "sk_live" not in dumped

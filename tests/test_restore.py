@@ -217,26 +217,10 @@ def test_restore_leaves_no_object_made_after_the_backup(
     assert record.success and read_current(env) == "r002"
 
 
-@pytest.fixture
-def restricted_role(pg_url: str, pg_admin_url: str) -> Iterator[str]:
-    """A login role owning the test database's public schema, not a superuser."""
-    role = f"r_{uuid.uuid4().hex[:10]}"
-    database = make_url(pg_url).database
-    execute(pg_admin_url, f"CREATE ROLE {role} LOGIN PASSWORD 'secret-{role}'")
-    execute(pg_url, f"ALTER SCHEMA public OWNER TO {role}")
-    yield (
-        make_url(pg_url)
-        .set(username=role, password=f"secret-{role}")
-        .render_as_string(hide_password=False)
-    )
-    execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    execute(pg_admin_url, f"DROP ROLE IF EXISTS {role}")
-
-
 def test_object_the_role_may_not_drop_stops_the_restore_before_any_change(
-    pg_url: str, restricted_role: str, make_env: Callable[..., Environment]
+    pg_url: str, role_url: str, make_env: Callable[..., Environment]
 ) -> None:
-    env = make_env(restricted_role)
+    env = make_env(role_url)
     seed(env, rows=4)
     info = take_backup(env, "0007")
     execute(env.url, "DELETE FROM orders")
