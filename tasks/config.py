@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
 from tasks.errors import ConfigError
@@ -191,7 +191,11 @@ def load_environment(
         )
     path = directory / f"{name}.yml"
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_yaml(path)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{_relative(path)} is not UTF-8 text (byte {exc.start}); save it as UTF-8."
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
@@ -204,6 +208,49 @@ def load_environment(
     url = _normalise(url)
     _check_url(url, path)
     return Environment(name=name, path=path, url=url, settings=settings)
+
+
+MAX_YAML_NODES = 10_000  # an environment file has about a hundred
+
+
+def read_yaml(path: Path) -> Any:
+    """Safe-load a YAML file whose aliases expand to at most MAX_YAML_NODES nodes.
+
+    A few nested aliases (the "billion laughs") in under 1 KB would otherwise make
+    any code that walks or prints the value run for minutes and gigabytes.
+    """
+    import yaml
+
+    text = path.read_text(encoding="utf-8")
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if node is not None and _expanded_size(node, {}) > MAX_YAML_NODES:
+        raise ConfigError(
+            f"{_relative(path)} expands its YAML aliases to more than {MAX_YAML_NODES:,} "
+            "values; write the settings out instead of nesting aliases."
+        )
+    return yaml.safe_load(text)
+
+
+def _expanded_size(node: Any, sizes: dict[int, int]) -> int:
+    """Nodes in the document once every alias is expanded; shared nodes counted once each
+    time they are used, each computed once. A node that contains itself is unbounded."""
+    key = id(node)
+    if key in sizes:
+        if sizes[key] < 0:
+            return MAX_YAML_NODES + 1
+        return sizes[key]
+    sizes[key] = -1
+    children: list[Any] = []
+    if isinstance(node.value, list):
+        for item in node.value:
+            children += list(item) if isinstance(item, tuple) else [item]
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes)
+        if total > MAX_YAML_NODES:
+            break
+    sizes[key] = total
+    return total
 
 
 def _normalise(url: str) -> str:
@@ -219,13 +266,34 @@ def _normalise(url: str) -> str:
     return url
 
 
+def unencoded_userinfo(url: str) -> bool:
+    """True when the user name or password holds an ``@``, ``/``, ``?`` or ``#`` that was
+    not percent-encoded: such a URL parses into the wrong host and would print part of
+    the password as if it were one."""
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme.startswith("sqlite"):
+        return False
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, remainder = rest[:cut], rest[cut:]
+    # One '@', before the host; a '#' (a fragment) never belongs in a database URL.
+    return authority.count("@") > 1 or "@" in remainder or "#" in rest
+
+
 def _check_url(url: str, path: Path) -> None:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    if unencoded_userinfo(url):
+        raise ConfigError(
+            f"The database URL for {_relative(path)} has an '@', '/', '?' or '#' in its user "
+            "name or password that is not percent-encoded; write them as %40, %2F, %3F and "
+            "%23 (Python: urllib.parse.quote(password, safe='')), or pass the password "
+            "through a ${VAR} placeholder, which is encoded for you."
+        )
     try:
         parsed = make_url(url)
-    except ArgumentError:
+        parsed.port  # noqa: B018 - a port that is not a number raises here, not later
+    except (ArgumentError, ValueError):
         raise ConfigError(
             f"The database URL for {_relative(path)} is not a valid URL ({mask_url(url)}); "
             "write it as dialect://user:password@host:port/name."

@@ -7,6 +7,7 @@ pydantic's import cost (~0.2 s) was a fifth of `invoke health`'s wall time.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union
@@ -60,6 +61,14 @@ def build(cls: type[T], data: Any, prefix: str = "") -> T:
     return cls(**values)
 
 
+def _shown(value: Any, limit: int = 40) -> str:
+    """A value as a message may show it: short, one line, never a whole structure."""
+    if isinstance(value, list | dict):
+        return _kind(value)
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _kind(value: Any) -> str:
     return {
         bool: "a boolean",
@@ -83,13 +92,13 @@ def _value(hint: Any, value: Any, key: str, bounds: Any) -> Any:
         choices = typing.get_args(hint)
         if value not in choices:
             allowed = ", ".join(repr(c) for c in choices)
-            raise SchemaError(f"key '{key}' must be one of {allowed} (got {value!r})")
+            raise SchemaError(f"key '{key}' must be one of {allowed} (got {_shown(value)})")
         return value
     if dataclasses.is_dataclass(hint):
         return build(hint, value, f"{key}.")
     if hint is bool:
         if not isinstance(value, bool):
-            raise SchemaError(f"key '{key}' must be true or false (got {value!r})")
+            raise SchemaError(f"key '{key}' must be true or false (got {_shown(value)})")
         return value
     if hint in (int, float):
         if (
@@ -98,12 +107,14 @@ def _value(hint: Any, value: Any, key: str, bounds: Any) -> Any:
             or (hint is int and not isinstance(value, int))
         ):
             noun = "a whole number" if hint is int else "a number"
-            raise SchemaError(f"key '{key}' must be {noun} (got {value!r})")
+            raise SchemaError(f"key '{key}' must be {noun} (got {_shown(value)})")
+        if not math.isfinite(value):
+            raise SchemaError(f"key '{key}' must be a finite number (got {_shown(value)})")
         _check_bounds(hint(value), key, bounds)
         return hint(value)
     if hint is str:
         if not isinstance(value, str):
-            raise SchemaError(f"key '{key}' must be a string (got {value!r})")
+            raise SchemaError(f"key '{key}' must be a string (got {_shown(value)})")
         if len(value) < (bounds.get("min_length") or 0):
             raise SchemaError(f"key '{key}' must not be empty")
         return value

@@ -76,8 +76,10 @@ def role_url(pg_url: str, pg_admin_url: str) -> Iterator[str]:
         connection.execute(text(f"ALTER SCHEMA public OWNER TO {role}"))
     owner.dispose()
     try:
-        yield make_url(pg_url).set(username=role, password=f"secret-{role}").render_as_string(
-            hide_password=False
+        yield (
+            make_url(pg_url)
+            .set(username=role, password=f"secret-{role}")
+            .render_as_string(hide_password=False)
         )
     finally:
         with admin.connect() as connection:

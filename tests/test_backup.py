@@ -119,20 +119,48 @@ def test_directory_format_with_jobs_round_trips(
 
 @pytest.fixture
 def spy_bin(tmp_path: Path) -> Path:
-    """A PATH folder whose pg_dump records its argv and environment, then runs the real one."""
+    """A PATH folder whose pg_dump and pg_restore record their argv and environment
+    (one file per call), then run the real ones."""
     folder = tmp_path / "spybin"
     folder.mkdir()
-    real = shutil.which("pg_dump")
-    assert real is not None
-    script = folder / "pg_dump"
-    script.write_text(
-        "#!/bin/sh\n"
-        f'printf "%s\\n" "$@" > "{folder}/argv"\n'
-        f'cat /proc/$$/cmdline | tr "\\0" "\\n" > "{folder}/cmdline"\n'
-        f'exec "{real}" "$@"\n'
-    )
-    script.chmod(0o755)
+    for name in ("pg_dump", "pg_restore"):
+        real = shutil.which(name)
+        assert real is not None
+        script = folder / name
+        script.write_text(
+            "#!/bin/sh\n"
+            f'printf "%s\\n" "$@" >> "{folder}/argv"\n'
+            f'cat /proc/$$/cmdline | tr "\\0" "\\n" >> "{folder}/cmdline"\n'
+            f'env > "{folder}/{name}.env.$$"\n'
+            f'exec "{real}" "$@"\n'
+        )
+        script.chmod(0o755)
     return folder
+
+
+def test_children_get_only_the_variables_they_need(
+    pg_url: str, tmp_path: Path, spy_bin: Path
+) -> None:
+    write_environment(tmp_path / "environments", "staging", tmp_path / "var")
+    env = {
+        "MIGRATE_ENVIRONMENTS_DIR": str(tmp_path / "environments"),
+        "DATABASE_URL": pg_url,
+        "PATH": f"{spy_bin}{os.pathsep}{os.environ['PATH']}",
+        "DB_PASSWORD": "canary-db-password",
+        "AWS_SECRET_ACCESS_KEY": "canary-aws-secret",
+        "PGPASSWORD": "canary-stray-pgpassword",
+    }
+    assert run_invoke("migrate", "--env", "staging", "--yes", env=env).returncode == 0
+    assert run_invoke("backup", "--env", "staging", env=env).returncode == 0
+    restored = run_invoke("restore", "--env", "staging", "--backup", "latest", "--yes", env=env)
+    assert restored.returncode == 0, restored.stderr
+    dumps = [p.read_text() for p in spy_bin.glob("pg_dump.env.*")]
+    restores = [p.read_text() for p in spy_bin.glob("pg_restore.env.*")]
+    assert len(dumps) == 1 and len(restores) >= 3  # verify --list, restore --list, the script
+    for seen in dumps + restores:
+        assert "canary" not in seen and "DATABASE_URL" not in seen
+    assert "PGPASSWORD=" in dumps[0]  # pg_dump connects: its password, in its environment
+    assert all("PGPASSWORD" not in seen for seen in restores)  # pg_restore never connects
 
 
 def test_password_never_reaches_argv_output_or_manifest(

@@ -95,3 +95,78 @@ def test_mask_url_hides_password_in_every_form() -> None:
     url = "postgresql+psycopg2://app:p%40ss%20w@db:5432/app"
     assert mask_url(url) == "postgresql+psycopg2://app:***@db:5432/app"
     assert redact("failed for p@ss w and p%40ss%20w", ["p@ss w"]) == "failed for *** and ***"
+
+
+def write_file(folder: Path, name: str, content: bytes) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.yml").write_bytes(content)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "password", ["kx7@qz9w", "kx7/qz9@vb4", "kx7?qz9#vb4@jm2", "kx7:qz9@vb4/jm2?pt5#ws8"]
+)
+def test_unencoded_password_in_database_url_is_refused_without_showing_it(
+    tmp_path: Path, password: str
+) -> None:
+    from conftest import run_invoke, write_environment
+
+    write_environment(tmp_path / "environments", "staging", tmp_path / "var")
+    url = f"postgresql://app:{password}@db.internal:5432/app"
+    result = run_invoke(
+        "status",
+        "--env",
+        "staging",
+        env={"MIGRATE_ENVIRONMENTS_DIR": str(tmp_path / "environments"), "DATABASE_URL": url},
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "percent-encoded" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    for token in ("kx7", "qz9", "vb4", "jm2", "pt5", "ws8"):
+        assert token not in result.stdout + result.stderr
+
+
+def test_alias_bomb_is_refused_quickly_in_one_sentence(tmp_path: Path) -> None:
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    levels += [
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)
+    ]
+    text = "\n".join(levels) + "\ndatabase: {url: *i}\n"
+    assert len(text) < 1024
+    folder = write_file(tmp_path, "bomb", text.encode())
+    with pytest.raises(ConfigError, match="aliases") as refused:
+        load_environment("bomb", environ={}, directory=folder)
+    assert len(refused.value.message) < 300
+
+
+def test_a_few_aliases_still_work(tmp_path: Path) -> None:
+    text = b"database: &db {url: 'sqlite:///x.db', connect_timeout: 3}\nreports: {folder: var/r}\n"
+    folder = write_file(tmp_path, "fine", text)
+    assert (
+        load_environment("fine", environ={}, directory=folder).settings.database.connect_timeout
+        == 3
+    )
+
+
+def test_non_utf8_file_is_one_sentence(tmp_path: Path) -> None:
+    folder = write_file(
+        tmp_path, "latin", "database: {url: 'sqlite:///caf\xe9.db'}\n".encode("latin-1")
+    )
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_environment("latin", environ={}, directory=folder)
+
+
+@pytest.mark.parametrize("number", [".inf", "-.inf", ".nan"])
+def test_non_finite_numbers_are_one_sentence(tmp_path: Path, number: str) -> None:
+    text = f"database: {{url: 'sqlite:///x.db', connect_timeout: {number}}}\n".encode()
+    folder = write_file(tmp_path, "odd", text)
+    with pytest.raises(ConfigError, match="database.connect_timeout"):
+        load_environment("odd", environ={}, directory=folder)
+
+
+def test_a_huge_value_is_never_rendered_into_a_message(tmp_path: Path) -> None:
+    text = ("database: {url: 'sqlite:///x.db', connect_timeout: '" + "9" * 5000 + "'}\n").encode()
+    folder = write_file(tmp_path, "huge", text)
+    with pytest.raises(ConfigError) as refused:
+        load_environment("huge", environ={}, directory=folder)
+    assert len(refused.value.message) < 300
