@@ -59,9 +59,11 @@ def _mapped(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
         return function(*args, **kwargs)
     except ToolError as exc:
+        from tasks.escaping import terminal
         from tasks.masking import redact
 
-        raise Exit(f"error: {redact(exc.message, [])}", code=exc.exit_code) from None
+        message = terminal(redact(exc.message, []))
+        raise Exit(f"error: {message}", code=exc.exit_code) from None
     except KeyboardInterrupt:
         raise Exit(
             "error: interrupted; any revision in progress was rolled back, see the report.",
@@ -93,6 +95,13 @@ def _github_output(name: str, value: str) -> None:
     if path:
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(f"{name}={value}\n")
+
+
+def _print(text: object = "", end: str = "\n") -> None:
+    """Print for a terminal: escape sequences in messages a user wrote never reach it."""
+    from tasks.escaping import terminal
+
+    print(terminal(str(text)), end=end)
 
 
 def _interrupt(signum: int, _frame: Any) -> None:
@@ -130,7 +139,7 @@ def status(c: Any, env: str | None = None, json_: bool = False) -> None:
     from tasks.status import get_status
 
     result = get_status(_environment(env))
-    print(json.dumps(result.to_dict(), indent=2) if json_ else result.render())
+    _print(json.dumps(result.to_dict(), indent=2) if json_ else result.render())
 
 
 @task(help={"env": ENV_HELP + "; picks the Alembic project"})
@@ -142,7 +151,7 @@ def heads(c: Any, env: str | None = None) -> None:
 
     found = find_heads(project_for(_environment(env)).scripts())
     for head in found:
-        print(head)
+        _print(head)
     if len(found) > 1:
         raise Exit(
             f"warning: {len(found)} heads; merge them with `alembic merge heads`.", code=EXIT_FAILED
@@ -167,7 +176,7 @@ def generate(c: Any, message: str = "", autogenerate: bool = False, env: str | N
     from tasks.alembic_api import project_for
 
     environment = _environment(env)
-    print(
+    _print(
         new_revision(
             message, autogenerate, environment if autogenerate else None, project_for(environment)
         )
@@ -285,7 +294,7 @@ OUTPUT_HELP = "also write the output to this file (folders are created)"
 def _emit(text: str, output: str) -> None:
     """Print, and write to ``output`` too when given (for CI artifacts)."""
     text = text if text.endswith("\n") else text + "\n"
-    print(text, end="")
+    _print(text, end="")
     if output:
         from pathlib import Path
 
@@ -361,7 +370,7 @@ def ci(
     try:
         _run(env, "upgrade", flags)
     finally:
-        print(get_status(_environment(env)).render())
+        _print(get_status(_environment(env)).render())
 
 
 @task(
@@ -436,7 +445,7 @@ def lint(
         scripts, resolve_revision(scripts, start) if start else None, resolve_revision(scripts, end)
     )
     result = lint_revisions(project, path)
-    print(json.dumps(result.to_dict(), indent=2) if json_ else result.render())
+    _print(json.dumps(result.to_dict(), indent=2) if json_ else result.render())
     if result.blocking:
         raise Exit(code=EXIT_FAILED)
 
@@ -459,9 +468,9 @@ def check(c: Any, env: str | None = None, stairway: bool = False, json_: bool = 
     results = run_check(environment, project_for(environment), stairway)
     failed = [r for r in results if not r.ok]
     if json_:
-        print(json.dumps({"ok": not failed, "checks": [r.to_dict() for r in results]}, indent=2))
+        _print(json.dumps({"ok": not failed, "checks": [r.to_dict() for r in results]}, indent=2))
     else:
-        print(format_results(results))
+        _print(format_results(results))
     if failed:
         raise Exit(f"check failed: {', '.join(r.name for r in failed)}", code=EXIT_FAILED)
 

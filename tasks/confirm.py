@@ -8,6 +8,7 @@ from collections.abc import Callable
 from tasks.alembic_api import Revision
 from tasks.config import Environment
 from tasks.errors import BlockedError
+from tasks.escaping import terminal
 
 
 def is_interactive() -> bool:
@@ -47,8 +48,12 @@ def confirm(
     say: Callable[[str], None] = print,
     typed: bool = False,
 ) -> None:
-    """Ask; production (or ``typed``) wants its name typed. Anything else is a refusal."""
-    say(text)
+    """Ask; production (or ``typed``) wants its name typed. Anything else is a refusal.
+
+    The summary holds revision messages: control characters are stripped so that none
+    can repaint the terminal or hide what is being confirmed.
+    """
+    say(terminal(text))
     if typed or env.settings.policy.confirm == "typed":
         answer = ask(f"Type the environment name ({env.name}) to continue: ")
         if answer.strip() != env.name:

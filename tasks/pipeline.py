@@ -27,6 +27,7 @@ from tasks.errors import (
     UsageError,
     ValidationError,
 )
+from tasks.escaping import terminal
 from tasks.locking import migration_lock
 from tasks.masking import redact
 from tasks.report import RunRecord, reported, write_report
@@ -55,10 +56,10 @@ class RunOptions:
 class Console:
     """Where a run talks to its user; tests pass their own."""
 
-    say: Callable[[str], None] = print
-    ask: Callable[[str], str] = input
+    say: Callable[[str], None] = field(default=lambda text: print(terminal(text)))
+    ask: Callable[[str], str] = field(default=lambda prompt: input(terminal(prompt)))
     progress: Progress | None = None
-    warn: Callable[[str], None] = field(default=lambda text: print(text, file=sys.stderr))
+    warn: Callable[[str], None] = field(default=lambda text: print(terminal(text), file=sys.stderr))
 
 
 @contextmanager

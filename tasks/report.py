@@ -10,6 +10,7 @@ import functools
 import getpass
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from tasks import escaping
 from tasks.config import PROJECT_ROOT, Environment
 from tasks.files import append_line, private_folder, write_atomic
 from tasks.masking import redact, redact_data
@@ -105,7 +107,7 @@ def jinja_environment(autoescape: bool = False) -> Any:
     from jinja2 import Environment as Jinja
     from jinja2 import FileSystemLoader, StrictUndefined
 
-    return Jinja(
+    environment = Jinja(
         loader=FileSystemLoader(str(TEMPLATES)),
         autoescape=autoescape,  # noqa: S701 - Markdown is not HTML; HTML templates escape
         undefined=StrictUndefined,
@@ -113,6 +115,12 @@ def jinja_environment(autoescape: bool = False) -> Any:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    # Markdown templates pass every user-controlled text through one of these.
+    environment.filters["md"] = escaping.markdown_inline
+    environment.filters["code"] = lambda text: escaping.markdown_code(text).replace("|", "\\|")
+    environment.filters["codeblock"] = escaping.markdown_block
+    environment.filters["shell"] = lambda text: shlex.quote(escaping.terminal(str(text)))
+    return environment
 
 
 def prewarm() -> threading.Thread:

@@ -16,7 +16,7 @@ from pgcluster import PASSWORD
 
 from tasks.alembic_api import DEFAULT_PROJECT
 from tasks.config import Environment, load_environment
-from tasks.errors import MigrationError
+from tasks.errors import BlockedError, MigrationError
 from tasks.pipeline import Console, RunOptions, backup, migrate, restore, rollback
 from tasks.report import find_report, list_reports, show
 
@@ -157,7 +157,7 @@ def test_step_summary_gets_the_markdown(
     migrate(env, RunOptions(yes=True), DEFAULT_PROJECT, QUIET)
     text = summary.read_text()
     assert text.startswith("previous step\n") and "upgrade on staging" in text
-    assert "| `0007` | create products and order_items |" in text
+    assert "| `0007` | create products and order\\_items |" in text
 
 
 def test_issue_body_links_to_the_run(
@@ -188,3 +188,58 @@ def test_old_reports_are_pruned_but_the_audit_log_stays(
     assert not old.exists() and not old.with_suffix(".md").exists()
     assert len(list_reports(env)) == 1
     assert len((env.report_dir / "audit.jsonl").read_text().splitlines()) == 2
+
+
+HOSTILE = "@octocat see this\n```\n## Injected heading\n<img src=x onerror=alert(1)>\x1b[2J\x1b[31m"
+
+
+def _rendered(markdown: str) -> tuple[list[str], list[str], str]:
+    """(heading texts, HTML blocks, plain text outside code) as GitHub-flavoured Markdown."""
+    from markdown_it import MarkdownIt
+
+    tokens = MarkdownIt("commonmark").enable("table").parse(markdown)
+    headings = [tokens[i + 1].content for i, t in enumerate(tokens) if t.type == "heading_open"]
+    html = [t.content for t in tokens if t.type == "html_block"]
+    text = []
+    for token in tokens:
+        for child in token.children or []:
+            if child.type == "html_inline":
+                html.append(child.content)
+            if child.type == "text":
+                text.append(child.content)
+    return headings, html, " ".join(text)
+
+
+def test_revision_messages_cannot_ping_inject_or_break_out_of_markdown(
+    sqlite_url: str, scratch: ScratchProject, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(sqlite_url)
+    scratch.add("pass", message=HOSTILE.replace("\x1b", "\\x1b"))
+    scratch.add(f"raise RuntimeError({HOSTILE!r})", message=HOSTILE.replace("\x1b", "\\x1b"))
+    with pytest.raises(MigrationError):
+        migrate(env, RunOptions(yes=True), scratch.project(), QUIET)
+    data = find_report(env, None)
+    for fmt in ("md", "issue"):
+        markdown = show(data, fmt, [])
+        headings, html, text = _rendered(markdown)
+        assert not any("Injected" in h for h in headings), headings
+        assert html == []
+        assert "@octocat" not in text  # a mention would ping; code blocks never do
+        assert "\x1b" not in markdown
+
+
+def test_terminal_never_gets_escape_sequences_from_a_message(
+    sqlite_url: str, scratch: ScratchProject, make_env: Callable[..., Environment]
+) -> None:
+    from tasks.confirm import confirm, summary
+    from tasks.upgrade import plan
+
+    env = make_env(sqlite_url)
+    scratch.add("pass", message="innocent\x1b[2K\x1b[1A\rrevision 0000: nothing to see")
+    shown: list[str] = []
+    pending = plan(scratch.project(), None, "r001", "upgrade")
+    text = summary(env, "upgrade", None, "r001", pending)
+    with pytest.raises(BlockedError):
+        confirm(env, text, ask=lambda prompt: shown.append(prompt) or "no", say=shown.append)
+    assert "\x1b" not in "".join(shown) and "\r" not in "".join(shown)
+    assert "innocent" in "".join(shown)
