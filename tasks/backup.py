@@ -181,9 +181,15 @@ def _remove(path: Path) -> None:
 def dump_postgres(env: Environment, target: Path, tables_total: int, progress: Progress) -> None:
     """Run pg_dump with a timeout; a partial file is removed on any failure."""
     settings = env.settings.backup
+    from tasks.database import keepalive_options
+
+    keepalives = " ".join(
+        f"{k}={v}" for k, v in keepalive_options(env.settings.database.network_timeout).items()
+    )
     argv = [
         find_binary("pg_dump"),
         "--no-password",
+        f"--dbname={keepalives}",  # no host, user or password here: those come from env
         "--verbose",
         f"--format={settings.format}",
         f"--file={target}",

@@ -31,6 +31,9 @@ SECTION = dataclass(frozen=True)
 class DatabaseSettings:
     url: str = setting(min_length=1)
     connect_timeout: float = setting(10.0, gt=0, le=600)
+    # A peer that stops answering mid-statement (lost network) is given up on after about
+    # this long (TCP keepalives and tcp_user_timeout), then handled like a server restart.
+    network_timeout: float = setting(30.0, ge=2, le=3600)
 
 
 @SECTION

@@ -69,6 +69,7 @@ def _build_engine(
         # libpq takes whole seconds and treats anything below 2 as 2.
         connect_args["connect_timeout"] = max(2, math.ceil(timeout))
         connect_args["application_name"] = application_name(role)
+        connect_args.update(keepalive_options(env.settings.database.network_timeout))
         settings = []
         if lock_timeout is not None:
             settings.append(f"-c lock_timeout={int(lock_timeout * 1000)}")
@@ -84,6 +85,20 @@ def _build_engine(
     else:
         event.listen(engine, "connect", _check_client_connection)
     return engine
+
+
+def keepalive_options(network_timeout: float) -> dict[str, int]:
+    """libpq options that notice a peer gone silent within about ``network_timeout``:
+    keepalive probes start after a third of it, and unacknowledged data or probes
+    abort the connection once it has passed (TCP_USER_TIMEOUT)."""
+    step = max(1, int(network_timeout // 3))
+    return {
+        "keepalives": 1,
+        "keepalives_idle": step,
+        "keepalives_interval": step,
+        "keepalives_count": 3,
+        "tcp_user_timeout": int(network_timeout * 1000),
+    }
 
 
 def _check_client_connection(dbapi_connection: Any, _record: Any) -> None:
