@@ -45,6 +45,7 @@ class BackupInfo:
     verify_seconds: float
     tables: int
     target: dict[str, Any]  # what was backed up: engine, host, port, database (no user)
+    encrypted_to: str | None = None  # the age recipient (a public key), when encrypted
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,9 +179,27 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def dump_postgres(env: Environment, target: Path, tables_total: int, progress: Progress) -> None:
-    """Run pg_dump with a timeout; a partial file is removed on any failure."""
+@dataclass
+class Stored:
+    """What an encrypted backup stored, learnt on the way: checksum, size, tables."""
+
+    sha256: str = ""
+    size: int = 0
+    tables: int = 0
+    error: BaseException | None = None
+
+
+def dump_postgres(
+    env: Environment, target: Path, tables_total: int, progress: Progress
+) -> Stored | None:
+    """Run pg_dump with a timeout; a partial file is removed on any failure.
+
+    With ``backup.encrypt_to`` the dump streams from pg_dump's stdout through the
+    encryptor into ``target`` (never in clear on disk) and, on the way, into
+    ``pg_restore --list`` (the verification); returns what was stored.
+    """
     settings = env.settings.backup
+    encrypted = settings.encrypt_to is not None
     from tasks.database import keepalive_options
 
     keepalives = " ".join(
@@ -192,22 +211,33 @@ def dump_postgres(env: Environment, target: Path, tables_total: int, progress: P
         f"--dbname={keepalives}",  # no host, user or password here: those come from env
         "--verbose",
         f"--format={settings.format}",
-        f"--file={target}",
         f"--compress={settings.compression}",
     ]
+    if not encrypted:
+        argv.append(f"--file={target}")
     if settings.format == "directory" and settings.jobs > 1:
         argv.append(f"--jobs={settings.jobs}")
     process = subprocess.Popen(
         argv,
         env=pg_environment(env.url),
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if encrypted else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         errors="replace",
     )
     errors: list[str] = []
     done = [0]
+    stored = Stored() if encrypted else None
+    encryptor = None
+    if stored is not None:
+        assert process.stdout is not None and settings.encrypt_to is not None
+        encryptor = threading.Thread(
+            target=_encrypt_dump,
+            args=(process.stdout.buffer, target, settings.encrypt_to, stored),
+            daemon=True,
+        )
+        encryptor.start()
 
     def read_stderr() -> None:
         assert process.stderr is not None
@@ -238,10 +268,15 @@ def dump_postgres(env: Environment, target: Path, tables_total: int, progress: P
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=0.2)
         reader.join(timeout=5)
+        if encryptor is not None:
+            encryptor.join()
         show_progress()
         if process.returncode != 0:
             detail = errors[0] if errors else f"exit code {process.returncode}"
             raise BackupError(f"pg_dump failed: {detail}")
+        if stored is not None and stored.error is not None:
+            raise stored.error
+        return stored
     except BaseException:
         if process.poll() is None:
             process.kill()
@@ -250,6 +285,63 @@ def dump_postgres(env: Environment, target: Path, tables_total: int, progress: P
         raise
     finally:
         progress.done()
+
+
+class _Tee:
+    """pg_dump's output, also fed to ``pg_restore --list`` until that has read enough."""
+
+    def __init__(self, source: Any, lister: subprocess.Popen[bytes]) -> None:
+        self.source = source
+        self.lister = lister
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size if size and size > 0 else 1024 * 1024)
+        if data and self.lister.stdin is not None:
+            try:
+                self.lister.stdin.write(data)
+            except (BrokenPipeError, ValueError):
+                self.lister.stdin = None  # it has read the table of contents it needs
+        return data
+
+
+def _encrypt_dump(source: Any, target: Path, recipient_text: str, stored: Stored) -> None:
+    """Thread body: encrypt pg_dump's stdout into ``target``, verify it on the way."""
+    import tempfile
+
+    from tasks.encryption import HashingWriter, encrypt_stream, parse_recipient
+
+    try:
+        recipient = parse_recipient(recipient_text, "backup.encrypt_to")
+        with tempfile.TemporaryFile() as listing, tempfile.TemporaryFile() as problems:
+            lister = subprocess.Popen(
+                [find_binary("pg_restore"), "--list"],
+                env=child_environment(),
+                stdin=subprocess.PIPE,
+                stdout=listing,
+                stderr=problems,
+            )
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                writer = HashingWriter(handle)
+                encrypt_stream(_Tee(source, lister), writer, recipient)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if lister.stdin is not None:
+                with contextlib.suppress(BrokenPipeError):
+                    lister.stdin.close()
+            if lister.wait(timeout=600) != 0:
+                problems.seek(0)
+                first = (problems.read().decode(errors="replace").strip().splitlines() or [""])[0]
+                raise BackupError(f"The backup cannot be read back by pg_restore: {first}")
+            listing.seek(0)
+            lines = listing.read().decode(errors="replace").splitlines()
+        stored.sha256, stored.size = writer.digest.hexdigest(), writer.size
+        stored.tables = sum(1 for line in lines if " TABLE DATA " in line)
+    except BaseException as exc:  # handed to the main thread, which raises it
+        stored.error = exc
+        with contextlib.suppress(OSError):
+            while source.read(1024 * 1024):  # let pg_dump finish rather than block on a pipe
+                pass
 
 
 def archive_listing(env: Environment, target: Path) -> list[str]:
@@ -303,6 +395,41 @@ def backup_sqlite(env: Environment, target: Path, progress: Progress) -> int:
         progress.done()
 
 
+def backup_sqlite_encrypted(env: Environment, target: Path, progress: Progress) -> Stored:
+    """The backup API into memory, checked, serialised and encrypted into ``target``."""
+    import io
+    import sqlite3
+
+    from tasks.encryption import HashingWriter, encrypt_stream, parse_recipient
+
+    assert env.settings.backup.encrypt_to is not None
+    recipient = parse_recipient(env.settings.backup.encrypt_to, "backup.encrypt_to")
+    source_path = sqlite_path(env.url)
+    if source_path is None or not Path(source_path).exists():
+        raise BackupError(f"There is no SQLite database at {source_path} to back up yet.")
+    source, copy = sqlite3.connect(source_path), sqlite3.connect(":memory:")
+    try:
+        source.backup(copy)
+        result = copy.execute("PRAGMA integrity_check").fetchone()[0]
+        if result != "ok":
+            raise BackupError(f"The SQLite copy failed its integrity check: {result}")
+        tables = copy.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()
+        data = copy.serialize()
+    except sqlite3.Error as exc:
+        raise BackupError(f"Cannot back up {source_path}: {exc}") from None
+    finally:
+        copy.close()
+        source.close()
+        progress.done()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        writer = HashingWriter(handle)
+        encrypt_stream(io.BytesIO(data), writer, recipient)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return Stored(writer.digest.hexdigest(), writer.size, tables[0])
+
+
 def _restrict(path: Path) -> None:
     if path.is_dir():
         os.chmod(path, 0o700)
@@ -336,11 +463,17 @@ def take_backup(
     prepare_folder(folder)
     fmt = "sqlite" if env.is_sqlite else env.settings.backup.format
     created = now()
-    target = folder / backup_name(env, revision, created, fmt)
+    encrypted = env.settings.backup.encrypt_to is not None
+    target = folder / (backup_name(env, revision, created, fmt) + (".age" if encrypted else ""))
     started = time.perf_counter()
+    stored: Stored | None = None
     try:
         if env.is_sqlite:
-            tables = backup_sqlite(env, target, progress)
+            if encrypted:
+                stored = backup_sqlite_encrypted(env, target, progress)
+                tables = stored.tables
+            else:
+                tables = backup_sqlite(env, target, progress)
             verify_started = time.perf_counter()
         else:
             engine = make_engine(env, role="backup")
@@ -355,11 +488,11 @@ def take_backup(
                     ).scalar_one()
             finally:
                 engine.dispose()
-            dump_postgres(env, target, total, progress)
+            stored = dump_postgres(env, target, total, progress)
             verify_started = time.perf_counter()
-            tables = verify_postgres(env, target)
+            tables = stored.tables if stored else verify_postgres(env, target)
         _restrict(target)
-        digest = sha256_of(target)
+        digest = stored.sha256 if stored else sha256_of(target)  # encrypted: hashed on the way
     except OSError as exc:
         _remove(target)
         raise BackupError(
@@ -383,6 +516,7 @@ def take_backup(
         verify_seconds=round(finished - verify_started, 4),
         tables=tables,
         target=database_identity(env),
+        encrypted_to=env.settings.backup.encrypt_to,
     )
     write_manifest(info, env.masked_url)
     prune_backups(env, keep_path=target, now=created)
@@ -404,7 +538,7 @@ def is_own_backup(env: Environment, archive: Path) -> bool:
     The folder may be a symlink the user configured; what is inside it is compared
     by resolved parent, so nothing reaches outside through a planted link.
     """
-    name = rf"{re.escape(env.name)}-\d{{8}}T\d{{9}}Z-[\w.-]+\.(dump|dir|sqlite3)"
+    name = rf"{re.escape(env.name)}-\d{{8}}T\d{{9}}Z-[\w.-]+\.(dump|dir|sqlite3)(\.age)?"
     return (
         archive.parent.resolve() == env.backup_dir.resolve()
         and not archive.is_symlink()

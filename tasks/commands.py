@@ -108,10 +108,10 @@ def _interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def _environment(name: str | None) -> Any:
+def _environment(name: str | None, need_database: bool = True) -> Any:
     from tasks.config import load_environment
 
-    return load_environment(name)
+    return load_environment(name, need_database=need_database)
 
 
 def _backup_flag(backup: bool, no_backup: bool, no_backup_if_allowed: bool = False) -> bool | None:
@@ -399,7 +399,7 @@ def report_task(
 
     if last and path:
         raise UsageError("--last and --path contradict each other; pass one of them.")
-    environment = _environment(env)
+    environment = _environment(env, need_database=False)  # reads files only: no secrets
     from tasks.errors import ConfigError
     from tasks.report import no_report_issue_body
 

@@ -20,7 +20,7 @@ from tasks.schema import SchemaError, build, setting
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENVIRONMENTS_DIR = PROJECT_ROOT / "environments"
 DEFAULT_ENVIRONMENT = "local"
-_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -62,6 +62,9 @@ class BackupSettings:
     timeout: float = setting(3600.0, gt=0)
     keep: int | None = setting(10, ge=1)
     keep_days: int | None = setting(None, ge=1)
+    # age recipient (age1...) or SSH public key; ${VAR} allowed. Backups are encrypted
+    # to it on the way to disk (custom format, or SQLite); empty means not encrypted.
+    encrypt_to: str | None = None
 
 
 @SECTION
@@ -144,9 +147,14 @@ def known_environments(directory: Path = ENVIRONMENTS_DIR) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.yml"))
 
 
-def substitute(template: str, environ: dict[str, str], where: str) -> str:
-    """Fill ``${VAR}`` placeholders; values are URL-quoted so any password is safe."""
-    missing = [n for n in dict.fromkeys(_PLACEHOLDER.findall(template)) if n not in environ]
+def substitute(template: str, environ: dict[str, str], where: str, url: bool = True) -> str:
+    """Fill ``${VAR}`` placeholders (``${VAR:-default}`` when unset is fine); in a URL the
+    values are URL-quoted so any password is safe."""
+    missing = [
+        name
+        for name, default in dict.fromkeys(_PLACEHOLDER.findall(template))
+        if name not in environ and not default
+    ]
     if missing:
         names = ", ".join(missing)
         noun = "variable" if len(missing) == 1 else "variables"
@@ -154,7 +162,13 @@ def substitute(template: str, environ: dict[str, str], where: str) -> str:
             f"{where} needs the environment {noun} {names}, not set; "
             f"export {names} (or set DATABASE_URL to the whole URL)."
         )
-    return _PLACEHOLDER.sub(lambda m: quote(environ[m.group(1)], safe=""), template)
+
+    def value(match: re.Match[str]) -> str:
+        default = (match.group(2) or ":-")[2:]
+        text = environ.get(match.group(1), default)
+        return quote(text, safe="") if url else text
+
+    return _PLACEHOLDER.sub(value, template)
 
 
 def parse_environment(name: str, path: Path, data: object) -> EnvironmentFile:
@@ -179,8 +193,13 @@ def load_environment(
     name: str | None = None,
     environ: dict[str, str] | None = None,
     directory: Path | None = None,
+    need_database: bool = True,
 ) -> Environment:
-    """Load ``environments/<name>.yml``; ``DATABASE_URL`` overrides the file's URL."""
+    """Load ``environments/<name>.yml``; ``DATABASE_URL`` overrides the file's URL.
+
+    ``need_database=False`` is for tasks that only read files (rendering a report):
+    the URL's unset ``${VAR}``s then stay as they are, so no secret is needed.
+    """
     import yaml
 
     name = name or DEFAULT_ENVIRONMENT
@@ -206,11 +225,42 @@ def load_environment(
     settings = parse_environment(name, path, data)
     if environ.get("DATABASE_URL"):
         url = environ["DATABASE_URL"]
+    elif not need_database:
+        try:  # with the secrets when they are there, so redaction still knows the password
+            url = substitute(settings.database.url, environ, "")
+        except ConfigError:
+            url = settings.database.url
+        return Environment(name=name, path=path, url=url, settings=settings)
     else:
         url = substitute(settings.database.url, environ, f"{_relative(path)} (database.url)")
     url = _normalise(url)
     _check_url(url, path)
+    settings = _encryption(settings, environ, path)
     return Environment(name=name, path=path, url=url, settings=settings)
+
+
+def _encryption(settings: EnvironmentFile, environ: dict[str, str], path: Path) -> EnvironmentFile:
+    """``backup.encrypt_to`` with its ``${VAR}``s filled and its key checked."""
+    import dataclasses
+
+    template = settings.backup.encrypt_to
+    where = _relative(path)
+    recipient = (
+        substitute(template, environ, f"{where} (backup.encrypt_to)", url=False).strip()
+        if template
+        else ""
+    )
+    if recipient:
+        from tasks.encryption import parse_recipient
+
+        parse_recipient(recipient, where)
+        if settings.backup.format == "directory":
+            raise ConfigError(
+                f"{where}: backup.encrypt_to needs backup.format: custom (a directory-format "
+                "backup is many files and is not encrypted)."
+            )
+    backup = dataclasses.replace(settings.backup, encrypt_to=recipient or None)
+    return dataclasses.replace(settings, backup=backup)
 
 
 MAX_YAML_NODES = 10_000  # an environment file has about a hundred

@@ -16,10 +16,9 @@ def mask_url(url: str) -> str:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        parsed = make_url(url)
-    except ArgumentError:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
         return "<unparseable database URL>"
-    return parsed.render_as_string(hide_password=True)
 
 
 def url_password(url: str) -> str | None:
@@ -29,7 +28,7 @@ def url_password(url: str) -> str | None:
 
     try:
         password = make_url(url).password
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         return None
     return None if password is None else str(password)
 

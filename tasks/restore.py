@@ -20,6 +20,7 @@ import re
 import subprocess
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from tasks.backup import (
 )
 from tasks.config import Environment
 from tasks.database import make_engine, sqlite_path
+from tasks.encryption import SUFFIX
 from tasks.errors import BackupError, ConfigError
 
 
@@ -123,14 +125,16 @@ def describe_backup(env: Environment, backup: dict[str, Any]) -> str:
     lines = [f"backup:   {path}", f"manifest: {backup.get('manifest') or '(none)'}"]
     if backup.get("foreign_reason"):
         lines.append(f"foreign:  {backup['foreign_reason']}")
-    if env.is_sqlite:
-        import sqlite3
+    with readable_archive(env, backup) as plain:
+        if env.is_sqlite:
+            import sqlite3
 
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        lines.append(f"tables ({len(names)}): {', '.join(sorted(names))}")
-        return "\n".join(lines)
-    listing = archive_listing(env, path)
+            with contextlib.closing(sqlite3.connect(f"file:{plain}?mode=ro", uri=True)) as db:
+                rows = db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                names = [r[0] for r in rows]
+            lines.append(f"tables ({len(names)}): {', '.join(sorted(names))}")
+            return "\n".join(lines)
+        listing = archive_listing(env, plain)
     header = {
         key.strip(): value.strip()
         for line in listing
@@ -145,14 +149,33 @@ def describe_backup(env: Environment, backup: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def readable_archive(env: Environment, backup: dict[str, Any]) -> Iterator[Path]:
+    """The archive in clear: itself, or (encrypted, ``.age``) decrypted with the identity
+    in SAFE_MIGRATIONS_AGE_IDENTITY into a private folder inside the backup folder,
+    removed afterwards."""
+    path = Path(backup["path"])
+    if not path.name.endswith(SUFFIX):
+        yield path
+        return
+    from tasks.encryption import decrypt_file, identities
+
+    keys = identities()
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".decrypted-") as folder:
+        plain = Path(folder) / path.name[: -len(SUFFIX)]
+        decrypt_file(path, plain, keys)
+        yield plain
+
+
 def restore_backup(env: Environment, backup: dict[str, Any]) -> None:
     """Checksum first (own backups always have one), then put the database back."""
     if backup.get("own") or backup.get("sha256"):
         verify_checksum(backup)
-    if env.is_sqlite:
-        _restore_sqlite(env, Path(backup["path"]))
-    else:
-        _restore_postgres(env, Path(backup["path"]))
+    with readable_archive(env, backup) as path:
+        if env.is_sqlite:
+            _restore_sqlite(env, path)
+        else:
+            _restore_postgres(env, path)
 
 
 def _restore_sqlite(env: Environment, path: Path) -> None:

@@ -91,22 +91,41 @@ def test_inputs_concurrency_jobs_and_retention() -> None:
     assert "environment" in workflow["concurrency"]["group"]
     migrate, rollback = workflow["jobs"]["migrate"], workflow["jobs"]["rollback"]
     assert "inputs.environment" in migrate["environment"]
-    assert migrate["permissions"]["issues"] == "write"
     for secret in ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD"):
-        assert migrate["env"][secret] == f"${{{{ secrets.{secret} }}}}"
+        assert migrate["steps"][0]["env"][secret] == f"${{{{ secrets.{secret} }}}}"
     assert migrate["steps"][0]["name"] == "Check secrets"
     retention = {
         s["with"]["path"]: s["with"]["retention-days"]
         for s in migrate["steps"]
         if "upload-artifact" in s.get("uses", "")
     }
-    assert retention == {"var/health/": 30, "var/reports/": 90, "var/backups/": 30}
+    backups = "var/backups/**/*.age\nvar/backups/**/*.manifest.json\n"
+    assert retention == {"var/health/": 30, "var/reports/": 90, backups: 30}
     assert all(
         s.get("if") == "always()"
         for s in migrate["steps"]
         if "upload-artifact" in s.get("uses", "")
     )
     assert rollback["needs"] == "migrate"
+
+
+def test_least_privilege_secrets_permissions_and_credentials() -> None:
+    workflow = load_workflow()
+    assert workflow["permissions"] == {}
+    for name, job in workflow["jobs"].items():
+        assert "env" not in job or not any("secrets." in str(v) for v in job["env"].values())
+        writes = {k for k, v in job.get("permissions", {}).items() if v == "write"}
+        assert writes == ({"issues"} if name == "report-failure" else set()), name
+        for step in job["steps"]:
+            if "actions/checkout" in step.get("uses", ""):
+                assert step["with"]["persist-credentials"] is False, name
+            uses_secrets = any("secrets.DB_" in str(v) for v in (step.get("env") or {}).values())
+            calls_invoke = step.get("run", "").lstrip().startswith("invoke ")
+            if uses_secrets:
+                assert calls_invoke or step["name"] == "Check secrets", step["name"]
+    failure = workflow["jobs"]["report-failure"]
+    assert "environment" not in failure  # no environment: its secrets never reach this job
+    assert not any("secrets.DB_" in json.dumps(step) for step in failure["steps"])
 
 
 def test_rollback_job_runs_only_after_a_failed_migration_outside_production() -> None:
@@ -237,12 +256,16 @@ def test_migrate_job_plays_locally(
         workflow, "migrate", context_for(pg_url), checkout, env, skip_run=("pip install",)
     )
     assert run.status == "success", run.logs
-    assert run.outcomes["Migrate"] == "success" and run.outcomes["Open an issue"] == "skipped"
+    assert run.outcomes["Migrate"] == "success"
     assert "current:     0007" in run.logs["Status after migration"]
     summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
     assert "upgrade on staging" in summary and "| backup | ok |" in summary
     for upload in run.uploads:
-        assert any((checkout / upload["path"]).rglob("*")), upload
+        for pattern in upload["path"].split():
+            found = checkout.glob(pattern.rstrip("/") + ("/**/*" if pattern.endswith("/") else ""))
+            assert any(found) or pattern.endswith(".age"), pattern
+    assert not any((checkout / "var" / "backups").rglob("*.age"))  # not encrypted here
+    assert "keeps only its manifest" in summary
     health = json.loads((checkout / "var" / "health" / "health.json").read_text())
     assert health["ok"] is True
     assert run.outputs["migrate_exit_code"] == "0"
@@ -284,14 +307,15 @@ def test_failed_migration_rolls_back_and_renders_the_issue(
     assert run.status == "failure" and run.outcomes["Migrate"] == "failure"
     assert run.outputs["migrate_exit_code"] == "1"
     assert "revision 0009 is broken" in run.logs["Migrate"]
-    assert run.outcomes["Open an issue"] == "success"
+    context["needs"] = {"migrate": {"result": "failure", "outputs": run.outputs}}
+    failure = play_failure_job(workflow, context, checkout, env)
+    assert failure.outcomes["Open an issue"] == "success", failure.logs
     body = (fake_gh / "body.md").read_text()
     assert "Database migration failed: staging" in body and "**left at** | `0008`" in body
     assert "https://github.example/team/service/actions/runs/4242" in body
     assert PASSWORD not in body
     assert "canary" in table_names(pg_url)
 
-    context["needs"] = {"migrate": {"result": "failure", "outputs": run.outputs}}
     assert condition(workflow["jobs"]["rollback"]["if"], context, "failure")
     rollback = play_job(workflow, "rollback", context, checkout, env, skip_run=("pip install",))
     assert rollback.status == "success", rollback.logs
@@ -305,6 +329,19 @@ def test_failed_migration_rolls_back_and_renders_the_issue(
         check=True,
     )
     assert json.loads(status.stdout)["current"] == head
+
+
+def play_failure_job(
+    workflow: dict[str, Any], context: dict[str, Any], checkout: Path, env: dict[str, str]
+) -> Any:
+    """The job that opens the issue: played as GitHub would, without the environment's
+    secrets (it has no `environment:`), after checking that its `if` holds."""
+    job = workflow["jobs"]["report-failure"]
+    assert condition(job["if"], context, "failure")
+    no_secrets = {**context, "secrets": {}}
+    return play_job(
+        workflow, "report-failure", no_secrets, checkout, env, skip_run=("pip install",)
+    )
 
 
 def test_missing_secrets_are_named_up_front(tmp_path: Path, checkout: Path, fake_gh: Path) -> None:
@@ -325,3 +362,9 @@ def test_missing_secrets_are_named_up_front(tmp_path: Path, checkout: Path, fake
         in (run.logs["Check secrets"])
     )
     assert run.outcomes["Migrate"] == "skipped"
+    context["needs"] = {"migrate": {"result": "failure", "outputs": run.outputs}}
+    failure = play_failure_job(workflow, context, checkout, runner_env(tmp_path, fake_gh))
+    assert failure.status == "success", failure.logs
+    body = (fake_gh / "body.md").read_text()
+    assert "failed before the migration wrote a report" in body
+    assert not condition(workflow["jobs"]["rollback"]["if"], context, "failure")

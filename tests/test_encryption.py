@@ -1,0 +1,100 @@
+"""Backups encrypted to the team's age key: never in clear on disk, restored only with
+the identity (issue 12, item 8)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pyrage
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+from test_backup import seed, table_fingerprints
+
+from tasks.alembic_api import DEFAULT_PROJECT
+from tasks.backup import take_backup
+from tasks.config import Environment
+from tasks.errors import BackupError, ConfigError
+from tasks.pipeline import Console, RunOptions, migrate, restore
+
+QUIET = Console(say=lambda _text: None, ask=lambda _prompt: "no", warn=lambda _text: None)
+
+
+@pytest.fixture
+def age_key() -> tuple[str, str]:
+    identity = pyrage.x25519.Identity.generate()
+    return str(identity.to_public()), str(identity)
+
+
+def test_encrypted_backup_is_never_in_clear_and_restores_with_the_identity(
+    pg_url: str,
+    make_env: Callable[..., Environment],
+    age_key: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    recipient, identity = age_key
+    env = make_env(pg_url, backup={"encrypt_to": recipient})
+    seed(env, rows=20)
+    info = take_backup(env, "0007")
+    stored = Path(info.path).read_bytes()
+    assert info.path.endswith(".dump.age") and stored.startswith(b"age-encryption.org/v1")
+    assert b"PGDMP" not in stored and b"user1@example.org" not in stored
+    assert info.tables >= 4 and info.size == len(stored)
+    manifest = json.loads(Path(info.manifest).read_text())
+    assert manifest["encrypted_to"] == recipient and manifest["sha256"] == info.sha256
+    assert sorted(p.name for p in env.backup_dir.iterdir()) == sorted(
+        [Path(info.path).name, Path(info.manifest).name]
+    )
+    before = table_fingerprints(env.url)
+    engine = create_engine(env.url, poolclass=NullPool)
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM orders"))
+    engine.dispose()
+    monkeypatch.delenv("SAFE_MIGRATIONS_AGE_IDENTITY", raising=False)
+    with pytest.raises(ConfigError, match="SAFE_MIGRATIONS_AGE_IDENTITY"):
+        restore(env, "latest", yes=True, interactive=False, console=QUIET)
+    other = pyrage.x25519.Identity.generate()
+    monkeypatch.setenv("SAFE_MIGRATIONS_AGE_IDENTITY", str(other))
+    with pytest.raises(BackupError, match="cannot be decrypted"):
+        restore(env, "latest", yes=True, interactive=False, console=QUIET)
+    key_file = tmp_path / "team.key"
+    key_file.write_text(f"# created: today\n{identity}\n")
+    monkeypatch.setenv("SAFE_MIGRATIONS_AGE_IDENTITY", str(key_file))
+    restore(env, "latest", yes=True, interactive=False, console=QUIET)
+    assert table_fingerprints(env.url) == before
+    assert sorted(p.name for p in env.backup_dir.iterdir()) == sorted(
+        [Path(info.path).name, Path(info.manifest).name]
+    )  # the clear copy used for the restore is gone
+
+
+def test_encrypted_sqlite_backup_round_trips(
+    sqlite_url: str,
+    make_env: Callable[..., Environment],
+    age_key: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    recipient, identity = age_key
+    env = make_env(sqlite_url, backup={"encrypt_to": recipient})
+    migrate(env, RunOptions(yes=True), DEFAULT_PROJECT, QUIET)
+    info = take_backup(env, "0007")
+    assert b"SQLite format" not in Path(info.path).read_bytes()
+    migrate(env, RunOptions(yes=True, revision="0002", direction="downgrade"), None, QUIET)
+    monkeypatch.setenv("SAFE_MIGRATIONS_AGE_IDENTITY", identity)
+    restore(env, info.path, yes=True, interactive=False, console=QUIET)
+    from tasks.status import read_current
+
+    assert read_current(env) == "0007"
+
+
+def test_encryption_settings_are_checked_when_loaded(
+    sqlite_url: str, make_env: Callable[..., Environment], age_key: tuple[str, str]
+) -> None:
+    with pytest.raises(ConfigError, match="not an age recipient"):
+        make_env(sqlite_url, backup={"encrypt_to": "age1notakey"})
+    with pytest.raises(ConfigError, match="needs backup.format: custom"):
+        make_env(sqlite_url, backup={"encrypt_to": age_key[0], "format": "directory"})
+    unset = make_env(sqlite_url, backup={"encrypt_to": "${BACKUP_AGE_RECIPIENT:-}"})
+    assert unset.settings.backup.encrypt_to is None
