@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tasks.config import Environment
 from tasks.database import sqlite_path
@@ -234,7 +234,7 @@ def dump_postgres(
         assert process.stdout is not None and settings.encrypt_to is not None
         encryptor = threading.Thread(
             target=_encrypt_dump,
-            args=(process.stdout.buffer, target, settings.encrypt_to, stored),
+            args=(cast(Any, process.stdout).buffer, target, settings.encrypt_to, stored),
             daemon=True,
         )
         encryptor.start()

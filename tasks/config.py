@@ -24,10 +24,7 @@ _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
-SECTION = dataclass(frozen=True)
-
-
-@SECTION
+@dataclass(frozen=True)
 class DatabaseSettings:
     url: str = setting(min_length=1)
     connect_timeout: float = setting(10.0, gt=0, le=600)
@@ -36,7 +33,7 @@ class DatabaseSettings:
     network_timeout: float = setting(30.0, ge=2, le=3600)
 
 
-@SECTION
+@dataclass(frozen=True)
 class AlembicSettings:
     """Which Alembic project the tasks drive: this repository's, or one a team already has."""
 
@@ -44,7 +41,7 @@ class AlembicSettings:
     script_location: str | None = None
 
 
-@SECTION
+@dataclass(frozen=True)
 class HealthSettings:
     min_free_disk_mb: int = setting(100, ge=0)
     max_transaction_age: float = setting(300.0, gt=0)
@@ -52,7 +49,7 @@ class HealthSettings:
     lint: bool = False
 
 
-@SECTION
+@dataclass(frozen=True)
 class BackupSettings:
     required: bool = False
     folder: str = "var/backups"
@@ -67,7 +64,7 @@ class BackupSettings:
     encrypt_to: str | None = None
 
 
-@SECTION
+@dataclass(frozen=True)
 class MigrationSettings:
     lock_timeout: float = setting(2.0, ge=0)
     statement_timeout: float = setting(0.0, ge=0)
@@ -77,7 +74,7 @@ class MigrationSettings:
     transaction_per_migration: bool = True
 
 
-@SECTION
+@dataclass(frozen=True)
 class PolicySettings:
     confirm: Literal["never", "prompt", "typed"] = "prompt"
     allow_downgrade: bool = True
@@ -85,13 +82,13 @@ class PolicySettings:
     auto_rollback: bool = False
 
 
-@SECTION
+@dataclass(frozen=True)
 class ReportSettings:
     folder: str = "var/reports"
     retention_days: int = setting(30, ge=1)
 
 
-@SECTION
+@dataclass(frozen=True)
 class EnvironmentFile:
     database: DatabaseSettings
     description: str = ""

@@ -94,7 +94,7 @@ def _value(hint: Any, value: Any, key: str, bounds: Any) -> Any:
             allowed = ", ".join(repr(c) for c in choices)
             raise SchemaError(f"key '{key}' must be one of {allowed} (got {_shown(value)})")
         return value
-    if dataclasses.is_dataclass(hint):
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         return build(hint, value, f"{key}.")
     if hint is bool:
         if not isinstance(value, bool):
