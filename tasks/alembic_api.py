@@ -122,6 +122,7 @@ def current_revision(connection: Connection) -> str | None:
 
 def resolve_revision(scripts: ScriptDirectory, target: str) -> str | None:
     """A revision id (or ``head``/``base``/a unique prefix) to one id; None means base."""
+    from alembic.script.revision import MultipleHeads
     from alembic.util import CommandError
 
     if target == "base":
@@ -134,8 +135,7 @@ def resolve_revision(scripts: ScriptDirectory, target: str) -> str | None:
             return found
         script = scripts.get_revision(target)
     except CommandError as exc:
-        text = str(exc)
-        if "multiple heads" in text.lower():
+        if isinstance(exc.__cause__, MultipleHeads):  # Alembic chains the typed cause
             raise ConfigError(
                 f"The scripts have several heads ({', '.join(heads(scripts))}); "
                 "merge them with `alembic merge heads` first."

@@ -30,11 +30,12 @@ RUN_HELP = {
 }
 
 
-def edge(function: Callable[..., Any]) -> Callable[..., Any]:
+def exits_with_documented_codes(function: Callable[..., Any]) -> Callable[..., Any]:
     """Turn our errors into one sentence on stderr and the documented exit code.
 
     Under GitHub Actions the exit code also goes to ``$GITHUB_OUTPUT`` as ``exit_code``,
     so a later job can tell a failed migration (1) from a refusal (2, 3, 4).
+    ``SAFE_MIGRATIONS_DEBUG=1`` prints the full traceback as well.
     """
 
     @functools.wraps(function)
@@ -56,36 +57,43 @@ def edge(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _mapped(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """The one place that maps exception types to exit codes (see tasks/errors.py)."""
+    import os
+
+    from tasks.errors import first_line
+    from tasks.escaping import terminal
+    from tasks.masking import redact
+
     try:
         return function(*args, **kwargs)
-    except ToolError as exc:
-        from tasks.escaping import terminal
-        from tasks.masking import redact
+    except (ToolError, KeyboardInterrupt, EOFError, Exception) as exc:
+        if os.environ.get("SAFE_MIGRATIONS_DEBUG") == "1":
+            import traceback
 
-        message = terminal(redact(exc.message, []))
-        raise Exit(f"error: {message}", code=exc.exit_code) from None
-    except KeyboardInterrupt:
-        raise Exit(
-            "error: interrupted; any revision in progress was rolled back, see the report.",
-            code=EXIT_BLOCKED,
-        ) from None
-    except EOFError:
-        raise Exit(
-            "error: no answer on standard input; pass --yes to run unattended.",
-            code=EXIT_BLOCKED,
-        ) from None
-    except Exception as exc:
-        if type(exc).__module__.startswith(("sqlalchemy", "psycopg2")):
-            from tasks.masking import redact
+            traceback.print_exc()
+        if isinstance(exc, ToolError):
+            message, code = exc.message, exc.exit_code
+        elif isinstance(exc, KeyboardInterrupt):
+            message = "interrupted; any revision in progress was rolled back, see the report."
+            code = EXIT_BLOCKED
+        elif isinstance(exc, EOFError):
+            message, code = "no answer on standard input; pass --yes to run unattended.", 3
+        elif _is_database_error(exc):  # failed after connecting: a connect failure is ours
+            message = f"the database failed: {first_line(exc)}; see the report for its revision."
+            code = EXIT_FAILED
+        else:
+            raise
+        raise Exit(f"error: {terminal(redact(message, []))}", code=code) from None
 
-            orig = getattr(exc, "orig", None) or exc
-            first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
-            raise Exit(
-                f"error: the database failed: {redact(first, [])}; see the report "
-                "for the revision it is at.",
-                code=EXIT_FAILED,
-            ) from None
-        raise
+
+def _is_database_error(exc: BaseException) -> bool:
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        import psycopg2
+    except ImportError:  # pragma: no cover - installed with the project
+        return isinstance(exc, DBAPIError)
+    return isinstance(exc, DBAPIError | psycopg2.Error)
 
 
 def _github_output(name: str, value: str) -> None:
@@ -133,7 +141,7 @@ def _interactive() -> bool:
 
 
 @task(help={"env": ENV_HELP, "json_": JSON_HELP})
-@edge
+@exits_with_documented_codes
 def status(c: Any, env: str | None = None, json_: bool = False) -> None:
     """Current revision, applied history and pending migrations."""
     from tasks.status import get_status
@@ -143,7 +151,7 @@ def status(c: Any, env: str | None = None, json_: bool = False) -> None:
 
 
 @task(help={"env": ENV_HELP + "; picks the Alembic project"})
-@edge
+@exits_with_documented_codes
 def heads(c: Any, env: str | None = None) -> None:
     """The scripts' heads; warns (exit 1) when there are several."""
     from tasks.alembic_api import heads as find_heads
@@ -166,7 +174,7 @@ def heads(c: Any, env: str | None = None) -> None:
         "env": ENV_HELP + "; used with --autogenerate",
     }
 )
-@edge
+@exits_with_documented_codes
 def generate(c: Any, message: str = "", autogenerate: bool = False, env: str | None = None) -> None:
     """Create a new revision script in migrations/versions."""
     from tasks.generate import new_revision
@@ -183,29 +191,34 @@ def generate(c: Any, message: str = "", autogenerate: bool = False, env: str | N
     )
 
 
-def _flags(scope: dict[str, Any]) -> dict[str, Any]:
-    """A task's flags from its ``locals()``, without the context and the environment name."""
-    return {k: v for k, v in scope.items() if k not in ("c", "env")}
-
-
-def _run(env: str | None, direction: str, flags: dict[str, Any]) -> None:
-    """Shared body of migrate and downgrade: flags to RunOptions, then the pipeline."""
+def _run(
+    env: str | None,
+    direction: str,
+    revision: str,
+    backup: bool | None,
+    skip_health_checks: bool,
+    skip_validation: bool,
+    yes: bool,
+    dry_run: bool,
+) -> None:
+    """Shared body of migrate, downgrade and ci: the options, then the pipeline."""
     from tasks.pipeline import RunOptions, migrate
 
-    backup = _backup_flag(
-        flags.pop("backup"), flags.pop("no_backup"), flags.pop("no_backup_if_allowed", False)
-    )
     options = RunOptions(
-        direction=direction,  # type: ignore[arg-type]
+        revision=revision,
+        direction="downgrade" if direction == "downgrade" else "upgrade",
         backup=backup,
+        skip_health_checks=skip_health_checks,
+        skip_validation=skip_validation,
+        yes=yes,
+        dry_run=dry_run,
         interactive=_interactive(),
-        **flags,
     )
     migrate(_environment(env), options)
 
 
 @task(aliases=["upgrade"], help=RUN_HELP)
-@edge
+@exits_with_documented_codes
 def migrate(
     c: Any,
     env: str | None = None,
@@ -218,12 +231,13 @@ def migrate(
     yes: bool = False,
     dry_run: bool = False,
 ) -> None:
-    """Health, backup, confirm, upgrade, validate, report (alias: upgrade)."""
-    _run(env, "upgrade", _flags(locals()))
+    """Health, confirm, lock, backup, upgrade, validate, report (alias: upgrade)."""
+    chosen = _backup_flag(backup, no_backup, no_backup_if_allowed)
+    _run(env, "upgrade", revision, chosen, skip_health_checks, skip_validation, yes, dry_run)
 
 
 @task(help=RUN_HELP | {"revision": "revision to go down to (required): an id or 'base'"})
-@edge
+@exits_with_documented_codes
 def downgrade(
     c: Any,
     revision: str = "",
@@ -239,7 +253,8 @@ def downgrade(
     """The pipeline downward, to an explicit --revision."""
     if not revision:
         raise UsageError("downgrade needs an explicit target: --revision <id> or --revision base.")
-    _run(env, "downgrade", _flags(locals()))
+    chosen = _backup_flag(backup, no_backup, no_backup_if_allowed)
+    _run(env, "downgrade", revision, chosen, skip_health_checks, skip_validation, yes, dry_run)
 
 
 @task(
@@ -249,19 +264,19 @@ def downgrade(
         "yes": RUN_HELP["yes"],
     }
 )
-@edge
+@exits_with_documented_codes
 def rollback(c: Any, env: str | None = None, restore: bool = False, yes: bool = False) -> None:
     """Undo the last migrate: downgrade to its pre-revision, or restore its backup."""
-    from tasks.pipeline import rollback as undo
+    from tasks.operations import rollback as undo
 
     undo(_environment(env), restore, yes, _interactive())
 
 
 @task(help={"env": ENV_HELP})
-@edge
+@exits_with_documented_codes
 def backup(c: Any, env: str | None = None) -> None:
     """Take a verified backup (manifest with size and sha256) and prune old ones."""
-    from tasks.pipeline import backup as take
+    from tasks.operations import backup as take
 
     take(_environment(env))
 
@@ -276,12 +291,12 @@ def backup(c: Any, env: str | None = None) -> None:
         "terminal the environment's name must be typed)",
     },
 )
-@edge
+@exits_with_documented_codes
 def restore_task(
     c: Any, backup: str = "", env: str | None = None, yes: bool = False, foreign: bool = False
 ) -> None:
     """Verify one of the environment's own backups, then restore it (all or nothing)."""
-    from tasks.pipeline import restore as put_back
+    from tasks.operations import restore as put_back
 
     if not backup:
         raise UsageError("restore needs --backup PATH or --backup latest.")
@@ -329,7 +344,7 @@ def _health(env: str | None, revision: str, json_: bool, output: str) -> None:
         "output": OUTPUT_HELP,
     }
 )
-@edge
+@exits_with_documented_codes
 def health(
     c: Any, env: str | None = None, revision: str = "head", json_: bool = False, output: str = ""
 ) -> None:
@@ -345,7 +360,7 @@ def health(
         "health_output": "where to save the health results as JSON",
     }
 )
-@edge
+@exits_with_documented_codes
 def ci(
     c: Any,
     env: str | None = None,
@@ -357,18 +372,9 @@ def ci(
     from tasks.status import get_status
 
     _health(env, revision, True, health_output)
-    flags = {
-        "revision": revision,
-        "backup": not skip_backup,
-        "no_backup": False,
-        "no_backup_if_allowed": skip_backup,
-        "skip_health_checks": False,
-        "skip_validation": False,
-        "yes": True,
-        "dry_run": False,
-    }
+    backup = None if skip_backup else True  # skipped only where the environment allows
     try:
-        _run(env, "upgrade", flags)
+        _run(env, "upgrade", revision, backup, False, False, True, False)
     finally:
         _print(get_status(_environment(env)).render())
 
@@ -384,7 +390,7 @@ def ci(
         "output": OUTPUT_HELP,
     },
 )
-@edge
+@exits_with_documented_codes
 def report_task(
     c: Any,
     env: str | None = None,
@@ -421,7 +427,7 @@ def report_task(
         "json_": JSON_HELP,
     }
 )
-@edge
+@exits_with_documented_codes
 def lint(
     c: Any, env: str | None = None, range_: str = "", all_: bool = False, json_: bool = False
 ) -> None:
@@ -457,7 +463,7 @@ def lint(
         "json_": JSON_HELP,
     }
 )
-@edge
+@exits_with_documented_codes
 def check(c: Any, env: str | None = None, stairway: bool = False, json_: bool = False) -> None:
     """One head, models match the database, pending SQL linted; --stairway for downgrades."""
     from tasks.alembic_api import project_for

@@ -1,11 +1,12 @@
-"""Errors the user reads: each carries one sentence and the exit code for it."""
+"""Errors the user reads: each carries one sentence and the exit code for it.
+
+One rule for every task: the database cannot be reached, 3; it failed after
+connecting, 1; the request is refused (configuration, usage, policy), 2; blocked by a
+health check, the user or a missing terminal, 3; another run holds the lock, 4.
+A leaf module: the step modules import it, never the reverse.
+"""
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from tasks.upgrade import AppliedRevision
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -30,6 +31,19 @@ class ConfigError(ToolError):
     exit_code = EXIT_USAGE
 
 
+class RefusedError(ToolError):
+    """A request refused as it stands: policy, nothing to roll back, a target that is not
+    below the current revision."""
+
+    exit_code = EXIT_USAGE
+
+
+class UnreachableError(ToolError):
+    """The database cannot be reached: the same exit code as a failed health check."""
+
+    exit_code = EXIT_BLOCKED
+
+
 class UsageError(ToolError):
     """Flags that cannot be combined, or are refused by the environment's policy."""
 
@@ -48,20 +62,16 @@ class LockHeldError(ToolError):
     exit_code = EXIT_LOCKED
 
 
-class MigrationError(ToolError):
-    """A revision failed; the database is at the last revision that completed."""
-
-    def __init__(
-        self, message: str, revision: str | None = None, applied: tuple[AppliedRevision, ...] = ()
-    ) -> None:
-        super().__init__(message)
-        self.revision = revision
-        self.applied = applied
-
-
 class ValidationError(ToolError):
     """The database after migrating is not what the migration promised."""
 
 
 class BackupError(ToolError):
     """Taking, verifying or restoring a backup failed."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (the driver's own, when wrapped), or its type."""
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip()
+    return text.splitlines()[0] if text else type(cause).__name__

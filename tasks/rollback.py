@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import EXIT_FAILED, EXIT_OK, ConfigError, UsageError
+from tasks.errors import EXIT_FAILED, EXIT_OK, RefusedError
 from tasks.report import BASE
 
 # Operations whose reports are "runs" for rollback; backups and dry runs are not.
@@ -34,9 +34,9 @@ class RollbackPlan:
 def plan_rollback(
     environment: str, newest: tuple[Path, dict[str, Any]] | None, from_backup: bool = False
 ) -> RollbackPlan:
-    """The plan for undoing ``newest``, or a UsageError saying why rollback refuses."""
+    """The plan for undoing ``newest``, or a RefusedError saying why rollback refuses."""
     if newest is None:
-        raise ConfigError(
+        raise RefusedError(
             f"There is no migration report for {environment} to roll back from; "
             "rollback undoes the newest `invoke migrate` or `invoke downgrade`."
         )
@@ -45,24 +45,24 @@ def plan_rollback(
     pre, post = run.get("pre_revision"), run.get("post_revision")
     explicit = f"move it explicitly with `invoke downgrade --env {environment} --revision REV`"
     if operation in ("rollback", "restore"):
-        raise UsageError(
+        raise RefusedError(
             f"The newest run on {environment} was a {operation} ({path.name}); rollback undoes "
             f"only a migrate or downgrade and never reaches back to an older run: {explicit}."
         )
     if code not in (EXIT_OK, EXIT_FAILED):
         meaning = EXIT_MEANINGS.get(code, "an unknown outcome") if isinstance(code, int) else "?"
-        raise UsageError(
+        raise RefusedError(
             f"The newest run on {environment} ({path.name}) exited {code} ({meaning}) and "
             "changed nothing rollback may undo; rollback acts only on a run that exited 0 or 1."
         )
     if pre is None:
-        raise UsageError(
+        raise RefusedError(
             f"The newest run on {environment} ({path.name}) does not know the revision it "
             f"started from, and rollback never guesses one; {explicit} "
             "(`--revision base` to undo every revision)."
         )
     if post is None:
-        raise UsageError(
+        raise RefusedError(
             f"The newest run on {environment} ({path.name}) could not read the revision it "
             f"left the database at; check `invoke status --env {environment}`, then {explicit}."
         )
@@ -80,13 +80,13 @@ def plan_rollback(
         )
     if from_backup:
         if not plan.backup:
-            raise ConfigError(
+            raise RefusedError(
                 f"The newest run on {environment} ({path.name}) took no backup; "
                 "roll back without --restore to downgrade instead."
             )
         return plan
     if pre == BASE:
-        raise UsageError(
+        raise RefusedError(
             f"Undoing the newest run on {environment} ({path.name}) means going back to base, "
             "which drops every table; rollback never does that. If that is what you want, "
             f"type `invoke downgrade --env {environment} --revision base`."

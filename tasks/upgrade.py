@@ -12,7 +12,7 @@ from typing import Any, Literal
 from tasks.alembic_api import Project, Revision, current_revision, downgrade_path, upgrade_path
 from tasks.config import Environment
 from tasks.database import make_engine
-from tasks.errors import MigrationError
+from tasks.errors import ToolError
 from tasks.masking import redact
 
 Direction = Literal["upgrade", "downgrade"]
@@ -31,6 +31,17 @@ class AppliedRevision:
         data = asdict(self)
         data["duration"] = round(self.duration, 4)
         return data
+
+
+class MigrationError(ToolError):
+    """A revision failed; the database is at the last revision that completed."""
+
+    def __init__(
+        self, message: str, revision: str | None = None, applied: tuple[AppliedRevision, ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.revision = revision
+        self.applied = applied
 
 
 @dataclass(frozen=True)

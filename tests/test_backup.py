@@ -20,7 +20,8 @@ from tasks.alembic_api import DEFAULT_PROJECT
 from tasks.backup import list_backups, take_backup
 from tasks.config import Environment
 from tasks.errors import BackupError, ConfigError
-from tasks.pipeline import Console, restore
+from tasks.operations import restore
+from tasks.pipeline import Console
 from tasks.restore import find_backup
 from tasks.upgrade import run_migrations
 

@@ -17,7 +17,8 @@ from tasks.alembic_api import DEFAULT_PROJECT
 from tasks.backup import take_backup
 from tasks.config import Environment
 from tasks.errors import BackupError, ConfigError
-from tasks.pipeline import Console, RunOptions, migrate, restore
+from tasks.operations import restore
+from tasks.pipeline import Console, RunOptions, migrate
 
 QUIET = Console(say=lambda _text: None, ask=lambda _prompt: "no", warn=lambda _text: None)
 

@@ -23,17 +23,17 @@ from tasks.alembic_api import DEFAULT_PROJECT
 from tasks.config import Environment
 from tasks.errors import (
     BlockedError,
-    ConfigError,
     LockHeldError,
-    MigrationError,
+    RefusedError,
     UsageError,
     ValidationError,
 )
 from tasks.locking import migration_lock
-from tasks.pipeline import Console, RunOptions, migrate, rollback
+from tasks.operations import rollback
+from tasks.pipeline import Console, RunOptions, migrate
 from tasks.report import last_report
 from tasks.status import read_current
-from tasks.upgrade import run_migrations
+from tasks.upgrade import MigrationError, run_migrations
 
 QUIET = Console(say=lambda _text: None, ask=lambda _prompt: "no")
 UNATTENDED = RunOptions(yes=True)
@@ -276,25 +276,38 @@ def test_blocking_health_check_exits_3(pg_url: str, make_env: Callable[..., Envi
     assert blocked.value.exit_code == 3 and read_current(env) == "0003"
 
 
-def test_downgrade_and_rollback(pg_url: str, make_env: Callable[..., Environment]) -> None:
+def test_rollback_downgrades_to_the_newest_runs_pre_revision(
+    pg_url: str, make_env: Callable[..., Environment]
+) -> None:
     env = make_env(pg_url, policy={"auto_rollback": True})
     run_migrations(env, DEFAULT_PROJECT, "0003")
     migrate(env, UNATTENDED, DEFAULT_PROJECT, QUIET)
     assert read_current(env) == "0007"
     record = rollback(env, from_backup=False, yes=True, interactive=False, console=QUIET)
-    assert record.operation == "rollback" and read_current(env) == "0003"
-    assert "products" not in tables(env.url)
-    migrate(
-        env, RunOptions(yes=True, revision="0001", direction="downgrade"), DEFAULT_PROJECT, QUIET
-    )
-    assert read_current(env) == "0001"
-    with pytest.raises(ConfigError, match="downgrade goes down only"):
-        migrate(
-            env,
-            RunOptions(yes=True, revision="0005", direction="downgrade"),
-            DEFAULT_PROJECT,
-            QUIET,
-        )
+    assert record is not None and record.operation == "rollback"
+    assert read_current(env) == "0003" and "products" not in tables(env.url)
+
+
+def test_downgrade_goes_to_an_explicit_revision(
+    pg_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url)
+    run_migrations(env, DEFAULT_PROJECT, "head")
+    down = RunOptions(yes=True, revision="0001", direction="downgrade")
+    record = migrate(env, down, DEFAULT_PROJECT, QUIET)
+    assert read_current(env) == "0001" and record.pre_revision == "0007"
+    assert tables(env.url) == {"alembic_version", "users"}
+
+
+def test_downgrade_refuses_a_target_above_the_current_revision(
+    pg_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url)
+    run_migrations(env, DEFAULT_PROJECT, "0001")
+    up = RunOptions(yes=True, revision="0005", direction="downgrade")
+    with pytest.raises(RefusedError, match="downgrade goes down only") as refused:
+        migrate(env, up, DEFAULT_PROJECT, QUIET)
+    assert refused.value.exit_code == 2 and read_current(env) == "0001"
 
 
 def test_rollback_restores_the_last_runs_backup(
@@ -313,7 +326,7 @@ def test_automatic_rollback_is_refused_where_policy_forbids(
 ) -> None:
     env = make_env(sqlite_url, name="production", policy={"auto_rollback": False})
     migrate(env, UNATTENDED, DEFAULT_PROJECT, QUIET)
-    with pytest.raises(UsageError, match="Automatic rollback is off for production"):
+    with pytest.raises(RefusedError, match="Automatic rollback is off for production"):
         rollback(env, from_backup=False, yes=True, interactive=False, console=QUIET)
     assert read_current(env) == "0007"
 

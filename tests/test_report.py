@@ -16,9 +16,11 @@ from pgcluster import PASSWORD
 
 from tasks.alembic_api import DEFAULT_PROJECT
 from tasks.config import Environment, load_environment
-from tasks.errors import BlockedError, MigrationError
-from tasks.pipeline import Console, RunOptions, backup, migrate, restore, rollback
+from tasks.errors import BlockedError
+from tasks.operations import backup, restore, rollback
+from tasks.pipeline import Console, RunOptions, migrate
 from tasks.report import find_report, list_reports, show
+from tasks.upgrade import MigrationError
 
 QUIET = Console(say=lambda _text: None, ask=lambda _prompt: "no")
 SCHEMA = json.loads(

@@ -22,7 +22,8 @@ from test_backup import seed, table_fingerprints
 from tasks.backup import take_backup
 from tasks.config import Environment
 from tasks.errors import BackupError, BlockedError, ConfigError
-from tasks.pipeline import Console, RunOptions, migrate, restore
+from tasks.operations import restore
+from tasks.pipeline import Console, RunOptions, migrate
 from tasks.sqlscript import ScriptError, split_script
 from tasks.status import read_current
 

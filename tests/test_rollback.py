@@ -22,13 +22,14 @@ from test_pipeline import hold_table_lock
 
 from tasks.alembic_api import DEFAULT_PROJECT
 from tasks.config import Environment
-from tasks.errors import BlockedError, ConfigError, LockHeldError, MigrationError, UsageError
+from tasks.errors import BlockedError, ConfigError, LockHeldError, RefusedError
 from tasks.locking import migration_lock
-from tasks.pipeline import Console, RunOptions, backup, migrate, rollback
+from tasks.operations import backup, rollback
+from tasks.pipeline import Console, RunOptions, migrate
 from tasks.report import last_report
 from tasks.rollback import plan_rollback
 from tasks.status import read_current
-from tasks.upgrade import run_migrations
+from tasks.upgrade import MigrationError, run_migrations
 
 QUIET = Console(say=lambda _text: None, ask=lambda _prompt: "no", warn=lambda _text: None)
 UNATTENDED = RunOptions(yes=True)
@@ -47,7 +48,7 @@ def test_rollback_after_a_run_that_never_read_the_revision_drops_nothing(
     with pytest.raises(ConfigError):  # exit 2 before the revision was read
         migrate(env, RunOptions(yes=True, revision="nosuch"), DEFAULT_PROJECT, QUIET)
     assert last_report(env)[1]["pre_revision"] is None
-    with pytest.raises(UsageError, match="exited 2"):
+    with pytest.raises(RefusedError, match="exited 2"):
         undo(env)
     release = hold_table_lock(env.url, "users", 30)  # exit 3: blocked by health
     try:
@@ -55,7 +56,7 @@ def test_rollback_after_a_run_that_never_read_the_revision_drops_nothing(
             migrate(env, UNATTENDED, DEFAULT_PROJECT, QUIET)
     finally:
         release.set()
-    with pytest.raises(UsageError, match="exited 3"):
+    with pytest.raises(RefusedError, match="exited 3"):
         undo(env)
     assert read_current(env) == "0007" and tables(env.url) == EXAMPLE_TABLES
 
@@ -63,7 +64,7 @@ def test_rollback_after_a_run_that_never_read_the_revision_drops_nothing(
 def test_rollback_never_uses_a_report_that_does_not_know_its_start(tmp_path: Path) -> None:
     old = {"schema_version": 1, "operation": "upgrade", "exit_code": 1}
     newest = (tmp_path / "staging-upgrade.json", old | {"pre_revision": None, "applied": []})
-    with pytest.raises(UsageError, match="does not know the revision it started from"):
+    with pytest.raises(RefusedError, match="does not know the revision it started from"):
         plan_rollback("staging", (newest[0], newest[1] | {"post_revision": "0003"}))
 
 
@@ -76,7 +77,7 @@ def test_rollback_from_a_run_that_lost_the_lock_leaves_the_other_runs_work(
     with migration_lock(env, wait=1), pytest.raises(LockHeldError):
         migrate(env, UNATTENDED, DEFAULT_PROJECT, QUIET)  # runner B exits 4
     assert last_report(env)[1]["exit_code"] == 4
-    with pytest.raises(UsageError, match="exited 4"):
+    with pytest.raises(RefusedError, match="exited 4"):
         undo(env)
     assert read_current(env) == "0007" and "products" in tables(env.url)
 
@@ -112,7 +113,7 @@ def test_rollback_never_goes_down_to_base(
     env = make_env(pg_url, policy={"auto_rollback": True})
     record = migrate(env, UNATTENDED, DEFAULT_PROJECT, QUIET)
     assert record.pre_revision == "base"
-    with pytest.raises(UsageError, match="invoke downgrade --env staging --revision base"):
+    with pytest.raises(RefusedError, match="invoke downgrade --env staging --revision base"):
         undo(env)
     assert tables(env.url) == EXAMPLE_TABLES
 
@@ -126,7 +127,7 @@ def test_rollback_undoes_the_newest_run_only(
     migrate(env, UNATTENDED, DEFAULT_PROJECT, QUIET)
     undo(env)
     assert read_current(env) == "0004"
-    with pytest.raises(UsageError, match="was a rollback"):
+    with pytest.raises(RefusedError, match="was a rollback"):
         undo(env)
     assert read_current(env) == "0004"
 
