@@ -456,7 +456,7 @@ def take_backup(
     """Back up, verify, checksum, write the manifest, prune; returns what was made."""
     from sqlalchemy import text
 
-    from tasks.database import make_engine
+    from tasks.database import connect
 
     progress = progress or Progress()
     folder = env.backup_dir
@@ -476,18 +476,14 @@ def take_backup(
                 tables = backup_sqlite(env, target, progress)
             verify_started = time.perf_counter()
         else:
-            engine = make_engine(env, role="backup")
-            try:
-                with engine.connect() as connection:
-                    total = connection.execute(
-                        text(
-                            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = "
-                            "c.relnamespace WHERE c.relkind IN ('r','p') AND n.nspname NOT IN "
-                            "('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'"
-                        )
-                    ).scalar_one()
-            finally:
-                engine.dispose()
+            with connect(env, role="backup") as connection:
+                total = connection.execute(
+                    text(
+                        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = "
+                        "c.relnamespace WHERE c.relkind IN ('r','p') AND n.nspname NOT IN "
+                        "('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'"
+                    )
+                ).scalar_one()
             stored = dump_postgres(env, target, total, progress)
             verify_started = time.perf_counter()
             tables = stored.tables if stored else verify_postgres(env, target)

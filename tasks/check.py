@@ -13,7 +13,7 @@ from typing import Any
 
 from tasks.alembic_api import Project, current_revision, history
 from tasks.config import Environment
-from tasks.database import make_engine
+from tasks.database import connect
 from tasks.health import check_single_head
 from tasks.lint import lint_pending
 from tasks.results import StepResult, timed
@@ -23,26 +23,22 @@ from tasks.validate import schema_drift
 
 def check_drift(env: Environment, project: Project) -> StepResult:
     """Models against the database; only meaningful when the database is at the head."""
-    engine = make_engine(env, role="check")
-    try:
-        with timed() as clock, engine.connect() as connection:
-            current = current_revision(connection)
-            head = project.scripts().get_current_head()
-            metadata = project.metadata()
-            if metadata is None:
-                return StepResult("drift", True, "no models to compare", severity="info")
-            if current != head:
-                return StepResult(
-                    "drift",
-                    True,
-                    f"database at {current or 'base'}, not the head {head}: "
-                    "compared after the pending revisions run",
-                    severity="info",
-                    duration=clock.seconds,
-                )
-            drift = schema_drift(connection, metadata)
-    finally:
-        engine.dispose()
+    with timed() as clock, connect(env, role="check") as connection:
+        current = current_revision(connection)
+        head = project.scripts().get_current_head()
+        metadata = project.metadata()
+        if metadata is None:
+            return StepResult("drift", True, "no models to compare", severity="info")
+        if current != head:
+            return StepResult(
+                "drift",
+                True,
+                f"database at {current or 'base'}, not the head {head}: "
+                "compared after the pending revisions run",
+                severity="info",
+                duration=clock.seconds,
+            )
+        drift = schema_drift(connection, metadata)
     message = (
         "models match the database"
         if not drift
@@ -96,16 +92,14 @@ def scratch_database(env: Environment, folder: Path) -> Iterator[Environment]:
             target.unlink(missing_ok=True)
         return
     name = f"stairway_{uuid.uuid4().hex[:12]}"
-    admin = make_engine(env, role="check", autocommit=True)
-    with admin.connect() as connection:
+    with connect(env, role="check", autocommit=True) as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     try:
         url = make_url(env.url).set(database=name).render_as_string(hide_password=False)
         yield replace(env, url=url)
     finally:
-        with admin.connect() as connection:
+        with connect(env, role="check", autocommit=True) as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def stairway(env: Environment, project: Project) -> StepResult:
@@ -114,30 +108,26 @@ def stairway(env: Environment, project: Project) -> StepResult:
 
     revisions = history(project.scripts())
     with timed() as clock, scratch_database(env, env.resolve("var/scratch")) as scratch:
-        engine = make_engine(scratch, role="stairway")
-        try:
-            for revision in revisions:
-                with engine.connect() as connection:
-                    before = _snapshot(connection)
-                run_migrations(scratch, project, revision.revision)
-                run_migrations(scratch, project, revision.down_revision, "downgrade")
-                with engine.connect() as connection:
-                    after = _snapshot(connection)
-                if after != before:
-                    left = sorted(set(after) - set(before)) or sorted(
-                        t for t in after if after[t] != before.get(t)
-                    )
-                    return StepResult(
-                        "stairway",
-                        False,
-                        f"revision {revision.revision} ({revision.path}): its downgrade does "
-                        f"not undo its upgrade; left behind or changed: {', '.join(left)}",
-                        duration=clock.seconds,
-                        details={"revision": revision.revision, "tables": left},
-                    )
-                run_migrations(scratch, project, revision.revision)
-        finally:
-            engine.dispose()
+        for revision in revisions:
+            with connect(scratch, role="stairway") as connection:
+                before = _snapshot(connection)
+            run_migrations(scratch, project, revision.revision)
+            run_migrations(scratch, project, revision.down_revision, "downgrade")
+            with connect(scratch, role="stairway") as connection:
+                after = _snapshot(connection)
+            if after != before:
+                left = sorted(set(after) - set(before)) or sorted(
+                    t for t in after if after[t] != before.get(t)
+                )
+                return StepResult(
+                    "stairway",
+                    False,
+                    f"revision {revision.revision} ({revision.path}): its downgrade does "
+                    f"not undo its upgrade; left behind or changed: {', '.join(left)}",
+                    duration=clock.seconds,
+                    details={"revision": revision.revision, "tables": left},
+                )
+            run_migrations(scratch, project, revision.revision)
     return StepResult(
         "stairway",
         True,

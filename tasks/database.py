@@ -5,10 +5,14 @@ from __future__ import annotations
 import math
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
+from tasks.errors import UnreachableError, first_line
+
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine
 
     from tasks.config import Environment
 
@@ -46,6 +50,36 @@ def make_engine(
 
 
 _ENGINES: dict[tuple[Any, ...], Engine] = {}
+
+
+@contextmanager
+def connect(
+    env: Environment,
+    role: str = "run",
+    lock_timeout: float | None = None,
+    statement_timeout: float | None = None,
+    autocommit: bool = False,
+) -> Iterator[Connection]:
+    """A connection with the environment's timeouts, closed after.
+
+    The one rule for every task: a database that cannot be reached is UnreachableError
+    (exit 3); an error after connecting propagates as the driver's (exit 1).
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    engine = make_engine(env, role, lock_timeout, statement_timeout, autocommit)
+    try:
+        connection = engine.connect()
+    except DBAPIError as exc:
+        raise UnreachableError(
+            f"Cannot reach the {env.name} database at {env.masked_url}: {first_line(exc)}; "
+            "check the URL and that the server is running."
+        ) from None
+    try:
+        yield connection
+    finally:
+        with suppress(DBAPIError):  # a lost connection: closing it must not hide the error
+            connection.close()
 
 
 def _build_engine(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tasks.alembic_api import DEFAULT_PROJECT, Project
 from tasks.config import Environment
-from tasks.database import make_engine
+from tasks.database import connect
 
 
 def new_revision(
@@ -16,13 +16,9 @@ def new_revision(
     if not autogenerate or env is None:
         script = command.revision(project.config(), message=message)
     else:
-        engine = make_engine(env, role="generate")
-        try:
-            with engine.connect() as connection:
-                script = command.revision(
-                    project.config(connection=connection), message=message, autogenerate=True
-                )
-        finally:
-            engine.dispose()
+        with connect(env, role="generate") as connection:
+            script = command.revision(
+                project.config(connection=connection), message=message, autogenerate=True
+            )
     scripts = script if isinstance(script, list) else [script]
     return "\n".join(f"created {s.path}" for s in scripts if s is not None)

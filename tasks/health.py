@@ -14,7 +14,7 @@ from typing import Any
 
 from tasks.alembic_api import Project, current_revision, heads, resolve_revision
 from tasks.config import Environment
-from tasks.database import make_engine, sqlite_path
+from tasks.database import connect, make_engine, sqlite_path
 from tasks.errors import ConfigError
 from tasks.results import StepResult, timed
 
@@ -302,16 +302,12 @@ def run_health(env: Environment, project: Project, target: str = "head") -> list
     db_size: int | None = None
     current: str | None = None
     if results[0].ok:
-        engine = make_engine(env, role="health")
-        try:
-            with engine.connect() as connection:
-                db_size = database_size(env, connection)
-                results.append(check_version_table(connection, project))
-                current = results[-1].details["current"]
-                if not env.is_sqlite and env.settings.health.check_blocking_sessions:
-                    results += check_blocking_sessions(env, connection)
-        finally:
-            engine.dispose()
+        with connect(env, role="health") as connection:
+            db_size = database_size(env, connection)
+            results.append(check_version_table(connection, project))
+            current = results[-1].details["current"]
+            if not env.is_sqlite and env.settings.health.check_blocking_sessions:
+                results += check_blocking_sessions(env, connection)
     results.append(check_disk(env, db_size))
     results.append(check_report_folder(env))
     results.append(check_single_head(project))

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tasks.config import Environment
-from tasks.database import make_engine, sqlite_path
+from tasks.database import connect, sqlite_path
 from tasks.errors import LockHeldError
 
 LOCK_NAMESPACE = "alembic-invoke/migration-lock/v1"
@@ -49,9 +49,7 @@ def _advisory_lock(env: Environment, wait: float) -> Iterator[None]:
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    engine = make_engine(env, role="lock", autocommit=True)
-    connection = engine.connect()
-    try:
+    with connect(env, role="lock", autocommit=True) as connection:
         database = connection.execute(text("SELECT current_database()")).scalar_one()
         key = advisory_key(database)
         deadline = time.monotonic() + wait
@@ -70,10 +68,6 @@ def _advisory_lock(env: Environment, wait: float) -> Iterator[None]:
             # replace the one the run is raising.
             with contextlib.suppress(DBAPIError):
                 connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-    finally:
-        with contextlib.suppress(DBAPIError):
-            connection.close()
-        engine.dispose()
 
 
 def _advisory_holder(connection: object, key: int) -> str:

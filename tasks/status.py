@@ -15,8 +15,8 @@ from tasks.alembic_api import (
     upgrade_path,
 )
 from tasks.config import Environment
-from tasks.database import make_engine
-from tasks.errors import ConfigError
+from tasks.database import connect
+from tasks.errors import UnreachableError
 
 
 @dataclass(frozen=True)
@@ -54,41 +54,25 @@ class Status:
 
 
 def read_current(env: Environment) -> str | None:
-    """The database's current revision, with a clear error when it cannot be reached."""
-    from sqlalchemy.exc import DBAPIError
-
-    engine = make_engine(env, role="status")
-    try:
-        with engine.connect() as connection:
-            return current_revision(connection)
-    except DBAPIError as exc:
-        raise ConfigError(
-            f"Cannot reach the {env.name} database at {env.masked_url}: "
-            f"{_first_line(exc)}; check the URL and that the server is running."
-        ) from None
-    finally:
-        engine.dispose()
+    """The database's current revision (None: base); UnreachableError when it cannot be reached."""
+    with connect(env, role="status") as connection:
+        return current_revision(connection)
 
 
 def reread_current(env: Environment, attempts: int = 4, pause: float = 1.0) -> str | None:
     """``read_current`` on a fresh connection each try: a server that just restarted
-    refuses connections for a moment. Raises the last ConfigError when all tries fail.
+    refuses connections for a moment. Raises the last UnreachableError when all tries fail.
     """
     import time
 
     for attempt in range(attempts):
         try:
             return read_current(env)
-        except ConfigError:
+        except UnreachableError:
             if attempt == attempts - 1:
                 raise
             time.sleep(pause)
     raise AssertionError("unreachable")
-
-
-def _first_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
 
 
 def get_status(env: Environment, project: Project | None = None) -> Status:

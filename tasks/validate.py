@@ -8,7 +8,8 @@ from typing import Any
 
 from tasks.alembic_api import Project, current_revision
 from tasks.config import Environment
-from tasks.database import make_engine
+from tasks.database import connect
+from tasks.errors import UnreachableError, first_line
 from tasks.results import StepResult, timed
 
 
@@ -60,12 +61,11 @@ def validate(
     from sqlalchemy.exc import DBAPIError
 
     results: list[StepResult] = []
-    engine = make_engine(env, role="validate")
     try:
-        with timed() as clock, engine.connect() as connection:
+        with timed() as clock, connect(env, role="validate") as connection:
             connection.execute(text("SELECT 1"))
         results.append(StepResult("answers", True, "the database answers", duration=clock.seconds))
-        with engine.connect() as connection:
+        with connect(env, role="validate") as connection:
             with timed() as clock:
                 current = current_revision(connection)
             ok = current == target
@@ -109,8 +109,8 @@ def validate(
                         details={"invalid": invalid},
                     )
                 )
-    except DBAPIError as exc:
-        results.append(StepResult("answers", False, f"the database does not answer: {exc.orig}"))
-    finally:
-        engine.dispose()
+    except (DBAPIError, UnreachableError) as exc:
+        results.append(
+            StepResult("answers", False, f"the database does not answer: {first_line(exc)}")
+        )
     return results

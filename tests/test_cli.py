@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import ScratchProject, run_invoke, write_environment
+from conftest import ROOT, ScratchProject, run_invoke, write_environment
 
 
 def cli_env(tmp_path: Path, url: str, name: str = "staging", **sections: object) -> dict[str, str]:
@@ -13,22 +13,54 @@ def cli_env(tmp_path: Path, url: str, name: str = "staging", **sections: object)
     return {"MIGRATE_ENVIRONMENTS_DIR": str(tmp_path / "environments"), "DATABASE_URL": url}
 
 
-def test_list_shows_every_task() -> None:
+def test_list_shows_every_task_and_alias() -> None:
+    from tasks.commands import ns
+
     result = run_invoke("--list")
     assert result.returncode == 0
-    for name in (
-        "status",
-        "heads",
-        "generate",
-        "migrate",
-        "upgrade",
-        "downgrade",
-        "rollback",
-        "backup",
-        "restore",
-        "health",
-    ):
-        assert name in result.stdout
+    listed = set()
+    for line in result.stdout.splitlines()[1:]:
+        words = line.split()
+        if words and line.startswith("  ") and not line.startswith("   "):  # not a wrapped help
+            listed.add(words[0])
+            if len(words) > 1 and words[1].startswith("("):  # "migrate (upgrade)"
+                listed.update(w.strip("(),") for w in words[1:] if w.startswith("(") or "," in w)
+    expected = set(ns.tasks) | {alias for t in ns.tasks.values() for alias in t.aliases}
+    assert expected <= listed, expected - listed
+
+
+# What every task that needs the database is given in the test below; the others
+# refuse or finish before connecting, each for the reason named.
+NEEDS_DATABASE = {
+    "status": [],
+    "health": [],
+    "migrate": ["--yes"],
+    "downgrade": ["--revision", "base", "--yes"],
+    "backup": [],
+    "check": [],
+    "ci": [],
+    "lint": [],
+    "generate": ["-m", "probe", "--autogenerate"],
+}
+NO_DATABASE = {
+    "heads": "reads the scripts only",
+    "report": "reads report files only",
+    "rollback": "refused (2) before connecting when there is no run to undo",
+    "restore": "refused (2) before connecting when there is no backup",
+}
+
+
+def test_unreachable_database_exits_3_from_every_task_that_needs_it(tmp_path: Path) -> None:
+    from tasks.commands import ns
+
+    assert set(ns.tasks) == set(NEEDS_DATABASE) | set(NO_DATABASE)  # a new task is classified
+    env = cli_env(tmp_path, "postgresql://u:pw@127.0.0.1:1/db", policy={"confirm": "never"})
+    for name, args in NEEDS_DATABASE.items():
+        result = run_invoke(name, "--env", "staging", *args, env=env)
+        assert result.returncode == 3, (name, result.stderr)
+        assert "refused" in result.stderr.lower() or "connection" in result.stderr, name
+        assert "Traceback" not in result.stderr, name
+    assert not list((ROOT / "migrations" / "versions").glob("*probe*"))
 
 
 def test_migrate_then_status_on_sqlite(tmp_path: Path, sqlite_url: str) -> None:

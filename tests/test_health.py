@@ -185,15 +185,16 @@ def test_revision_unknown_to_the_scripts_blocks(
 def test_silent_host_fails_any_connection_at_the_connect_timeout(
     silent_server: int, make_env: Callable[..., Environment]
 ) -> None:
-    from tasks.errors import ConfigError
+    from tasks.errors import UnreachableError
     from tasks.status import read_current
 
     env = make_env(
         f"postgresql://u:pw@127.0.0.1:{silent_server}/db", database={"connect_timeout": 2}
     )
     started = time.monotonic()
-    with pytest.raises(ConfigError, match="Cannot reach the staging database"):
+    with pytest.raises(UnreachableError, match="Cannot reach the staging database") as failed:
         read_current(env)
+    assert failed.value.exit_code == 3
     assert 1.9 <= time.monotonic() - started < 4
 
 
