@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_invoke, write_environment
+from helpers import QUIET, run_invoke, write_environment
 from pgcluster import PASSWORD
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
@@ -21,11 +21,8 @@ from tasks.backup import list_backups, take_backup
 from tasks.config import Environment
 from tasks.errors import BackupError, ConfigError
 from tasks.operations import restore
-from tasks.pipeline import Console
 from tasks.restore import find_backup
 from tasks.upgrade import run_migrations
-
-QUIET = Console(say=lambda _text: None, ask=lambda _prompt: "no")
 
 
 def seed(env: Environment, rows: int = 50) -> None:

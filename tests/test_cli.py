@@ -5,12 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import ROOT, ScratchProject, run_invoke, write_environment
-
-
-def cli_env(tmp_path: Path, url: str, name: str = "staging", **sections: object) -> dict[str, str]:
-    write_environment(tmp_path / "environments", name, tmp_path / "var", **sections)
-    return {"MIGRATE_ENVIRONMENTS_DIR": str(tmp_path / "environments"), "DATABASE_URL": url}
+from helpers import ROOT, ScratchProject, cli_env, run_invoke
 
 
 def test_list_shows_every_task_and_alias() -> None:

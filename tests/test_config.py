@@ -109,7 +109,7 @@ def write_file(folder: Path, name: str, content: bytes) -> Path:
 def test_unencoded_password_in_database_url_is_refused_without_showing_it(
     tmp_path: Path, password: str
 ) -> None:
-    from conftest import run_invoke, write_environment
+    from helpers import run_invoke, write_environment
 
     write_environment(tmp_path / "environments", "staging", tmp_path / "var")
     url = f"postgresql://app:{password}@db.internal:5432/app"

@@ -9,18 +9,16 @@ from pathlib import Path
 
 import pyrage
 import pytest
+from helpers import QUIET, seed, table_fingerprints
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
-from test_backup import seed, table_fingerprints
 
 from tasks.alembic_api import DEFAULT_PROJECT
 from tasks.backup import take_backup
 from tasks.config import Environment
 from tasks.errors import BackupError, ConfigError
 from tasks.operations import restore
-from tasks.pipeline import Console, RunOptions, migrate
-
-QUIET = Console(say=lambda _text: None, ask=lambda _prompt: "no", warn=lambda _text: None)
+from tasks.pipeline import RunOptions, migrate
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import sqlalchemy as sa
-from conftest import ScratchProject
+from helpers import ScratchProject
 
 from tasks.config import Environment
 from tasks.generate import new_revision

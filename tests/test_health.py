@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ScratchProject, run_invoke, write_environment
+from helpers import ScratchProject, run_invoke, write_environment
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 

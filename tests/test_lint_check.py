@@ -7,18 +7,17 @@ from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
-from conftest import ScratchProject, run_invoke
+from helpers import QUIET, ScratchProject, run_invoke
 
 from tasks.alembic_api import DEFAULT_PROJECT, history, upgrade_path
 from tasks.check import check_drift, run_check, stairway
 from tasks.config import Environment
 from tasks.errors import BlockedError
 from tasks.lint import lint_revisions
-from tasks.pipeline import Console, RunOptions, migrate
+from tasks.pipeline import RunOptions, migrate
 from tasks.status import read_current
 from tasks.upgrade import run_migrations
 
-QUIET = Console(say=lambda _text: None, ask=lambda _prompt: "no")
 BASE_TABLE = 'op.create_table("orders", sa.Column("id", sa.BigInteger, primary_key=True))'
 RISKY = {
     "adding-required-field": 'op.add_column("orders", sa.Column("code", sa.Text, nullable=False))',

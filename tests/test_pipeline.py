@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import ROOT, ScratchProject, run_invoke, write_environment
-from conftest import table_names as tables
+from helpers import QUIET, ROOT, UNATTENDED, ScratchProject, run_invoke, write_environment
+from helpers import table_names as tables
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
@@ -34,9 +34,6 @@ from tasks.pipeline import Console, RunOptions, migrate
 from tasks.report import last_report
 from tasks.status import read_current
 from tasks.upgrade import MigrationError, run_migrations
-
-QUIET = Console(say=lambda _text: None, ask=lambda _prompt: "no")
-UNATTENDED = RunOptions(yes=True)
 
 
 def test_failed_migration_leaves_last_good_revision(

@@ -11,18 +11,17 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import ScratchProject, write_environment
+from helpers import QUIET, ScratchProject, write_environment
 from pgcluster import PASSWORD
 
 from tasks.alembic_api import DEFAULT_PROJECT
 from tasks.config import Environment, load_environment
 from tasks.errors import BlockedError
 from tasks.operations import backup, restore, rollback
-from tasks.pipeline import Console, RunOptions, migrate
+from tasks.pipeline import RunOptions, migrate
 from tasks.report import find_report, list_reports, show
 from tasks.upgrade import MigrationError
 
-QUIET = Console(say=lambda _text: None, ask=lambda _prompt: "no")
 SCHEMA = json.loads(
     (Path(__file__).parent.parent / "tasks" / "schemas" / "report-v2.schema.json").read_text()
 )

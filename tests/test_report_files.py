@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_invoke, write_environment
+from helpers import QUIET, cli_env, run_invoke
 
 from tasks.alembic_api import DEFAULT_PROJECT
 from tasks.backup import take_backup
@@ -19,8 +19,6 @@ from tasks.config import Environment
 from tasks.errors import BlockedError
 from tasks.pipeline import Console, RunOptions, migrate
 from tasks.status import read_current
-
-QUIET = Console(say=lambda _text: None, ask=lambda _prompt: "no", warn=lambda _text: None)
 
 
 @pytest.fixture
@@ -45,11 +43,6 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
         pass
     yield mount
     subprocess.run(["umount", str(mount)], check=False)
-
-
-def cli_env(tmp_path: Path, url: str, **sections: object) -> dict[str, str]:
-    write_environment(tmp_path / "environments", "staging", tmp_path / "var", **sections)
-    return {"MIGRATE_ENVIRONMENTS_DIR": str(tmp_path / "environments"), "DATABASE_URL": url}
 
 
 def test_full_report_folder_blocks_in_health_before_any_change(

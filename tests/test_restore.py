@@ -13,11 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import ScratchProject
+from helpers import QUIET, ScratchProject, seed, table_fingerprints
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
-from test_backup import seed, table_fingerprints
 
 from tasks.backup import take_backup
 from tasks.config import Environment
@@ -27,7 +26,6 @@ from tasks.pipeline import Console, RunOptions, migrate
 from tasks.sqlscript import ScriptError, split_script
 from tasks.status import read_current
 
-QUIET = Console(say=lambda _text: None, ask=lambda _prompt: "no", warn=lambda _text: None)
 FILLER = "A" * 240
 
 

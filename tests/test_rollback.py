@@ -13,12 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, ScratchProject, write_environment
-from conftest import table_names as tables
+from helpers import QUIET, ROOT, UNATTENDED, ScratchProject, hold_table_lock, write_environment
+from helpers import table_names as tables
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
-from test_pipeline import hold_table_lock
 
 from tasks.alembic_api import DEFAULT_PROJECT
 from tasks.config import Environment
@@ -31,8 +30,6 @@ from tasks.rollback import plan_rollback
 from tasks.status import read_current
 from tasks.upgrade import MigrationError, run_migrations
 
-QUIET = Console(say=lambda _text: None, ask=lambda _prompt: "no", warn=lambda _text: None)
-UNATTENDED = RunOptions(yes=True)
 EXAMPLE_TABLES = {"alembic_version", "users", "orders", "products", "order_items"}
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import table_names
 from ghactions import condition, os_path_with, play_job
+from helpers import table_names
 from pgcluster import PASSWORD
 from sqlalchemy.engine import make_url
 
