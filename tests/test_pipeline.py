@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from helpers import QUIET, ROOT, UNATTENDED, ScratchProject, run_invoke, write_environment
+from helpers import QUIET, ROOT, UNATTENDED, ScratchProject, cli_env, run_invoke, write_environment
 from helpers import table_names as tables
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
@@ -328,39 +328,64 @@ def test_automatic_rollback_is_refused_where_policy_forbids(
     assert read_current(env) == "0007"
 
 
-def test_concurrent_index_revision_runs_under_the_lock(
-    pg_url: str, make_env: Callable[..., Environment]
+def test_concurrent_index_build_runs_while_the_migration_lock_is_held(
+    pg_url: str, scratch: ScratchProject, make_env: Callable[..., Environment]
 ) -> None:
+    """CREATE INDEX CONCURRENTLY (outside any transaction) must not wait on the lock."""
     env = make_env(pg_url)
-    record = migrate(env, UNATTENDED, DEFAULT_PROJECT, QUIET)
-    assert "0003" in [a["revision"] for a in record.applied]
+    scratch.add(
+        """
+        op.create_table(
+            "a", sa.Column("id", sa.Integer, primary_key=True), sa.Column("n", sa.Integer)
+        )
+        """
+    )
+    scratch.add(
+        """
+        with op.get_context().autocommit_block():
+            op.execute("CREATE INDEX CONCURRENTLY ix_a_n ON a (n)")
+        op.execute(
+            "CREATE TABLE lock_seen AS SELECT count(*) AS held FROM pg_locks l "
+            "JOIN pg_stat_activity s ON s.pid = l.pid WHERE l.locktype = 'advisory' "
+            "AND l.granted AND s.application_name LIKE 'alembic-invoke:lock:%'"
+        )
+        """
+    )
+    record = migrate(env, UNATTENDED, scratch.project(), QUIET)
+    assert [a["revision"] for a in record.applied] == ["r001", "r002"]
     engine = create_engine(env.url, poolclass=NullPool)
     with engine.connect() as connection:
-        assert (
-            connection.execute(
-                text(
-                    "SELECT indisvalid FROM pg_index "
-                    "WHERE indexrelid = 'ix_orders_user_id'::regclass"
-                )
-            ).scalar()
-            is True
-        )
+        held = connection.execute(text("SELECT held FROM lock_seen")).scalar()
+        valid = connection.execute(
+            text("SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_a_n'::regclass")
+        ).scalar()
     engine.dispose()
+    assert held == 1 and valid is True
 
 
-def test_cli_exit_codes(sqlite_url: str, tmp_path: Path) -> None:
-    write_environment(
-        tmp_path / "environments", "staging", tmp_path / "var", backup={"required": True}
-    )
-    env = {"MIGRATE_ENVIRONMENTS_DIR": str(tmp_path / "environments"), "DATABASE_URL": sqlite_url}
+def test_no_backup_is_refused_with_exit_2_where_the_environment_requires_one(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    env = cli_env(tmp_path, sqlite_url, backup={"required": True})
     refused = run_invoke("migrate", "--env", "staging", "--yes", "--no-backup", env=env)
     assert refused.returncode == 2 and "requires a backup" in refused.stderr
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()
+
+
+def test_contradicting_backup_flags_exit_2(sqlite_url: str, tmp_path: Path) -> None:
+    env = cli_env(tmp_path, sqlite_url)
     both = run_invoke("migrate", "--env", "staging", "--backup", "--no-backup", env=env)
     assert both.returncode == 2 and "contradict" in both.stderr
+
+
+def test_upgrade_is_migrate_and_a_second_run_has_nothing_to_do(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    env = cli_env(tmp_path, sqlite_url)
     done = run_invoke("upgrade", "--env", "staging", "--yes", env=env)
     assert done.returncode == 0, done.stderr
     again = run_invoke("migrate", "--env", "staging", "--yes", env=env)
-    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert again.returncode == 0 and "nothing to do, already at 0007" in again.stdout
 
 
 SLEEP = 'op.execute("SELECT pg_sleep(60)")'
