@@ -1,12 +1,19 @@
 """Just enough of GitHub Actions to check and play our workflow offline.
 
-An expression evaluator for ``${{ }}`` (literals, context paths, ``!``, ``==``,
-``!=``, ``&&``, ``||``, status functions) and a player that runs a job's
-``run:`` steps in order with bash, honouring ``if:`` and step outcomes.
+An expression evaluator for ``${{ }}`` that follows GitHub's documented semantics
+(docs: "Evaluate expressions in workflows and actions"): literals, context paths,
+``!``, ``<``, ``<=``, ``>``, ``>=``, ``==``, ``!=``, ``&&`` and ``||`` returning
+their operands, loose equality that coerces mismatched types to numbers, strings
+compared case-insensitively, falsy values false, 0, -0, '' and null only, and the
+status functions. Anything else (other functions, indexing) is refused, never
+guessed. A player runs a job's ``run:`` steps in order with bash, honouring
+``if:``, ``continue-on-error``, ``timeout-minutes`` and step outcomes, and refuses
+step or job keys it does not implement.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -16,11 +23,37 @@ from pathlib import Path
 from typing import Any
 
 _TOKEN = re.compile(
-    r"\s*(?:(?P<op>\|\||&&|==|!=|\(|\)|!)|'(?P<str>(?:[^']|'')*)'"
+    r"\s*(?:(?P<op>\|\||&&|==|!=|<=|>=|<|>|\(|\)|!)|'(?P<str>(?:[^']|'')*)'"
     r"|(?P<num>-?\d+(?:\.\d+)?)|(?P<name>[A-Za-z_][\w.-]*(?:\(\))?))"
 )
 _EMBEDDED = re.compile(r"\$\{\{(.*?)\}\}", re.S)
 STATUS_FUNCTIONS = ("success()", "failure()", "always()", "cancelled()")
+# What the player implements; other keys are refused rather than silently ignored.
+# Job keys that only schedule a job on GitHub (runner, environment, permissions...)
+# do not change what its steps do here.
+STEP_KEYS = {
+    "name",
+    "id",
+    "if",
+    "run",
+    "uses",
+    "with",
+    "env",
+    "continue-on-error",
+    "timeout-minutes",
+}
+JOB_KEYS = {
+    "name",
+    "needs",
+    "if",
+    "runs-on",
+    "timeout-minutes",
+    "environment",
+    "permissions",
+    "outputs",
+    "env",
+    "steps",
+}
 
 
 def _tokens(text: str) -> list[tuple[str, Any]]:
@@ -37,7 +70,54 @@ def _tokens(text: str) -> list[tuple[str, Any]]:
 
 
 def truthy(value: Any) -> bool:
-    return value not in (None, False, 0, "", "false")
+    """GitHub's falsy values: false, 0, -0, '' and null; everything else ('false' too) is true."""
+    if value is None or value is False:
+        return False
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value != 0
+    return value != ""
+
+
+def to_number(value: Any) -> float:
+    """GitHub's coercion for comparing mismatched types: null 0, booleans 1/0, strings
+    parsed as JSON numbers ('' is 0), anything else NaN."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text == "":
+            return 0.0
+        if re.fullmatch(r"-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?|0x[0-9a-fA-F]+", text):
+            return float(int(text, 16)) if text.startswith("0x") else float(text)
+        return math.nan
+    return math.nan
+
+
+def compare(op: str, left: Any, right: Any) -> bool:
+    """``==`` ``!=`` ``<`` ``<=`` ``>`` ``>=`` as GitHub evaluates them."""
+    if isinstance(left, str) and isinstance(right, str):
+        a: Any = left.lower()
+        b: Any = right.lower()
+    elif isinstance(left, dict | list) or isinstance(right, dict | list):
+        if op not in ("==", "!="):
+            return False
+        return (left is right) == (op == "==")
+    else:
+        a, b = to_number(left), to_number(right)
+    if isinstance(a, float) and (math.isnan(a) or math.isnan(b)):
+        return op == "!="
+    return {
+        "==": a == b,
+        "!=": a != b,
+        "<": a < b,
+        "<=": a <= b,
+        ">": a > b,
+        ">=": a >= b,
+    }[op]
 
 
 class Evaluator:
@@ -79,11 +159,10 @@ class Evaluator:
 
     def _eq(self) -> Any:
         left = self._unary()
-        while self._peek() in (("op", "=="), ("op", "!=")):
+        while self._peek() in tuple(("op", o) for o in ("==", "!=", "<", "<=", ">", ">=")):
             op = self._take()[1]
             right = self._unary()
-            same = str(left).lower() == str(right).lower()
-            left = same if op == "==" else not same
+            left = compare(op, left, right)
         return left
 
     def _unary(self) -> Any:
@@ -102,6 +181,8 @@ class Evaluator:
             return value.replace("''", "'")
         if kind == "num":
             return float(value)
+        if value.endswith("()") and value not in STATUS_FUNCTIONS:
+            raise ValueError(f"the function {value} is not implemented by this player")
         if value in ("true", "false"):
             return value == "true"
         if value == "null":
@@ -163,6 +244,9 @@ def play_job(
 ) -> JobRun:
     """Run a job's ``run:`` steps; ``uses:`` steps are recorded (uploads) but not run."""
     job = workflow["jobs"][job_name]
+    unknown = set(job) - JOB_KEYS
+    if unknown:
+        raise ValueError(f"job {job_name}: keys this player does not implement: {unknown}")
     env = dict(base_env)
     context = {**context, "env": env, "steps": {}}
     for key, raw in (workflow.get("env") or {}).items():
@@ -172,6 +256,9 @@ def play_job(
     run = JobRun()
     for index, step in enumerate(job["steps"]):
         name = step.get("name", f"step {index}")
+        unknown = set(step) - STEP_KEYS
+        if unknown:
+            raise ValueError(f"step {name!r}: keys this player does not implement: {unknown}")
         step_outputs: dict[str, str] = {}
         if not condition(step.get("if"), context, run.status):
             outcome = "skipped"
@@ -192,7 +279,7 @@ def play_job(
                 env=step_env,
                 capture_output=True,
                 text=True,
-                timeout=300,
+                timeout=float(step.get("timeout-minutes", 5)) * 60,
                 check=False,
             )
             run.logs[name] = done.stdout + done.stderr
@@ -201,13 +288,15 @@ def play_job(
             )
             output_file.close()
             outcome = "success" if done.returncode == 0 else "failure"
-            if outcome == "failure":
+            if outcome == "failure" and not truthy(step.get("continue-on-error", False)):
                 run.status = "failure"
         run.outcomes[name] = outcome
         if "id" in step:
             context["steps"][step["id"]] = {
                 "outcome": outcome,
-                "conclusion": outcome,
+                "conclusion": "success"
+                if outcome == "failure" and truthy(step.get("continue-on-error", False))
+                else outcome,
                 "outputs": step_outputs,
             }
     run.outputs = {k: render(v, context) for k, v in (job.get("outputs") or {}).items()}
