@@ -322,16 +322,12 @@ def _emit(text: str, output: str) -> None:
 def _health(env: str | None, revision: str, json_: bool, output: str) -> None:
     from tasks.alembic_api import project_for
     from tasks.health import blocking, run_health
-    from tasks.results import format_results
+    from tasks.results import render_checks
 
     environment = _environment(env)
     results = run_health(environment, project_for(environment), revision)
     failed = blocking(results)
-    if json_:
-        payload = {"ok": not failed, "checks": [r.to_dict() for r in results]}
-        _emit(json.dumps(payload, indent=2), output)
-    else:
-        _emit(format_results(results), output)
+    _emit(render_checks(results, failed, json_), output)
     if failed:
         raise Exit(f"blocked: {', '.join(r.name for r in failed)}", code=EXIT_BLOCKED)
 
@@ -432,25 +428,12 @@ def lint(
     c: Any, env: str | None = None, range_: str = "", all_: bool = False, json_: bool = False
 ) -> None:
     """Check the migrations' SQL with squawk for locking and data-losing operations."""
-    from tasks.alembic_api import project_for, resolve_revision, upgrade_path
-    from tasks.lint import lint_revisions, parse_range
-    from tasks.status import read_current
+    from tasks.alembic_api import project_for
+    from tasks.lint import lint_revisions, selected_revisions
 
     environment = _environment(env)
     project = project_for(environment)
-    scripts = project.scripts()
-    if range_ and all_:
-        raise UsageError("--range and --all contradict each other; pass one of them.")
-    if all_:
-        start, end = None, "head"
-    elif range_:
-        start, end = parse_range(range_)
-    else:
-        start, end = read_current(environment), "head"
-    path = upgrade_path(
-        scripts, resolve_revision(scripts, start) if start else None, resolve_revision(scripts, end)
-    )
-    result = lint_revisions(project, path)
+    result = lint_revisions(project, selected_revisions(environment, project, range_, all_))
     _print(json.dumps(result.to_dict(), indent=2) if json_ else result.render())
     if result.blocking:
         raise Exit(code=EXIT_FAILED)
@@ -468,15 +451,12 @@ def check(c: Any, env: str | None = None, stairway: bool = False, json_: bool = 
     """One head, models match the database, pending SQL linted; --stairway for downgrades."""
     from tasks.alembic_api import project_for
     from tasks.check import run_check
-    from tasks.results import format_results
+    from tasks.results import render_checks
 
     environment = _environment(env)
     results = run_check(environment, project_for(environment), stairway)
     failed = [r for r in results if not r.ok]
-    if json_:
-        _print(json.dumps({"ok": not failed, "checks": [r.to_dict() for r in results]}, indent=2))
-    else:
-        _print(format_results(results))
+    _print(render_checks(results, failed, json_))
     if failed:
         raise Exit(f"check failed: {', '.join(r.name for r in failed)}", code=EXIT_FAILED)
 

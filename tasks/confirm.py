@@ -15,6 +15,10 @@ def is_interactive() -> bool:
     return sys.stdin is not None and sys.stdin.isatty()
 
 
+def said_yes(answer: str) -> bool:
+    return answer.strip().lower() in {"y", "yes"}
+
+
 def needs_confirmation(env: Environment, yes: bool) -> bool:
     return not yes and env.settings.policy.confirm != "never"
 
@@ -59,6 +63,5 @@ def confirm(
         if answer.strip() != env.name:
             raise BlockedError(f"Cancelled: the typed name did not match '{env.name}'.")
         return
-    answer = ask("Continue? [y/N] ")
-    if answer.strip().lower() not in {"y", "yes"}:
+    if not said_yes(ask("Continue? [y/N] ")):
         raise BlockedError("Cancelled by the user; nothing was changed.")

@@ -67,10 +67,6 @@ class Console:
     warn: Callable[[str], None] = _warn
 
 
-def said_yes(answer: str) -> bool:
-    return answer.strip().lower() in {"y", "yes"}
-
-
 @dataclass
 class Run:
     """A run in progress: the environment, project, options, console and its record,

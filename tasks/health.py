@@ -15,10 +15,11 @@ from typing import Any
 from tasks.alembic_api import Project, current_revision, heads, resolve_revision
 from tasks.config import Environment
 from tasks.database import connect, make_engine, sqlite_path
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, first_line
 from tasks.results import StepResult, timed
 
 MB = 1024 * 1024
+AUTHENTICATION_FAILED = {"28P01", "28000"}  # SQLSTATE: invalid password / authorization
 
 
 def check_connection(env: Environment) -> StepResult:
@@ -67,12 +68,13 @@ def check_connection(env: Environment) -> StepResult:
 
 
 def connection_message(env: Environment, exc: BaseException) -> str:
+    """One sentence for a failed connection; the wording only, never the exit code."""
+    if getattr(getattr(exc, "orig", None), "pgcode", None) in AUTHENTICATION_FAILED:
+        return f"password rejected for {env.masked_url}; check DB_USER and DB_PASSWORD"
     text = str(getattr(exc, "orig", None) or exc).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
+    first = first_line(exc)
     if "refused" in text.lower():
         return f"connection refused by {env.masked_url} (is the server running on that port?)"
-    if "password authentication failed" in text.lower():
-        return f"password rejected for {env.masked_url}; check DB_USER and DB_PASSWORD"
     if "timeout" in text.lower() or "timed out" in text.lower():
         return f"no answer from {env.masked_url} within the connect timeout"
     return f"cannot connect to {env.masked_url}: {first}"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.alembic_api import PROJECT_ROOT, Project, Revision, render_sql, upgrade_path
+from tasks.config import Environment
 from tasks.errors import ConfigError, ToolError
 from tasks.results import StepResult, timed
 
@@ -165,6 +166,28 @@ def lint_revisions(project: Project, path: list[Revision]) -> LintResult:
                 )
             )
     return outcome
+
+
+def selected_revisions(
+    env: Environment, project: Project, range_: str, all_: bool
+) -> list[Revision]:
+    """What `invoke lint` checks: ``--all``, ``--range A:B``, or (default) the pending ones."""
+    from tasks.alembic_api import resolve_revision, upgrade_path
+    from tasks.errors import UsageError
+    from tasks.status import read_current
+
+    if range_ and all_:
+        raise UsageError("--range and --all contradict each other; pass one of them.")
+    scripts = project.scripts()
+    if all_:
+        start, end = None, "head"
+    elif range_:
+        start, end = parse_range(range_)
+    else:
+        start, end = read_current(env), "head"
+    return upgrade_path(
+        scripts, resolve_revision(scripts, start) if start else None, resolve_revision(scripts, end)
+    )
 
 
 def parse_range(spec: str) -> tuple[str | None, str]:

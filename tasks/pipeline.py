@@ -17,7 +17,7 @@ from tasks import alembic_api, confirm, health, upgrade, validate
 from tasks.alembic_api import Project
 from tasks.backup import take_backup
 from tasks.config import Environment
-from tasks.context import Console, Run, RunOptions, recorded, said_yes
+from tasks.context import Console, Run, RunOptions, recorded
 from tasks.errors import BlockedError, RefusedError, UsageError, ValidationError
 from tasks.locking import migration_lock
 from tasks.report import RunRecord, reported
@@ -96,7 +96,7 @@ def health_step(run: Run) -> None:
     if not failed:
         return
     question = "A blocking health check failed. Continue anyway? [y/N] "
-    if options.interactive and not options.yes and said_yes(run.console.ask(question)):
+    if options.interactive and not options.yes and confirm.said_yes(run.console.ask(question)):
         return
     raise BlockedError(
         f"Blocked by health checks ({', '.join(r.name for r in failed)}): "

@@ -57,6 +57,15 @@ def timed() -> Iterator[Stopwatch]:
         clock.end = time.perf_counter()
 
 
+def render_checks(results: list[StepResult], failed: list[StepResult], as_json: bool) -> str:
+    """Checks for `invoke health` and `invoke check`: JSON ({ok, checks}) or one line each."""
+    import json
+
+    if as_json:
+        return json.dumps({"ok": not failed, "checks": [r.to_dict() for r in results]}, indent=2)
+    return format_results(results)
+
+
 def format_results(results: list[StepResult]) -> str:
     """Human lines, one per result, for the terminal."""
     marks = {True: "ok  ", False: "FAIL"}

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from tasks.alembic_api import Project, Revision, current_revision, downgrade_path, upgrade_path
 from tasks.config import Environment
 from tasks.database import make_engine
-from tasks.errors import ToolError
+from tasks.errors import ToolError, first_line
 from tasks.masking import redact
 
 Direction = Literal["upgrade", "downgrade"]
@@ -175,6 +175,4 @@ def run_migrations(
 
 def _short(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
-    text = str(orig).strip()
-    first = text.splitlines()[0] if text else type(orig).__name__
-    return f"{type(orig).__name__}: {first}"
+    return f"{type(orig).__name__}: {first_line(exc)}"
