@@ -1,6 +1,8 @@
 """The Invoke tasks: parse flags, load the environment, call the steps, map errors to exits.
 
-Heavy libraries are imported inside the tasks so that `invoke --list` stays fast.
+The steps are imported inside the tasks, not for a cycle (there is none) but for
+start-up: importing them all at the top was measured at 0.35 s for `invoke --list`
+against 0.23 s (SQLAlchemy and Alembic come with them).
 """
 
 from __future__ import annotations
