@@ -181,3 +181,12 @@ def test_blocked_run_without_terminal_never_reads_stdin(tmp_path: Path) -> None:
         finally:
             process.kill()
             process.communicate()
+
+
+def test_debug_switch_shows_the_traceback_with_the_same_exit_code(tmp_path: Path) -> None:
+    env = cli_env(tmp_path, "postgresql://u:pw@127.0.0.1:1/db")
+    plain = run_invoke("status", "--env", "staging", env=env)
+    debug = run_invoke("status", "--env", "staging", env=env | {"SAFE_MIGRATIONS_DEBUG": "1"})
+    assert plain.returncode == debug.returncode == 3
+    assert "Traceback" not in plain.stderr and "Traceback" in debug.stderr
+    assert "UnreachableError" in debug.stderr and "pw@" not in debug.stderr
