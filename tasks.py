@@ -1,14 +1,10 @@
-"""Invoke entry point: `invoke --list` shows the tasks.
+"""Invoke entry point for this repository: `invoke --list` shows the tasks.
 
-Invoke loads this file as the module ``tasks``; the step modules live in the
-``tasks/`` package. Pointing ``__path__`` at that folder makes this module act
-as that package, so `invoke` and `import tasks.health` (tests) reach the same code.
+The tasks are the installed package ``safe_migrations``, whose source is the
+``tasks/`` folder next to this file (pyproject.toml maps the name); this file only
+hands its collection to Invoke, as any project's tasks.py can.
 """
 
-from pathlib import Path
-
-__path__ = [str(Path(__file__).resolve().parent / "tasks")]
-
-from tasks.commands import ns  # noqa: E402
+from safe_migrations.commands import ns
 
 __all__ = ["ns"]

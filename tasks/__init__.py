@@ -1,5 +1,8 @@
-"""Safe Alembic migrations: the step modules behind the Invoke tasks.
+"""Safe Alembic migrations: health, confirm, lock, backup, upgrade, validate, report.
 
-``tasks.py`` at the repository root is what Invoke loads; it points its
-``__path__`` here so both routes import the same modules.
+Installed as ``safe_migrations`` (distribution ``safe-alembic-migrations``); its
+source is this repository's ``tasks/`` folder, which pyproject.toml maps to that
+name. Nothing is ever imported as ``tasks.*``: the repository's ``tasks.py``
+loads ``safe_migrations.commands.ns``, the ``safe-migrations`` command runs the
+same collection, so each module is imported once, under one name.
 """

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.config import PROJECT_ROOT
-from tasks.errors import ConfigError
+from safe_migrations.config import PROJECT_ROOT
+from safe_migrations.errors import ConfigError
 
 if TYPE_CHECKING:
     from alembic.config import Config

@@ -23,10 +23,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from tasks.config import Environment
-from tasks.database import sqlite_path
-from tasks.errors import BackupError
-from tasks.files import private_folder
+from safe_migrations.config import Environment
+from safe_migrations.database import sqlite_path
+from safe_migrations.errors import BackupError
+from safe_migrations.files import private_folder
 
 MANIFEST_SUFFIX = ".manifest.json"
 
@@ -200,7 +200,7 @@ def dump_postgres(
     """
     settings = env.settings.backup
     encrypted = settings.encrypt_to is not None
-    from tasks.database import keepalive_options
+    from safe_migrations.database import keepalive_options
 
     keepalives = " ".join(
         f"{k}={v}" for k, v in keepalive_options(env.settings.database.network_timeout).items()
@@ -308,7 +308,7 @@ def _encrypt_dump(source: Any, target: Path, recipient_text: str, stored: Stored
     """Thread body: encrypt pg_dump's stdout into ``target``, verify it on the way."""
     import tempfile
 
-    from tasks.encryption import HashingWriter, encrypt_stream, parse_recipient
+    from safe_migrations.encryption import HashingWriter, encrypt_stream, parse_recipient
 
     try:
         recipient = parse_recipient(recipient_text, "backup.encrypt_to")
@@ -400,7 +400,7 @@ def backup_sqlite_encrypted(env: Environment, target: Path, progress: Progress) 
     import io
     import sqlite3
 
-    from tasks.encryption import HashingWriter, encrypt_stream, parse_recipient
+    from safe_migrations.encryption import HashingWriter, encrypt_stream, parse_recipient
 
     assert env.settings.backup.encrypt_to is not None
     recipient = parse_recipient(env.settings.backup.encrypt_to, "backup.encrypt_to")
@@ -456,7 +456,7 @@ def take_backup(
     """Back up, verify, checksum, write the manifest, prune; returns what was made."""
     from sqlalchemy import text
 
-    from tasks.database import connect
+    from safe_migrations.database import connect
 
     progress = progress or Progress()
     folder = env.backup_dir
@@ -565,8 +565,8 @@ def list_backups(env: Environment) -> list[dict[str, Any]]:
 def protected_backups(env: Environment) -> set[str]:
     """Backups that reports still point to: the newest report's and the newest run's
     (what `invoke rollback --restore` would restore)."""
-    from tasks.report import last_report
-    from tasks.rollback import RUN_OPERATIONS
+    from safe_migrations.report import last_report
+    from safe_migrations.rollback import RUN_OPERATIONS
 
     names = set()
     for found in (last_report(env), last_report(env, RUN_OPERATIONS)):

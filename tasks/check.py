@@ -11,14 +11,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tasks.alembic_api import Project, current_revision, history
-from tasks.config import Environment
-from tasks.database import connect
-from tasks.health import check_single_head
-from tasks.lint import lint_pending
-from tasks.results import StepResult, timed
-from tasks.status import read_current
-from tasks.validate import schema_drift
+from safe_migrations.alembic_api import Project, current_revision, history
+from safe_migrations.config import Environment
+from safe_migrations.database import connect
+from safe_migrations.health import check_single_head
+from safe_migrations.lint import lint_pending
+from safe_migrations.results import StepResult, timed
+from safe_migrations.status import read_current
+from safe_migrations.validate import schema_drift
 
 
 def check_drift(env: Environment, project: Project) -> StepResult:
@@ -104,7 +104,7 @@ def scratch_database(env: Environment, folder: Path) -> Iterator[Environment]:
 
 def stairway(env: Environment, project: Project) -> StepResult:
     """For each revision: upgrade, downgrade one, compare with before, upgrade again."""
-    from tasks.upgrade import run_migrations
+    from safe_migrations.upgrade import run_migrations
 
     revisions = history(project.scripts())
     with timed() as clock, scratch_database(env, env.resolve("var/scratch")) as scratch:

@@ -15,7 +15,7 @@ from typing import Any
 
 from invoke import Collection, Exit, task
 
-from tasks.errors import EXIT_BLOCKED, EXIT_FAILED, ToolError, UsageError
+from safe_migrations.errors import EXIT_BLOCKED, EXIT_FAILED, ToolError, UsageError
 
 ENV_HELP = "environment name, a file in environments/ (default: local)"
 JSON_HELP = "print machine-readable JSON instead of text"
@@ -62,9 +62,9 @@ def _mapped(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """The one place that maps exception types to exit codes (see tasks/errors.py)."""
     import os
 
-    from tasks.errors import first_line
-    from tasks.escaping import terminal
-    from tasks.masking import redact
+    from safe_migrations.errors import first_line
+    from safe_migrations.escaping import terminal
+    from safe_migrations.masking import redact
 
     try:
         return function(*args, **kwargs)
@@ -109,7 +109,7 @@ def _github_output(name: str, value: str) -> None:
 
 def _print(text: object = "", end: str = "\n") -> None:
     """Print for a terminal: escape sequences in messages a user wrote never reach it."""
-    from tasks.escaping import terminal
+    from safe_migrations.escaping import terminal
 
     print(terminal(str(text)), end=end)
 
@@ -119,7 +119,7 @@ def _interrupt(signum: int, _frame: Any) -> None:
 
 
 def _environment(name: str | None, need_database: bool = True) -> Any:
-    from tasks.config import load_environment
+    from safe_migrations.config import load_environment
 
     return load_environment(name, need_database=need_database)
 
@@ -137,7 +137,7 @@ def _backup_flag(backup: bool, no_backup: bool, no_backup_if_allowed: bool = Fal
 
 
 def _interactive() -> bool:
-    from tasks.confirm import is_interactive
+    from safe_migrations.confirm import is_interactive
 
     return is_interactive()
 
@@ -146,7 +146,7 @@ def _interactive() -> bool:
 @exits_with_documented_codes
 def status(c: Any, env: str | None = None, json_: bool = False) -> None:
     """Current revision, applied history and pending migrations."""
-    from tasks.status import get_status
+    from safe_migrations.status import get_status
 
     result = get_status(_environment(env))
     _print(json.dumps(result.to_dict(), indent=2) if json_ else result.render())
@@ -156,8 +156,8 @@ def status(c: Any, env: str | None = None, json_: bool = False) -> None:
 @exits_with_documented_codes
 def heads(c: Any, env: str | None = None) -> None:
     """The scripts' heads; warns (exit 1) when there are several."""
-    from tasks.alembic_api import heads as find_heads
-    from tasks.alembic_api import project_for
+    from safe_migrations.alembic_api import heads as find_heads
+    from safe_migrations.alembic_api import project_for
 
     found = find_heads(project_for(_environment(env)).scripts())
     for head in found:
@@ -179,11 +179,11 @@ def heads(c: Any, env: str | None = None) -> None:
 @exits_with_documented_codes
 def generate(c: Any, message: str = "", autogenerate: bool = False, env: str | None = None) -> None:
     """Create a new revision script in migrations/versions."""
-    from tasks.generate import new_revision
+    from safe_migrations.generate import new_revision
 
     if not message.strip():
         raise UsageError("A revision needs a message: invoke generate -m 'add orders table'.")
-    from tasks.alembic_api import project_for
+    from safe_migrations.alembic_api import project_for
 
     environment = _environment(env)
     _print(
@@ -204,7 +204,7 @@ def _run(
     dry_run: bool,
 ) -> None:
     """Shared body of migrate, downgrade and ci: the options, then the pipeline."""
-    from tasks.pipeline import RunOptions, migrate
+    from safe_migrations.pipeline import RunOptions, migrate
 
     options = RunOptions(
         revision=revision,
@@ -269,7 +269,7 @@ def downgrade(
 @exits_with_documented_codes
 def rollback(c: Any, env: str | None = None, restore: bool = False, yes: bool = False) -> None:
     """Undo the last migrate: downgrade to its pre-revision, or restore its backup."""
-    from tasks.operations import rollback as undo
+    from safe_migrations.operations import rollback as undo
 
     undo(_environment(env), restore, yes, _interactive())
 
@@ -278,7 +278,7 @@ def rollback(c: Any, env: str | None = None, restore: bool = False, yes: bool = 
 @exits_with_documented_codes
 def backup(c: Any, env: str | None = None) -> None:
     """Take a verified backup (manifest with size and sha256) and prune old ones."""
-    from tasks.operations import backup as take
+    from safe_migrations.operations import backup as take
 
     take(_environment(env))
 
@@ -298,7 +298,7 @@ def restore_task(
     c: Any, backup: str = "", env: str | None = None, yes: bool = False, foreign: bool = False
 ) -> None:
     """Verify one of the environment's own backups, then restore it (all or nothing)."""
-    from tasks.operations import restore as put_back
+    from safe_migrations.operations import restore as put_back
 
     if not backup:
         raise UsageError("restore needs --backup PATH or --backup latest.")
@@ -315,16 +315,16 @@ def _emit(text: str, output: str) -> None:
     if output:
         from pathlib import Path
 
-        from tasks.files import private_folder, write_atomic
+        from safe_migrations.files import private_folder, write_atomic
 
         private_folder(Path(output).resolve().parent)
         write_atomic(Path(output), text)  # 0600: health results and issue bodies stay private
 
 
 def _health(env: str | None, revision: str, json_: bool, output: str) -> None:
-    from tasks.alembic_api import project_for
-    from tasks.health import blocking, run_health
-    from tasks.results import render_checks
+    from safe_migrations.alembic_api import project_for
+    from safe_migrations.health import blocking, run_health
+    from safe_migrations.results import render_checks
 
     environment = _environment(env)
     results = run_health(environment, project_for(environment), revision)
@@ -367,7 +367,7 @@ def ci(
     health_output: str = "var/health/health.json",
 ) -> None:
     """One line for any CI system: health (saved as JSON), migrate --yes, then status."""
-    from tasks.status import get_status
+    from safe_migrations.status import get_status
 
     _health(env, revision, True, health_output)
     backup = None if skip_backup else True  # skipped only where the environment allows
@@ -399,13 +399,13 @@ def report_task(
     output: str = "",
 ) -> None:
     """Render a run report: Markdown, JSON, autoescaped HTML, or a GitHub issue body."""
-    from tasks.report import find_report, show
+    from safe_migrations.report import find_report, show
 
     if last and path:
         raise UsageError("--last and --path contradict each other; pass one of them.")
     environment = _environment(env, need_database=False)  # reads files only: no secrets
-    from tasks.errors import ConfigError
-    from tasks.report import no_report_issue_body
+    from safe_migrations.errors import ConfigError
+    from safe_migrations.report import no_report_issue_body
 
     try:
         data = find_report(environment, path or None, failed_only=issue_body)
@@ -430,8 +430,8 @@ def lint(
     c: Any, env: str | None = None, range_: str = "", all_: bool = False, json_: bool = False
 ) -> None:
     """Check the migrations' SQL with squawk for locking and data-losing operations."""
-    from tasks.alembic_api import project_for
-    from tasks.lint import lint_revisions, selected_revisions
+    from safe_migrations.alembic_api import project_for
+    from safe_migrations.lint import lint_revisions, selected_revisions
 
     environment = _environment(env)
     project = project_for(environment)
@@ -451,9 +451,9 @@ def lint(
 @exits_with_documented_codes
 def check(c: Any, env: str | None = None, stairway: bool = False, json_: bool = False) -> None:
     """One head, models match the database, pending SQL linted; --stairway for downgrades."""
-    from tasks.alembic_api import project_for
-    from tasks.check import run_check
-    from tasks.results import render_checks
+    from safe_migrations.alembic_api import project_for
+    from safe_migrations.check import run_check
+    from safe_migrations.results import render_checks
 
     environment = _environment(env)
     results = run_check(environment, project_for(environment), stairway)

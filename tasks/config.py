@@ -13,11 +13,29 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from tasks.errors import ConfigError
-from tasks.masking import mask_url, url_password
-from tasks.schema import SchemaError, build, setting
+from safe_migrations.errors import ConfigError
+from safe_migrations.masking import mask_url, url_password
+from safe_migrations.schema import SchemaError, build, setting
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_MARKERS = ("tasks.py", "alembic.ini", "environments")
+
+
+def find_project_root(start: Path | None = None) -> Path:
+    """The user's project: ``SAFE_MIGRATIONS_ROOT``, else the nearest folder at or above
+    the working directory holding ``tasks.py``, ``alembic.ini`` or ``environments/``.
+    Never the folder this package is installed in."""
+    if os.environ.get("SAFE_MIGRATIONS_ROOT"):
+        return Path(os.environ["SAFE_MIGRATIONS_ROOT"]).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if any(
+            (folder / marker).exists() for marker in ("tasks.py", "alembic.ini", "environments")
+        ):
+            return folder
+    return here
+
+
+PROJECT_ROOT = find_project_root()
 ENVIRONMENTS_DIR = PROJECT_ROOT / "environments"
 DEFAULT_ENVIRONMENT = "local"
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
@@ -248,7 +266,7 @@ def _encryption(settings: EnvironmentFile, environ: dict[str, str], path: Path) 
         else ""
     )
     if recipient:
-        from tasks.encryption import parse_recipient
+        from safe_migrations.encryption import parse_recipient
 
         parse_recipient(recipient, where)
         if settings.backup.format == "directory":

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from tasks.alembic_api import Revision
-from tasks.config import Environment
-from tasks.errors import BlockedError
-from tasks.escaping import terminal
+from safe_migrations.alembic_api import Revision
+from safe_migrations.config import Environment
+from safe_migrations.errors import BlockedError
+from safe_migrations.escaping import terminal
 
 
 def is_interactive() -> bool:

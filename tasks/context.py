@@ -14,17 +14,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from tasks import report
-from tasks.alembic_api import Project, Revision, project_for
-from tasks.backup import Progress
-from tasks.config import Environment
-from tasks.errors import EXIT_BLOCKED, EXIT_OK, ToolError
-from tasks.escaping import terminal
-from tasks.masking import redact
-from tasks.report import RunRecord, reported, write_report
-from tasks.results import StepResult, format_results
-from tasks.status import reread_current
-from tasks.upgrade import Direction
+from safe_migrations import report
+from safe_migrations.alembic_api import Project, Revision, project_for
+from safe_migrations.backup import Progress
+from safe_migrations.config import Environment
+from safe_migrations.errors import EXIT_BLOCKED, EXIT_OK, ToolError
+from safe_migrations.escaping import terminal
+from safe_migrations.masking import redact
+from safe_migrations.report import RunRecord, reported, write_report
+from safe_migrations.results import StepResult, format_results
+from safe_migrations.status import reread_current
+from safe_migrations.upgrade import Direction
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
-from tasks.errors import UnreachableError, first_line
+from safe_migrations.errors import UnreachableError, first_line
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
-    from tasks.config import Environment
+    from safe_migrations.config import Environment
 
 APPLICATION_NAME = "alembic-invoke"
 

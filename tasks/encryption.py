@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import BackupError, ConfigError
+from safe_migrations.errors import BackupError, ConfigError
 
 IDENTITY_VARIABLE = "SAFE_MIGRATIONS_AGE_IDENTITY"
 SUFFIX = ".age"

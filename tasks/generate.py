@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tasks.alembic_api import DEFAULT_PROJECT, Project
-from tasks.config import Environment
-from tasks.database import connect
+from safe_migrations.alembic_api import DEFAULT_PROJECT, Project
+from safe_migrations.config import Environment
+from safe_migrations.database import connect
 
 
 def new_revision(

@@ -12,11 +12,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tasks.alembic_api import Project, current_revision, heads, resolve_revision
-from tasks.config import Environment
-from tasks.database import connect, make_engine, sqlite_path
-from tasks.errors import ConfigError, first_line
-from tasks.results import StepResult, timed
+from safe_migrations.alembic_api import Project, current_revision, heads, resolve_revision
+from safe_migrations.config import Environment
+from safe_migrations.database import connect, make_engine, sqlite_path
+from safe_migrations.errors import ConfigError, first_line
+from safe_migrations.results import StepResult, timed
 
 MB = 1024 * 1024
 AUTHENTICATION_FAILED = {"28P01", "28000"}  # SQLSTATE: invalid password / authorization
@@ -115,7 +115,7 @@ def check_disk(env: Environment, db_size: int | None) -> StepResult:
 def check_report_folder(env: Environment) -> StepResult:
     """The report must be writable before anything changes: a run must be able to say
     what it did."""
-    from tasks.files import probe_writable
+    from safe_migrations.files import probe_writable
 
     with timed() as clock:
         problem = probe_writable(env.report_dir)
@@ -315,7 +315,7 @@ def run_health(env: Environment, project: Project, target: str = "head") -> list
     results.append(check_single_head(project))
     results.append(check_target(project, target))
     if env.settings.health.lint and results[0].ok and results[-1].ok:
-        from tasks.lint import lint_pending
+        from safe_migrations.lint import lint_pending
 
         results.append(lint_pending(project, current, results[-1].details["resolved"]))
     return results

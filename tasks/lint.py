@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks.alembic_api import PROJECT_ROOT, Project, Revision, render_sql, upgrade_path
-from tasks.config import Environment
-from tasks.errors import ConfigError, ToolError
-from tasks.results import StepResult, timed
+from safe_migrations.alembic_api import PROJECT_ROOT, Project, Revision, render_sql, upgrade_path
+from safe_migrations.config import Environment
+from safe_migrations.errors import ConfigError, ToolError
+from safe_migrations.results import StepResult, timed
 
 SQUAWK_CONFIG = PROJECT_ROOT / "migrations" / "squawk.toml"
 _MARKER = re.compile(r"#\s*squawk:\s*allow\s+([a-z0-9-]+)(?:\s*(?:--|:)\s*(\S.*))?", re.I)
@@ -172,9 +172,9 @@ def selected_revisions(
     env: Environment, project: Project, range_: str, all_: bool
 ) -> list[Revision]:
     """What `invoke lint` checks: ``--all``, ``--range A:B``, or (default) the pending ones."""
-    from tasks.alembic_api import resolve_revision, upgrade_path
-    from tasks.errors import UsageError
-    from tasks.status import read_current
+    from safe_migrations.alembic_api import resolve_revision, upgrade_path
+    from safe_migrations.errors import UsageError
+    from safe_migrations.status import read_current
 
     if range_ and all_:
         raise UsageError("--range and --all contradict each other; pass one of them.")

@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tasks.config import Environment
-from tasks.database import connect, sqlite_path
-from tasks.errors import LockHeldError
+from safe_migrations.config import Environment
+from safe_migrations.database import connect, sqlite_path
+from safe_migrations.errors import LockHeldError
 
 LOCK_NAMESPACE = "alembic-invoke/migration-lock/v1"
 POLL_SECONDS = 0.2

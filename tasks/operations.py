@@ -7,16 +7,16 @@ at the newest run's pre-revision).
 
 from __future__ import annotations
 
-from tasks import confirm
-from tasks.alembic_api import Project
-from tasks.config import Environment
-from tasks.context import Console, Run, RunOptions, recorded
-from tasks.errors import BlockedError, RefusedError
-from tasks.locking import migration_lock
-from tasks.pipeline import check_expected, migrate, record_backup
-from tasks.report import RunRecord, last_report, reported
-from tasks.results import StepResult, timed
-from tasks.status import read_current
+from safe_migrations import confirm
+from safe_migrations.alembic_api import Project
+from safe_migrations.config import Environment
+from safe_migrations.context import Console, Run, RunOptions, recorded
+from safe_migrations.errors import BlockedError, RefusedError
+from safe_migrations.locking import migration_lock
+from safe_migrations.pipeline import check_expected, migrate, record_backup
+from safe_migrations.report import RunRecord, last_report, reported
+from safe_migrations.results import StepResult, timed
+from safe_migrations.status import read_current
 
 
 def rollback(
@@ -28,7 +28,7 @@ def rollback(
     console: Console | None = None,
 ) -> RunRecord | None:
     """Undo the newest run, only from where it left the database; None when it changed nothing."""
-    from tasks.rollback import RUN_OPERATIONS, plan_rollback
+    from safe_migrations.rollback import RUN_OPERATIONS, plan_rollback
 
     console = console or Console()
     if not env.settings.policy.allow_rollback:
@@ -74,7 +74,7 @@ def restore(
 ) -> RunRecord:
     """Put one of the environment's own verified backups back (another's only with
     ``foreign``), under the migration lock, after confirmation."""
-    from tasks.restore import describe_backup, find_backup, restore_backup
+    from safe_migrations.restore import describe_backup, find_backup, restore_backup
 
     backup = find_backup(env, spec, foreign)
     if backup["own"]:

@@ -13,16 +13,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 
-from tasks import alembic_api, confirm, health, upgrade, validate
-from tasks.alembic_api import Project
-from tasks.backup import take_backup
-from tasks.config import Environment
-from tasks.context import Console, Run, RunOptions, recorded
-from tasks.errors import BlockedError, RefusedError, UsageError, ValidationError
-from tasks.locking import migration_lock
-from tasks.report import RunRecord, reported
-from tasks.results import StepResult, format_results, timed
-from tasks.status import read_current
+from safe_migrations import alembic_api, confirm, health, upgrade, validate
+from safe_migrations.alembic_api import Project
+from safe_migrations.backup import take_backup
+from safe_migrations.config import Environment
+from safe_migrations.context import Console, Run, RunOptions, recorded
+from safe_migrations.errors import BlockedError, RefusedError, UsageError, ValidationError
+from safe_migrations.locking import migration_lock
+from safe_migrations.report import RunRecord, reported
+from safe_migrations.results import StepResult, format_results, timed
+from safe_migrations.status import read_current
 
 __all__ = ["Console", "RunOptions", "migrate"]
 

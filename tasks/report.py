@@ -21,11 +21,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tasks import escaping
-from tasks.config import PROJECT_ROOT, Environment
-from tasks.files import append_line, private_folder, write_atomic
-from tasks.masking import redact, redact_data
-from tasks.results import StepResult
+from safe_migrations import escaping
+from safe_migrations.config import PROJECT_ROOT, Environment
+from safe_migrations.files import append_line, private_folder, write_atomic
+from safe_migrations.masking import redact, redact_data
+from safe_migrations.results import StepResult
 
 REPORT_SCHEMA_VERSION = 2
 BASE = "base"  # a revision field's value for an empty history; None means unknown
@@ -211,7 +211,7 @@ def readable_reports(
 ) -> Iterator[tuple[Path, dict[str, Any]]]:
     """This environment's reports, newest first; a damaged one is skipped with a warning,
     or, when ``strict`` (rollback must not reach past it), refused."""
-    from tasks.errors import ConfigError
+    from safe_migrations.errors import ConfigError
 
     for path in list_reports(env):
         try:
@@ -258,7 +258,7 @@ FORMATS = {"md": "report.md.j2", "html": "report.html.j2", "issue": "issue_body.
 
 def find_report(env: Environment, path: str | None, failed_only: bool = False) -> dict[str, Any]:
     """A report by path, or the newest one (the newest failed one for an issue body)."""
-    from tasks.errors import ConfigError
+    from safe_migrations.errors import ConfigError
 
     if path:
         file = Path(path)
@@ -289,7 +289,7 @@ def no_report_issue_body(environment: str) -> str:
 
 def show(report_data: dict[str, Any], fmt: str, secrets: list[str | None]) -> str:
     """The report as json, md, html or an issue body; redacted once more on the way out."""
-    from tasks.errors import UsageError
+    from safe_migrations.errors import UsageError
 
     if fmt == "json":
         text = json.dumps(report_data, indent=2)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.backup import (
+from safe_migrations.backup import (
     MANIFEST_SUFFIX,
     archive_listing,
     archive_of,
@@ -36,10 +36,10 @@ from tasks.backup import (
     list_backups,
     sha256_of,
 )
-from tasks.config import Environment
-from tasks.database import make_engine, sqlite_path
-from tasks.encryption import SUFFIX
-from tasks.errors import BackupError, ConfigError
+from safe_migrations.config import Environment
+from safe_migrations.database import make_engine, sqlite_path
+from safe_migrations.encryption import SUFFIX
+from safe_migrations.errors import BackupError, ConfigError
 
 
 def find_backup(env: Environment, spec: str, foreign: bool = False) -> dict[str, Any]:
@@ -158,7 +158,7 @@ def readable_archive(env: Environment, backup: dict[str, Any]) -> Iterator[Path]
     if not path.name.endswith(SUFFIX):
         yield path
         return
-    from tasks.encryption import decrypt_file, identities
+    from safe_migrations.encryption import decrypt_file, identities
 
     keys = identities()
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".decrypted-") as folder:
@@ -366,7 +366,7 @@ def _restore_postgres(env: Environment, path: Path) -> None:
     """Drop what the backup does not hold, replay the archive; one transaction."""
     import psycopg2
 
-    from tasks.sqlscript import Copy, ScriptError, split_script
+    from safe_migrations.sqlscript import Copy, ScriptError, split_script
 
     listing = archive_listing(env, path)
     entries = toc_entries(listing)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import EXIT_FAILED, EXIT_OK, RefusedError
-from tasks.report import BASE
+from safe_migrations.errors import EXIT_FAILED, EXIT_OK, RefusedError
+from safe_migrations.report import BASE
 
 # Operations whose reports are "runs" for rollback; backups and dry runs are not.
 RUN_OPERATIONS = ("upgrade", "migrate", "downgrade", "rollback", "restore")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tasks.alembic_api import (
+from safe_migrations.alembic_api import (
     Project,
     Revision,
     current_revision,
@@ -14,9 +14,9 @@ from tasks.alembic_api import (
     project_for,
     upgrade_path,
 )
-from tasks.config import Environment
-from tasks.database import connect
-from tasks.errors import UnreachableError
+from safe_migrations.config import Environment
+from safe_migrations.database import connect
+from safe_migrations.errors import UnreachableError
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from tasks.alembic_api import Project, Revision, current_revision, downgrade_path, upgrade_path
-from tasks.config import Environment
-from tasks.database import make_engine
-from tasks.errors import ToolError, first_line
-from tasks.masking import redact
+from safe_migrations.alembic_api import (
+    Project,
+    Revision,
+    current_revision,
+    downgrade_path,
+    upgrade_path,
+)
+from safe_migrations.config import Environment
+from safe_migrations.database import make_engine
+from safe_migrations.errors import ToolError, first_line
+from safe_migrations.masking import redact
 
 Direction = Literal["upgrade", "downgrade"]
 LOCK_NOT_AVAILABLE = "55P03"

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.alembic_api import Project, current_revision
-from tasks.config import Environment
-from tasks.database import connect
-from tasks.errors import UnreachableError, first_line
-from tasks.results import StepResult, timed
+from safe_migrations.alembic_api import Project, current_revision
+from safe_migrations.config import Environment
+from safe_migrations.database import connect
+from safe_migrations.errors import UnreachableError, first_line
+from safe_migrations.results import StepResult, timed
 
 
 def schema_drift(connection: Any, metadata: Any) -> list[str]:

@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from tasks.config import Environment, load_environment
+from safe_migrations.config import Environment, load_environment
 
 
 @pytest.fixture(scope="session")

@@ -16,10 +16,10 @@ import yaml
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
-from tasks.alembic_api import DEFAULT_PROJECT, Project
-from tasks.config import Environment
-from tasks.context import Console, RunOptions
-from tasks.upgrade import run_migrations
+from safe_migrations.alembic_api import DEFAULT_PROJECT, Project
+from safe_migrations.config import Environment
+from safe_migrations.context import Console, RunOptions
+from safe_migrations.upgrade import run_migrations
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = Console(say=lambda _text: None, ask=lambda _prompt: "no", warn=lambda _text: None)

@@ -9,7 +9,7 @@ from helpers import ROOT, ScratchProject, cli_env, run_invoke
 
 
 def test_list_shows_every_task_and_alias() -> None:
-    from tasks.commands import ns
+    from safe_migrations.commands import ns
 
     result = run_invoke("--list")
     assert result.returncode == 0
@@ -46,7 +46,7 @@ NO_DATABASE = {
 
 
 def test_unreachable_database_exits_3_from_every_task_that_needs_it(tmp_path: Path) -> None:
-    from tasks.commands import ns
+    from safe_migrations.commands import ns
 
     assert set(ns.tasks) == set(NEEDS_DATABASE) | set(NO_DATABASE)  # a new task is classified
     env = cli_env(tmp_path, "postgresql://u:pw@127.0.0.1:1/db", policy={"confirm": "never"})
@@ -143,7 +143,7 @@ def test_environment_can_point_at_another_alembic_project(
 
 
 def test_every_flag_has_help_text() -> None:
-    from tasks.commands import ns
+    from safe_migrations.commands import ns
 
     for name, task in ns.tasks.items():
         for argument in task.get_arguments():

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import known_environments, load_environment
-from tasks.errors import ConfigError
-from tasks.masking import mask_url, redact
+from safe_migrations.config import known_environments, load_environment
+from safe_migrations.errors import ConfigError
+from safe_migrations.masking import mask_url, redact
 
 SECRETS = {
     "DB_HOST": "db.internal",

@@ -8,11 +8,11 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
-from tasks.alembic_api import DEFAULT_PROJECT, heads, history, render_sql, upgrade_path
-from tasks.config import Environment
-from tasks.status import get_status
-from tasks.upgrade import run_migrations
-from tasks.validate import schema_drift
+from safe_migrations.alembic_api import DEFAULT_PROJECT, heads, history, render_sql, upgrade_path
+from safe_migrations.config import Environment
+from safe_migrations.status import get_status
+from safe_migrations.upgrade import run_migrations
+from safe_migrations.validate import schema_drift
 
 
 def test_single_head_revision() -> None:

@@ -7,9 +7,9 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from helpers import ScratchProject
 
-from tasks.config import Environment
-from tasks.generate import new_revision
-from tasks.upgrade import run_migrations
+from safe_migrations.config import Environment
+from safe_migrations.generate import new_revision
+from safe_migrations.upgrade import run_migrations
 
 
 def test_generate_writes_a_revision_on_top_of_the_head(scratch: ScratchProject) -> None:

@@ -19,21 +19,21 @@ from helpers import table_names as tables
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from tasks.alembic_api import DEFAULT_PROJECT
-from tasks.config import Environment
-from tasks.errors import (
+from safe_migrations.alembic_api import DEFAULT_PROJECT
+from safe_migrations.config import Environment
+from safe_migrations.errors import (
     BlockedError,
     LockHeldError,
     RefusedError,
     UsageError,
     ValidationError,
 )
-from tasks.locking import migration_lock
-from tasks.operations import rollback
-from tasks.pipeline import Console, RunOptions, migrate
-from tasks.report import last_report
-from tasks.status import read_current
-from tasks.upgrade import MigrationError, run_migrations
+from safe_migrations.locking import migration_lock
+from safe_migrations.operations import rollback
+from safe_migrations.pipeline import Console, RunOptions, migrate
+from safe_migrations.report import last_report
+from safe_migrations.status import read_current
+from safe_migrations.upgrade import MigrationError, run_migrations
 
 
 def test_failed_migration_leaves_last_good_revision(

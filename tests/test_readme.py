@@ -26,7 +26,7 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
 
 
 def test_readme_names_every_task_and_flag() -> None:
-    from tasks.commands import ns
+    from safe_migrations.commands import ns
 
     text = (ROOT / "README.md").read_text()
     for name, task in ns.tasks.items():

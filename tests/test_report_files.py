@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from helpers import QUIET, cli_env, run_invoke
 
-from tasks.alembic_api import DEFAULT_PROJECT
-from tasks.backup import take_backup
-from tasks.config import Environment
-from tasks.errors import BlockedError
-from tasks.pipeline import Console, RunOptions, migrate
-from tasks.status import read_current
+from safe_migrations.alembic_api import DEFAULT_PROJECT
+from safe_migrations.backup import take_backup
+from safe_migrations.config import Environment
+from safe_migrations.errors import BlockedError
+from safe_migrations.pipeline import Console, RunOptions, migrate
+from safe_migrations.status import read_current
 
 
 @pytest.fixture

@@ -163,7 +163,7 @@ def invoke_calls(workflow: dict[str, Any]) -> list[list[str]]:
 
 
 def test_every_run_step_calls_existing_tasks_and_flags() -> None:
-    from tasks.commands import ns
+    from safe_migrations.commands import ns
 
     calls = invoke_calls(load_workflow())
     assert {c[1] for c in calls} >= {"health", "migrate", "status", "rollback", "report"}
