@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safe_migrations.config import PROJECT_ROOT
-from safe_migrations.errors import ConfigError
+from safe_migrations.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -40,6 +40,80 @@ class Revision:
             "message": self.message,
             "path": self.path,
         }
+
+
+class EnvPyContractError(ConfigError):
+    """A project's env.py would not use the connection the tasks hand it."""
+
+
+ENV_PY_LINES = """    connection = config.attributes.get("connection")
+    if connection is not None:  # handed in by safe-migrations: its timeouts, its database
+        context.configure(connection=connection, target_metadata=target_metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+        return"""
+
+
+def run_env_on(
+    cfg: Config, connection: Any, direction: str, target: str | None, forced: dict[str, Any]
+) -> None:
+    """``alembic upgrade``/``downgrade`` in process, holding env.py to the contract.
+
+    env.py must configure the context with the connection in
+    ``config.attributes["connection"]`` (Alembic's connection-sharing cookbook
+    pattern); any other connection, or a failure before configuring, stops the run
+    before its first statement (exit 2). ``forced`` options (one transaction per
+    revision, the callbacks that record applied revisions) apply whatever env.py
+    passes to ``context.configure``.
+    """
+    from alembic.runtime.environment import EnvironmentContext
+
+    script = script_directory(cfg)
+    env_py = Path(script.dir) / "env.py"
+    configured: list[bool] = []
+
+    def refuse(reason: str) -> EnvPyContractError:
+        return EnvPyContractError(
+            f"{env_py} {reason}; nothing was run. The tasks run migrations only on the "
+            "connection they hand in (their database, timeouts and transactions): in "
+            "run_migrations_online(), before anything else, add\n" + ENV_PY_LINES
+        )
+
+    def configure(connection: Any = None, **options: Any) -> None:
+        handed = cfg.attributes.get("connection")
+        same = connection is not None and (
+            connection is handed
+            or getattr(connection, "connection", None) is getattr(handed, "connection", False)
+        )
+        if not same:
+            raise refuse("configured Alembic with a connection of its own")
+        callbacks = options.get("on_version_apply") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
+        options.update(forced)
+        ours = forced["on_version_apply"]
+        options["on_version_apply"] = [*(c for c in callbacks if c is not ours), ours]
+        configured.append(True)
+        EnvironmentContext.configure(guarded, connection=connection, **options)
+
+    def step(rev: Any, _context: Any) -> Any:
+        if direction == "upgrade":
+            return script._upgrade_revs(target or "head", rev)
+        return script._downgrade_revs(target or "base", rev)
+
+    destination = target or ("head" if direction == "upgrade" else "base")
+    guarded = EnvironmentContext(cfg, script, fn=step, as_sql=False, destination_rev=destination)
+    guarded.configure = configure  # type: ignore[method-assign,assignment] # env.py calls this
+    with guarded:
+        try:
+            script.run_env()
+        except EnvPyContractError:
+            raise
+        except Exception as exc:
+            if not configured:
+                raise refuse(f"failed before configuring Alembic ({first_line(exc)})") from exc
+            raise
+    if not configured:
+        raise refuse("never configured Alembic with the connection it was handed")
 
 
 def alembic_config(

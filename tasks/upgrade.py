@@ -10,10 +10,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from safe_migrations.alembic_api import (
+    EnvPyContractError,
     Project,
     Revision,
     current_revision,
     downgrade_path,
+    run_env_on,
     upgrade_path,
 )
 from safe_migrations.config import Environment
@@ -110,7 +112,6 @@ def run_migrations(
     last revision that completed. A lock timeout rolls the revision back and
     retries it with exponential backoff, up to ``migration.retries`` times.
     """
-    from alembic import command
     from sqlalchemy.exc import DBAPIError
 
     settings = env.settings.migration
@@ -132,20 +133,17 @@ def run_migrations(
                 if not path:
                     return applied
                 clock = _Clock(path, direction, retries)
-                cfg = project.config(
-                    connection=connection,
-                    configure_kwargs={
-                        "on_version_apply": clock,
-                        "transaction_per_migration": settings.transaction_per_migration,
-                    },
-                )
+                forced = {
+                    "on_version_apply": clock,
+                    "transaction_per_migration": settings.transaction_per_migration,
+                }
+                cfg = project.config(connection=connection)
                 try:
-                    if direction == "upgrade":
-                        command.upgrade(cfg, target or "head")
-                    else:
-                        command.downgrade(cfg, target or "base")
+                    run_env_on(cfg, connection, direction, target, forced)
                     applied += clock.done
                     return applied
+                except EnvPyContractError:
+                    raise  # nothing ran: env.py would have used another connection
                 except Exception as exc:  # user code may raise anything; re-raised with its cause
                     if settings.transaction_per_migration:  # else the failure undid them all
                         applied += clock.done

@@ -1,0 +1,117 @@
+"""A project's own env.py is held to the contract: it runs migrations only on the
+connection the tasks hand in, with the tasks' options (issue 14, in part)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from helpers import QUIET, UNATTENDED, ScratchProject, table_names
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from safe_migrations.alembic_api import EnvPyContractError
+from safe_migrations.config import Environment
+from safe_migrations.pipeline import migrate
+from safe_migrations.status import read_current
+from safe_migrations.upgrade import MigrationError
+
+STOCK_ONLINE = '''
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+config = context.config
+target_metadata = None
+
+
+def run_migrations_online():
+    """As `alembic init` writes it: an engine of its own, from its own URL."""
+    connectable = create_engine({url!r}, poolclass=pool.NullPool)
+    with connectable.connect() as connection:
+        context.configure(connection=connection, target_metadata=target_metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+run_migrations_online()
+'''
+
+SHARING_BUT_ONE_TRANSACTION = """
+from alembic import context
+
+config = context.config
+
+
+def run_migrations_online():
+    connection = config.attributes["connection"]
+    context.configure(connection=connection, transaction_per_migration=False)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+run_migrations_online()
+"""
+
+
+@pytest.fixture
+def other_database(pg_admin_url: str) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg_admin_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _two_revisions(scratch: ScratchProject) -> None:
+    scratch.add('op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))')
+    scratch.add('op.create_table("b", sa.Column("id", sa.Integer, primary_key=True))')
+
+
+def test_env_py_with_its_own_engine_is_refused_before_any_statement(
+    pg_url: str,
+    other_database: str,
+    scratch: ScratchProject,
+    make_env: Callable[..., Environment],
+) -> None:
+    env = make_env(pg_url)
+    _two_revisions(scratch)
+    (scratch.folder / "env.py").write_text(STOCK_ONLINE.format(url=other_database))
+    with pytest.raises(
+        EnvPyContractError, match="env.py configured Alembic with a connection"
+    ) as refused:
+        migrate(env, UNATTENDED, scratch.project(), QUIET)
+    assert refused.value.exit_code == 2
+    assert 'config.attributes.get("connection")' in refused.value.message
+    assert table_names(other_database) == set()  # the database env.py named: untouched
+    assert table_names(pg_url) == set() and read_current(env) is None
+
+
+def test_stock_placeholder_url_is_refused_naming_env_py(
+    pg_url: str, scratch: ScratchProject, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url)
+    _two_revisions(scratch)
+    (scratch.folder / "env.py").write_text(
+        STOCK_ONLINE.format(url="driver://user:pass@localhost/dbname")
+    )
+    with pytest.raises(EnvPyContractError, match="env.py failed before configuring Alembic"):
+        migrate(env, UNATTENDED, scratch.project(), QUIET)
+    assert table_names(pg_url) == set()
+
+
+def test_the_tasks_options_apply_whatever_env_py_passes(
+    pg_url: str, scratch: ScratchProject, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url)
+    scratch.add('op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))')
+    scratch.add('raise RuntimeError("second fails")')
+    (scratch.folder / "env.py").write_text(SHARING_BUT_ONE_TRANSACTION)
+    with pytest.raises(MigrationError, match="r002"):
+        migrate(env, UNATTENDED, scratch.project(), QUIET)
+    assert read_current(env) == "r001"  # one transaction per revision, as the environment says
+    assert "a" in table_names(pg_url)
