@@ -116,6 +116,37 @@ def run_env_on(
         raise refuse("never configured Alembic with the connection it was handed")
 
 
+class _Configured(Exception):
+    """Raised inside env.py's context.configure once its options are known."""
+
+
+def configured_metadata(cfg: Config, connection: Any) -> Any:
+    """Run the project's env.py just far enough to see the ``target_metadata`` it passes
+    to ``context.configure``, as `alembic check` compares with; nothing is executed."""
+    from alembic.runtime.environment import EnvironmentContext
+
+    script = script_directory(cfg)
+    seen: dict[str, Any] = {}
+
+    def configure(connection: Any = None, **options: Any) -> None:
+        seen["metadata"] = options.get("target_metadata")
+        raise _Configured
+
+    probe = EnvironmentContext(cfg, script, fn=lambda _rev, _ctx: [], as_sql=False)
+    probe.configure = configure  # type: ignore[method-assign,assignment] # env.py calls this
+    with probe:
+        try:
+            script.run_env()
+        except _Configured:
+            pass
+        except Exception as exc:
+            raise EnvPyContractError(
+                f"{Path(script.dir) / 'env.py'} failed before configuring Alembic "
+                f"({first_line(exc)}), so its target_metadata cannot be read."
+            ) from exc
+    return seen.get("metadata")
+
+
 def alembic_config(
     ini: Path = ALEMBIC_INI, script_location: Path | None = None, **attributes: Any
 ) -> Config:
@@ -326,30 +357,13 @@ class Project:
     def scripts(self) -> ScriptDirectory:
         return script_directory(self.config())
 
-    def metadata(self) -> Any:
-        """The models the database is compared with: handed in, or ``models.py`` beside env.py."""
+    def metadata(self, connection: Any) -> Any:
+        """The models the database is compared with: handed in, else the ``target_metadata``
+        that the project's env.py passes to ``context.configure`` (None when it passes none)."""
         given = dict(self.attributes)
         if "target_metadata" in given:
             return given["target_metadata"]
-        return load_models(Path(self.scripts().dir))
-
-
-def load_models(script_folder: Path) -> Any:
-    """``metadata`` from the script folder's ``models.py``, loaded by path; None if absent."""
-    import importlib.util
-    import sys
-
-    path = script_folder / "models.py"
-    if not path.exists():
-        return None
-    name = f"_migration_models_{abs(hash(str(path.resolve())))}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return getattr(sys.modules[name], "metadata", None)
+        return configured_metadata(self.config(connection=connection), connection)
 
 
 DEFAULT_PROJECT = Project()

@@ -26,9 +26,16 @@ def check_drift(env: Environment, project: Project) -> StepResult:
     with timed() as clock, connect(env, role="check") as connection:
         current = current_revision(connection)
         head = project.scripts().get_current_head()
-        metadata = project.metadata()
+        metadata = project.metadata(connection)
         if metadata is None:
-            return StepResult("drift", True, "no models to compare", severity="info")
+            return StepResult(
+                "drift",
+                False,
+                "no models to compare: the project's env.py passes no target_metadata to "
+                "context.configure; pass your models' MetaData there (as for autogenerate)",
+                severity="warning",
+                duration=clock.seconds,
+            )
         if current != head:
             return StepResult(
                 "drift",

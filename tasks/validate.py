@@ -80,7 +80,7 @@ def validate(
                     details={"current": current, "target": target},
                 )
             )
-            metadata = project.metadata() if compare_models else None
+            metadata = project.metadata(connection) if compare_models else None
             if metadata is not None:
                 with timed() as clock:
                     drift = schema_drift(connection, metadata)

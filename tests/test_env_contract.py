@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from helpers import QUIET, UNATTENDED, ScratchProject, table_names
@@ -12,11 +13,12 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from safe_migrations.alembic_api import EnvPyContractError
+from safe_migrations.alembic_api import EnvPyContractError, Project
+from safe_migrations.check import check_drift
 from safe_migrations.config import Environment
 from safe_migrations.pipeline import migrate
 from safe_migrations.status import read_current
-from safe_migrations.upgrade import MigrationError
+from safe_migrations.upgrade import MigrationError, run_migrations
 
 STOCK_ONLINE = '''
 from alembic import context
@@ -115,3 +117,59 @@ def test_the_tasks_options_apply_whatever_env_py_passes(
         migrate(env, UNATTENDED, scratch.project(), QUIET)
     assert read_current(env) == "r001"  # one transaction per revision, as the environment says
     assert "a" in table_names(pg_url)
+
+
+OWN_METADATA = """
+import sys
+
+from alembic import context
+
+sys.path.insert(0, {package!r})
+from myapp.models import metadata  # the project's own models, not migrations/models.py
+
+config = context.config
+context.configure(connection=config.attributes["connection"], target_metadata={target})
+with context.begin_transaction():
+    context.run_migrations()
+"""
+
+MODELS = """
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+sa.Table("a", metadata, sa.Column("id", sa.Integer, primary_key=True), sa.Column("n", sa.Integer))
+"""
+
+
+def _project_with_own_models(scratch: ScratchProject, tmp_path: Path, target: str) -> None:
+    package = tmp_path / "src" / "myapp"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "models.py").write_text(MODELS)  # a model column the database does not have
+    scratch.add('op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))')
+    env_py = OWN_METADATA.format(package=str(tmp_path / "src"), target=target)
+    (scratch.folder / "env.py").write_text(env_py)
+
+
+def test_drift_compares_with_the_metadata_the_projects_env_py_configures(
+    pg_url: str, tmp_path: Path, scratch: ScratchProject, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url)
+    _project_with_own_models(scratch, tmp_path, "metadata")
+    project = Project(script_location=scratch.folder)
+    run_migrations(env, project, "head")
+    drift = check_drift(env, project)
+    assert not drift.ok and drift.blocks
+    assert "a" in drift.message and "n" in drift.message
+
+
+def test_no_metadata_is_a_warning_that_says_how_to_provide_it(
+    pg_url: str, tmp_path: Path, scratch: ScratchProject, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url)
+    _project_with_own_models(scratch, tmp_path, "None")
+    project = Project(script_location=scratch.folder)
+    run_migrations(env, project, "head")
+    drift = check_drift(env, project)
+    assert not drift.ok and drift.severity == "warning" and not drift.blocks
+    assert "target_metadata" in drift.message

@@ -30,7 +30,7 @@ def test_up_down_up_consistency(
     assert [a.revision for a in applied] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
     engine = create_engine(env.url, poolclass=NullPool)
     with engine.connect() as connection:
-        assert schema_drift(connection, DEFAULT_PROJECT.metadata()) == []
+        assert schema_drift(connection, DEFAULT_PROJECT.metadata(connection)) == []
     undone = run_migrations(env, DEFAULT_PROJECT, None, "downgrade")
     assert [a.revision for a in undone][0] == "0007" and len(undone) == 7
     with engine.connect() as connection:
