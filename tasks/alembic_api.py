@@ -150,10 +150,23 @@ def configured_metadata(cfg: Config, connection: Any) -> Any:
 def alembic_config(
     ini: Path = ALEMBIC_INI, script_location: Path | None = None, **attributes: Any
 ) -> Config:
-    """An Alembic Config that leaves logging alone; ``attributes`` reach env.py."""
+    """An Alembic Config that leaves logging alone; ``attributes`` reach env.py.
+
+    ``ini`` is an alembic.ini or a pyproject.toml; a pyproject.toml beside an
+    alembic.ini is read too when it holds ``[tool.alembic]``, as Alembic does.
+    """
+    import tomllib
+
     from alembic.config import Config
 
-    cfg = Config(str(ini))
+    if ini.suffix == ".toml":
+        cfg = Config(toml_file=str(ini))
+    else:
+        pyproject = ini.with_name("pyproject.toml")
+        has_tool = pyproject.is_file() and "alembic" in tomllib.loads(
+            pyproject.read_text(encoding="utf-8")
+        ).get("tool", {})
+        cfg = Config(str(ini), toml_file=str(pyproject) if has_tool else None)
     if script_location is not None:
         cfg.set_main_option("script_location", str(script_location))
     cfg.attributes["configure_logger"] = False
