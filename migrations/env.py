@@ -15,6 +15,7 @@ from pathlib import Path
 
 from alembic import context
 from sqlalchemy import create_engine, pool
+from sqlalchemy.engine import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
 config = context.config
@@ -26,7 +27,7 @@ if config.config_file_name is not None and attributes.get("configure_logger", Tr
 
 def load_metadata():
     """The models to compare against: handed in by the caller, else models.py beside this file."""
-    if "target_metadata" in attributes:
+    if attributes.get("target_metadata") is not None:
         return attributes["target_metadata"]
     path = Path(__file__).resolve().with_name("models.py")
     if not path.exists():
@@ -88,9 +89,14 @@ def run_with(connection) -> None:
 
 
 def run_migrations_online() -> None:
-    connection = attributes.get("connection")
-    if connection is not None:
-        run_with(connection)
+    handed = attributes.get("connection")  # the tasks hand a Connection, pytest-alembic an Engine
+    if isinstance(handed, Engine):
+        with handed.connect() as connection:
+            run_with(connection)
+            connection.commit()
+        return
+    if handed is not None:
+        run_with(handed)
         return
     url = database_url()
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
