@@ -134,3 +134,124 @@ def test_init_refuses_multidb_and_reports_an_unknown_env_py(tmp_path: Path) -> N
     unknown = run(custom, str(BIN / "safe-migrations"), "init", env=base)
     assert unknown.returncode == 1 and "matches none of the templates" in unknown.stdout
     assert (custom / "migrations" / "env.py").read_text() == "from alembic import context\n"
+
+
+SECOND = '''"""add items.n"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "a2"
+down_revision = "a1"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.add_column("items", sa.Column("n", sa.Integer))
+
+
+def downgrade():
+    op.drop_column("items", "n")
+'''
+
+MODELS = """import sqlalchemy as sa
+
+metadata = sa.MetaData()
+sa.Table("items", metadata, sa.Column("id", sa.Integer, primary_key=True), {extra})
+"""
+
+
+def test_adopted_project_checks_its_own_models_rolls_back_and_obeys_the_lock_timeout(
+    pg_url: str, other_database: str, tmp_path: Path
+) -> None:
+    import threading
+
+    project = tmp_path / "service"
+    project.mkdir()
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "MIGRATE_"))}
+    run(project, str(BIN / "alembic"), "init", "migrations", env=base)
+    ini = project / "alembic.ini"
+    ini.write_text(ini.read_text().replace("driver://user:pass@localhost/dbname", other_database))
+    (project / "migrations" / "versions" / "a1_create_items.py").write_text(REVISION)
+    (project / "migrations" / "versions" / "a2_add_n.py").write_text(SECOND)
+    models = project / "app_models.py"  # the team's models, in a module of their own
+    models.write_text(MODELS.format(extra='sa.Column("n", sa.Integer)'))
+    env_py = project / "migrations" / "env.py"
+    env_py.write_text(
+        env_py.read_text().replace(
+            "target_metadata = None",
+            "from app_models import metadata\n\ntarget_metadata = metadata",
+        )
+    )
+    assert run(project, str(BIN / "safe-migrations"), "init", env=base).returncode == 0
+    staging = project / "environments" / "staging.yml"
+    staging.write_text(
+        staging.read_text()
+        .replace("lock_timeout: 2", "lock_timeout: 0.5")
+        .replace("retries: 5", "retries: 1")
+        .replace("retry_backoff: 2", "retry_backoff: 0.1")
+    )
+    url = make_url(pg_url)
+    secrets = base | {
+        "DB_HOST": str(url.host),
+        "DB_PORT": str(url.port),
+        "DB_NAME": str(url.database),
+        "DB_USER": str(url.username),
+        "DB_PASSWORD": PASSWORD,
+    }
+    invoke = str(BIN / "invoke")
+    first = run(
+        project, invoke, "migrate", "--env", "staging", "--revision", "a1", "--yes", env=secrets
+    )
+    assert first.returncode == 0, first.stdout + first.stderr
+
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # an application transaction keeps reading items
+        engine = create_engine(pg_url, poolclass=NullPool)
+        with engine.connect() as connection:
+            connection.execute(text("SELECT count(*) FROM items"))
+            taken.set()
+            release.wait(60)
+            connection.rollback()
+        engine.dispose()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert taken.wait(10)
+    try:
+        blocked = run(
+            project,
+            invoke,
+            "migrate",
+            "--env",
+            "staging",
+            "--yes",
+            "--skip-health-checks",
+            env=secrets,
+        )
+    finally:
+        release.set()
+        holder.join(10)
+    assert blocked.returncode == 1, blocked.stdout + blocked.stderr
+    assert "lock_timeout=0.5s" in blocked.stderr
+
+    second = run(project, invoke, "migrate", "--env", "staging", "--yes", env=secrets)
+    assert second.returncode == 0, second.stdout + second.stderr
+    clean = run(project, invoke, "check", "--env", "staging", env=secrets)
+    assert clean.returncode == 0 and "models match the database" in clean.stdout, clean.stdout
+    models.write_text(
+        MODELS.format(extra='sa.Column("n", sa.Integer), sa.Column("label", sa.Text)')
+    )
+    drift = run(project, invoke, "check", "--env", "staging", env=secrets)
+    assert drift.returncode == 1 and "label" in drift.stdout, drift.stdout
+
+    undone = run(project, invoke, "rollback", "--env", "staging", "--yes", env=secrets)
+    assert undone.returncode == 0, undone.stdout + undone.stderr
+    assert run(project, invoke, "status", "--env", "staging", env=secrets).stdout.count("a1") >= 1
+    down = run(
+        project, invoke, "downgrade", "--env", "staging", "--revision", "base", "--yes", env=secrets
+    )
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert table_names(pg_url) == {"alembic_version"}
+    assert table_names(other_database) == set()
