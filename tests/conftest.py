@@ -8,13 +8,15 @@ allowed to CREATE DATABASE); otherwise a throwaway cluster is started. Under CI
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ScratchProject, write_environment
+from helpers import ROOT, ScratchProject, write_environment
 from pgcluster import admin_url
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -98,3 +100,27 @@ def make_env(tmp_path: Path) -> Callable[..., Environment]:
 @pytest.fixture
 def scratch(tmp_path: Path) -> ScratchProject:
     return ScratchProject(tmp_path / "scratch_migrations")
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv with this project installed from its wheel, as a user would, plus what
+    an `alembic init -t async` project of theirs brings (asyncpg, greenlet)."""
+    folder = tmp_path_factory.mktemp("installed")
+    wheels = folder / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    venv = folder / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    wheel = next(wheels.glob("safe_alembic_migrations-*.whl"))
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", str(wheel), "asyncpg", "greenlet"],
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    return venv

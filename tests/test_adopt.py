@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +17,6 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-BIN = Path(sys.executable).parent
 REVISION = '''"""create items"""
 import sqlalchemy as sa
 from alembic import op
@@ -49,64 +48,89 @@ def other_database(pg_admin_url: str) -> Iterator[str]:
     admin.dispose()
 
 
+@pytest.fixture
+def bin_dir(installed: Path) -> Path:
+    """The commands of a fresh venv where this package was installed from its wheel."""
+    return installed / "bin"
+
+
 def run(project: Path, *argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         list(argv), cwd=project, env=env, capture_output=True, text=True, timeout=300, check=False
     )
 
 
-@pytest.mark.parametrize("template", ["generic", "async", "pyproject"])
-def test_init_adapts_an_alembic_init_project_and_migrates_the_environments_database(
-    template: str, pg_url: str, other_database: str, tmp_path: Path
-) -> None:
+def alembic_project(
+    tmp_path: Path, bin_dir: Path, template: str, theirs: str
+) -> tuple[Path, dict[str, str]]:
+    """A project made by `alembic init -t TEMPLATE` whose alembic.ini names the database
+    ``theirs`` (asyncpg for the async template), with revision a1; and its environment."""
     project = tmp_path / "service"
     project.mkdir()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "MIGRATE_"))}
-    assert (
-        run(
-            project, str(BIN / "alembic"), "init", "-t", template, "migrations", env=base
-        ).returncode
-        == 0
-    )
+    made = run(project, str(bin_dir / "alembic"), "init", "-t", template, "migrations", env=base)
+    assert made.returncode == 0, made.stderr
+    url = make_url(theirs)
+    if template == "async":
+        url = url.set(drivername="postgresql+asyncpg")
+    in_ini = url.render_as_string(hide_password=False).replace("%", "%%")  # configparser
     ini = project / "alembic.ini"
-    ini.write_text(ini.read_text().replace("driver://user:pass@localhost/dbname", other_database))
+    ini.write_text(ini.read_text().replace("driver://user:pass@localhost/dbname", in_ini))
     (project / "migrations" / "versions" / "a1_create_items.py").write_text(REVISION)
-    stock_env_py = (project / "migrations" / "env.py").read_text()
+    return project, base
 
-    adopted = run(project, str(BIN / "safe-migrations"), "init", env=base)
-    assert adopted.returncode == 0, adopted.stdout + adopted.stderr
-    assert '+    connection = config.attributes.get("connection")' in adopted.stdout  # a diff
-    for written in ("tasks.py", "environments/staging.yml", ".github/workflows/db-migrate.yml"):
-        assert (project / written).is_file(), written
-    staging = project / "environments" / "staging.yml"
-    staging.write_text(staging.read_text() + "# tuned by the team\n")
-    again = run(project, str(BIN / "safe-migrations"), "init", env=base)
-    assert again.returncode == 0 and "kept environments/staging.yml" in again.stdout
-    assert staging.read_text().endswith("# tuned by the team\n")  # never overwritten
 
+def with_secrets(base: dict[str, str], pg_url: str) -> dict[str, str]:
+    """The five variables the workflow fills from the GitHub environment's secrets."""
     url = make_url(pg_url)
-    secrets = base | {
+    return base | {
         "DB_HOST": str(url.host),
         "DB_PORT": str(url.port),
         "DB_NAME": str(url.database),
         "DB_USER": str(url.username),
         "DB_PASSWORD": PASSWORD,
     }
+
+
+TEMPLATES = ["generic", "async", "pyproject"]
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_init_adapts_an_alembic_init_project_and_migrates_the_environments_database(
+    template: str, pg_url: str, other_database: str, tmp_path: Path, bin_dir: Path
+) -> None:
+    project, base = alembic_project(tmp_path, bin_dir, template, other_database)
+    stock_env_py = (project / "migrations" / "env.py").read_text()
+
+    adopted = run(project, str(bin_dir / "safe-migrations"), "init", env=base)
+    assert adopted.returncode == 0, adopted.stdout + adopted.stderr
+    assert '+    connection = config.attributes.get("connection")' in adopted.stdout  # a diff
+    for written in ("tasks.py", "environments/staging.yml", ".github/workflows/db-migrate.yml"):
+        assert (project / written).is_file(), written
+    staging = project / "environments" / "staging.yml"
+    staging.write_text(staging.read_text() + "# tuned by the team\n")
+    again = run(project, str(bin_dir / "safe-migrations"), "init", env=base)
+    assert again.returncode == 0 and "kept environments/staging.yml" in again.stdout
+    assert staging.read_text().endswith("# tuned by the team\n")  # never overwritten
+
+    secrets = with_secrets(base, pg_url)
     migrated = run(
-        project, str(BIN / "invoke"), "migrate", "--env", "staging", "--yes", env=secrets
+        project, str(bin_dir / "invoke"), "migrate", "--env", "staging", "--yes", env=secrets
     )
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr
     assert table_names(pg_url) == {"alembic_version", "items"}
     assert table_names(other_database) == set()  # the database alembic.ini names: untouched
     assert list((project / "var" / "reports" / "staging").glob("staging-upgrade-*.json"))
     assert list((project / "var" / "backups" / "staging").glob("*.manifest.json"))  # required
-    status = run(project, str(BIN / "safe-migrations"), "status", "--env", "staging", env=secrets)
+    status = run(
+        project, str(bin_dir / "safe-migrations"), "status", "--env", "staging", env=secrets
+    )
     assert "current:     a1" in status.stdout, status.stderr
 
     (project / "migrations" / "env.py").write_text(stock_env_py)
     refused = run(
         project,
-        str(BIN / "invoke"),
+        str(bin_dir / "invoke"),
         "downgrade",
         "--env",
         "staging",
@@ -118,20 +142,21 @@ def test_init_adapts_an_alembic_init_project_and_migrates_the_environments_datab
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "env.py" in refused.stderr and "Traceback" not in refused.stderr
     assert table_names(pg_url) == {"alembic_version", "items"}
+    assert table_names(other_database) == set()  # its own engine ran nothing there
 
 
-def test_init_refuses_multidb_and_reports_an_unknown_env_py(tmp_path: Path) -> None:
+def test_init_refuses_multidb_and_reports_an_unknown_env_py(tmp_path: Path, bin_dir: Path) -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "MIGRATE_"))}
     multi = tmp_path / "multi"
     multi.mkdir()
-    run(multi, str(BIN / "alembic"), "init", "-t", "multidb", "migrations", env=base)
-    refused = run(multi, str(BIN / "safe-migrations"), "init", env=base)
+    run(multi, str(bin_dir / "alembic"), "init", "-t", "multidb", "migrations", env=base)
+    refused = run(multi, str(bin_dir / "safe-migrations"), "init", env=base)
     assert refused.returncode == 2 and "multidb" in refused.stderr
     custom = tmp_path / "custom"
     custom.mkdir()
-    run(custom, str(BIN / "alembic"), "init", "migrations", env=base)
+    run(custom, str(bin_dir / "alembic"), "init", "migrations", env=base)
     (custom / "migrations" / "env.py").write_text("from alembic import context\n")
-    unknown = run(custom, str(BIN / "safe-migrations"), "init", env=base)
+    unknown = run(custom, str(bin_dir / "safe-migrations"), "init", env=base)
     assert unknown.returncode == 1 and "matches none of the templates" in unknown.stdout
     assert (custom / "migrations" / "env.py").read_text() == "from alembic import context\n"
 
@@ -161,18 +186,11 @@ sa.Table("items", metadata, sa.Column("id", sa.Integer, primary_key=True), {extr
 """
 
 
+@pytest.mark.parametrize("template", TEMPLATES)
 def test_adopted_project_checks_its_own_models_rolls_back_and_obeys_the_lock_timeout(
-    pg_url: str, other_database: str, tmp_path: Path
+    template: str, pg_url: str, other_database: str, tmp_path: Path, bin_dir: Path
 ) -> None:
-    import threading
-
-    project = tmp_path / "service"
-    project.mkdir()
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "MIGRATE_"))}
-    run(project, str(BIN / "alembic"), "init", "migrations", env=base)
-    ini = project / "alembic.ini"
-    ini.write_text(ini.read_text().replace("driver://user:pass@localhost/dbname", other_database))
-    (project / "migrations" / "versions" / "a1_create_items.py").write_text(REVISION)
+    project, base = alembic_project(tmp_path, bin_dir, template, other_database)
     (project / "migrations" / "versions" / "a2_add_n.py").write_text(SECOND)
     models = project / "app_models.py"  # the team's models, in a module of their own
     models.write_text(MODELS.format(extra='sa.Column("n", sa.Integer)'))
@@ -183,7 +201,7 @@ def test_adopted_project_checks_its_own_models_rolls_back_and_obeys_the_lock_tim
             "from app_models import metadata\n\ntarget_metadata = metadata",
         )
     )
-    assert run(project, str(BIN / "safe-migrations"), "init", env=base).returncode == 0
+    assert run(project, str(bin_dir / "safe-migrations"), "init", env=base).returncode == 0
     staging = project / "environments" / "staging.yml"
     staging.write_text(
         staging.read_text()
@@ -191,15 +209,8 @@ def test_adopted_project_checks_its_own_models_rolls_back_and_obeys_the_lock_tim
         .replace("retries: 5", "retries: 1")
         .replace("retry_backoff: 2", "retry_backoff: 0.1")
     )
-    url = make_url(pg_url)
-    secrets = base | {
-        "DB_HOST": str(url.host),
-        "DB_PORT": str(url.port),
-        "DB_NAME": str(url.database),
-        "DB_USER": str(url.username),
-        "DB_PASSWORD": PASSWORD,
-    }
-    invoke = str(BIN / "invoke")
+    secrets = with_secrets(base, pg_url)
+    invoke = str(bin_dir / "invoke")
     first = run(
         project, invoke, "migrate", "--env", "staging", "--revision", "a1", "--yes", env=secrets
     )

@@ -6,35 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from helpers import ROOT
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A fresh venv with this project installed from its wheel, as a user would."""
-    folder = tmp_path_factory.mktemp("installed")
-    wheels = folder / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    venv = folder / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    wheel = next(wheels.glob("safe_alembic_migrations-*.whl"))
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", str(wheel)],
-        check=True,
-        capture_output=True,
-        timeout=900,
-    )
-    yield venv
 
 
 def test_nothing_named_tasks_is_installed(installed: Path, tmp_path: Path) -> None:
