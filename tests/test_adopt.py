@@ -4,14 +4,16 @@ is adapted, and every guarantee then holds there (issue 14, in part)."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import threading
+import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import table_names
+from helpers import ROOT, table_names
 from pgcluster import PASSWORD
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -266,3 +268,61 @@ def test_adopted_project_checks_its_own_models_rolls_back_and_obeys_the_lock_tim
     assert down.returncode == 0, down.stdout + down.stderr
     assert table_names(pg_url) == {"alembic_version"}
     assert table_names(other_database) == set()
+
+
+THEIR_TASKS = """from invoke import Collection, task
+
+
+@task
+def hello(c):
+    print("hello from the team's own tasks")
+
+
+ns = Collection(hello)
+"""
+
+
+def test_a_project_with_its_own_tasks_gets_the_migrations_under_a_namespace(
+    tmp_path: Path, bin_dir: Path
+) -> None:
+    project, base = alembic_project(tmp_path, bin_dir, "generic", "sqlite:///unused.db")
+    (project / "tasks.py").write_text(THEIR_TASKS)
+    (project / "requirements.txt").write_text("requests\n")
+    adopted = run(project, str(bin_dir / "safe-migrations"), "init", env=base)
+    assert adopted.returncode == 0, adopted.stdout + adopted.stderr
+    assert (project / "tasks.py").read_text() == THEIR_TASKS  # theirs, untouched
+    lines = adopted.stdout.split("add the migration tasks under a namespace:\n", 1)[1]
+    workflow = (project / ".github" / "workflows" / "db-migrate.yml").read_text()
+    assert "pip install -r requirements.txt safe-alembic-migrations" in workflow
+
+    (project / "tasks.py").write_text(THEIR_TASKS + "\n" + lines)  # as the note says
+    env = base | {"PATH": f"{bin_dir}:{base.get('PATH', '')}"}
+    listed = run(project, str(bin_dir / "invoke"), "--list", env=env)
+    assert "hello" in listed.stdout and "db.migrate" in listed.stdout, listed.stdout
+    migrated = run(project, str(bin_dir / "invoke"), "db.migrate", "--yes", env=env)
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    assert (project / "var" / "local.db").is_file()  # the local environment's SQLite file
+    assert not (project / "unused.db").exists()  # not the one alembic.ini names
+    assert "hello from the team" in run(project, str(bin_dir / "invoke"), "hello", env=env).stdout
+
+
+def readme_adopt_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("### Adopt it in your project", 1)[1].split("\n### ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("\n```", 1)[0]
+    return [line.split("#", 1)[0].strip() for line in block.splitlines()]
+
+
+def test_readme_adopt_commands_install_this_package_and_init_works_as_written(
+    tmp_path: Path, bin_dir: Path
+) -> None:
+    install, init = readme_adopt_commands()
+    name = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
+    assert install == f"pip install {name}"  # the wheel of that name is what `installed` holds
+    project, base = alembic_project(tmp_path, bin_dir, "generic", "sqlite:///unused.db")
+    env = base | {"PATH": f"{bin_dir}:{base.get('PATH', '')}"}
+    adopted = subprocess.run(
+        shlex.split(init), cwd=project, env=env, capture_output=True, text=True, check=False
+    )
+    assert adopted.returncode == 0, adopted.stdout + adopted.stderr
+    assert (project / "tasks.py").is_file() and (project / "environments" / "local.yml").is_file()
