@@ -238,36 +238,6 @@ def current_revision(connection: Connection) -> str | None:
     return ",".join(sorted(rows))
 
 
-def resolve_revision(scripts: ScriptDirectory, target: str) -> str | None:
-    """A revision id (or ``head``/``base``/a unique prefix) to one id; None means base."""
-    from alembic.script.revision import MultipleHeads
-    from alembic.util import CommandError
-
-    if target == "base":
-        return None
-    try:
-        if target == "head":
-            found = scripts.get_current_head()
-            if found is None:
-                raise ConfigError("There are no revisions yet; create one with `invoke generate`.")
-            return found
-        script = scripts.get_revision(target)
-    except CommandError as exc:
-        if isinstance(exc.__cause__, MultipleHeads):  # Alembic chains the typed cause
-            raise ConfigError(
-                f"The scripts have several heads ({', '.join(heads(scripts))}); "
-                "merge them with `alembic merge heads` first."
-            ) from None
-        raise ConfigError(
-            f"Unknown revision '{target}'; `invoke status` lists the revisions that exist."
-        ) from None
-    if script is None:
-        return None
-    if isinstance(script, tuple):
-        raise ConfigError(f"Revision '{target}' is ambiguous; give more of its id.")
-    return script.revision
-
-
 def upgrade_path(
     scripts: ScriptDirectory, current: str | None, target: str | None
 ) -> list[Revision]:
@@ -322,24 +292,28 @@ def _captured(cfg: Config) -> Iterator[io.StringIO]:
 
 
 def render_sql(
-    cfg: Config, scripts: ScriptDirectory, path: list[Revision], upgrade: bool = True
+    cfg: Config,
+    scripts: ScriptDirectory,
+    path: list[Revision],
+    dialect: str,
+    upgrade: bool = True,
 ) -> list[RenderedRevision]:
-    """Offline SQL one revision at a time, so one that reads rows cannot hide the others."""
-    from alembic import command
+    """Offline SQL one revision at a time, so one that reads rows cannot hide the others.
 
+    Rendered for ``dialect`` (the environment's): whatever URL env.py would configure
+    offline (the stock template's ``driver://`` placeholder in alembic.ini included)
+    is replaced by the dialect's name, so no URL is needed and none is connected to.
+    """
     rendered = []
+    cfg.attributes["dialect_name"] = dialect  # this repository's env.py reads it
     for step in path:
         if upgrade:
-            start = step.down_revision or "base"
-            span = f"{start}:{step.revision}"
+            start, destination = step.down_revision or "base", step.revision
         else:
-            span = f"{step.revision}:{step.down_revision or 'base'}"
+            start, destination = step.revision, step.down_revision or "base"
         with _captured(cfg) as buffer:
             try:
-                if upgrade:
-                    command.upgrade(cfg, span, sql=True)
-                else:
-                    command.downgrade(cfg, span, sql=True)
+                _run_offline(cfg, scripts, start, destination, upgrade, dialect)
             except Exception as exc:  # noqa: BLE001 - any error in user code means "cannot render"
                 rendered.append(
                     RenderedRevision(
@@ -351,6 +325,37 @@ def render_sql(
             RenderedRevision(step.revision, step.message, step.path, buffer.getvalue(), None)
         )
     return rendered
+
+
+def _run_offline(
+    cfg: Config,
+    script: ScriptDirectory,
+    start: str,
+    destination: str,
+    upgrade: bool,
+    dialect: str,
+) -> None:
+    """``alembic upgrade/downgrade START:DESTINATION --sql`` with env.py's offline
+    ``context.configure`` held to ``dialect``."""
+    from alembic.runtime.environment import EnvironmentContext
+
+    def step(rev: Any, _context: Any) -> Any:
+        if upgrade:
+            return script._upgrade_revs(destination, rev)
+        return script._downgrade_revs(destination, rev)
+
+    offline = EnvironmentContext(
+        cfg, script, fn=step, as_sql=True, starting_rev=start, destination_rev=destination
+    )
+
+    def configure(**options: Any) -> None:
+        for key in ("url", "connection", "dialect_name"):
+            options.pop(key, None)
+        EnvironmentContext.configure(offline, dialect_name=dialect, **options)
+
+    offline.configure = configure  # type: ignore[method-assign,assignment] # env.py calls this
+    with offline:
+        script.run_env()
 
 
 @dataclass(frozen=True)

@@ -91,14 +91,14 @@ def scratch_database(env: Environment, folder: Path) -> Iterator[Environment]:
     from sqlalchemy.engine import make_url
 
     if env.is_sqlite:
-        target = folder / f"stairway-{uuid.uuid4().hex[:8]}.db"
+        target = folder / f"{env.settings.check.scratch_prefix}{uuid.uuid4().hex[:12]}.db"
         folder.mkdir(parents=True, exist_ok=True)
         try:
             yield replace(env, url=f"sqlite:///{target}")
         finally:
             target.unlink(missing_ok=True)
         return
-    name = f"stairway_{uuid.uuid4().hex[:12]}"
+    name = f"{env.settings.check.scratch_prefix}{uuid.uuid4().hex[:12]}"
     with connect(env, role="check", autocommit=True) as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     try:

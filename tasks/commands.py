@@ -421,22 +421,42 @@ def report_task(
     help={
         "env": ENV_HELP + "; its pending revisions are linted by default",
         "range_": "revisions A:B to lint (A exclusive, as in Alembic), e.g. base:head",
+        "since": "lint only the revisions after this one (an id, prefix, head-2, ...)",
         "all_": "lint every revision",
+        "baseline": "accept every finding of the whole history in the migrations folder's "
+        "lint-baseline.yml; later runs fail only on new findings",
         "json_": JSON_HELP,
     }
 )
 @exits_with_documented_codes
 def lint(
-    c: Any, env: str | None = None, range_: str = "", all_: bool = False, json_: bool = False
+    c: Any,
+    env: str | None = None,
+    range_: str = "",
+    since: str = "",
+    all_: bool = False,
+    baseline: bool = False,
+    json_: bool = False,
 ) -> None:
     """Check the migrations' SQL with squawk for locking and data-losing operations."""
     from safe_migrations.alembic_api import project_for
+    from safe_migrations.baseline import Baseline, write_baseline
+    from safe_migrations.config import PROJECT_ROOT
     from safe_migrations.lint import lint_revisions, selected_revisions
 
     environment = _environment(env)
     project = project_for(environment)
-    result = lint_revisions(project, selected_revisions(environment, project, range_, all_))
+    if baseline and (range_ or since):
+        raise UsageError("--baseline covers the whole history; drop --range/--since.")
+    chosen = selected_revisions(environment, project, range_, all_ or baseline, since)
+    result = lint_revisions(project, chosen, Baseline() if baseline else None)
     _print(json.dumps(result.to_dict(), indent=2) if json_ else result.render())
+    if result.nothing_checked:
+        raise result.nothing_rendered()
+    if baseline:
+        path, count = write_baseline(project, result, PROJECT_ROOT)
+        _print(f"wrote {path}: {count} finding(s) accepted; fill in each reason there.")
+        return
     if result.blocking:
         raise Exit(code=EXIT_FAILED)
 

@@ -107,6 +107,16 @@ class ReportSettings:
 
 
 @dataclass(frozen=True)
+class CheckSettings:
+    # `check --stairway` makes its scratch database on the environment's server as
+    # <scratch_prefix><12 hex digits>; a shared server's naming rules may want a prefix.
+    scratch_prefix: str = setting("stairway_", min_length=1)
+
+
+_SCRATCH_PREFIX = re.compile(r"^[a-z_][a-z0-9_$]{0,49}$")
+
+
+@dataclass(frozen=True)
 class EnvironmentFile:
     database: DatabaseSettings
     description: str = ""
@@ -116,6 +126,7 @@ class EnvironmentFile:
     migration: MigrationSettings = field(default_factory=MigrationSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     reports: ReportSettings = field(default_factory=ReportSettings)
+    check: CheckSettings = field(default_factory=CheckSettings)
 
 
 @dataclass(frozen=True)
@@ -192,9 +203,16 @@ def parse_environment(name: str, path: Path, data: object) -> EnvironmentFile:
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping of settings, not {type(data).__name__}.")
     try:
-        return build(EnvironmentFile, data)
+        settings = build(EnvironmentFile, data)
     except SchemaError as exc:
         raise ConfigError(f"{where}: {exc}.") from None
+    if not _SCRATCH_PREFIX.match(settings.check.scratch_prefix):
+        raise ConfigError(
+            f"{where}: key 'check.scratch_prefix' must be lower-case letters, digits and "
+            "underscores starting with a letter or underscore, at most 50 characters "
+            "(a database name is made of it and 12 hex digits)."
+        )
+    return settings
 
 
 def _relative(path: Path) -> str:

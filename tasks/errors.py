@@ -66,6 +66,17 @@ class ValidationError(ToolError):
     """The database after migrating is not what the migration promised."""
 
 
+class NothingRenderedError(ToolError):
+    """No revision could be rendered offline, so a lint or dry run checked nothing."""
+
+    @classmethod
+    def first(cls, what: str, revision: str, error: str) -> NothingRenderedError:
+        return cls(
+            f"No {what} could be rendered offline, so nothing was checked; the first "
+            f"failure, in {revision}: {error.strip().splitlines()[0] if error.strip() else error}"
+        )
+
+
 class BackupError(ToolError):
     """Taking, verifying or restoring a backup failed."""
 

@@ -12,11 +12,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from safe_migrations.alembic_api import Project, current_revision, heads, resolve_revision
+from safe_migrations.alembic_api import Project, current_revision, heads
 from safe_migrations.config import Environment
 from safe_migrations.database import connect, make_engine, sqlite_path
 from safe_migrations.errors import ConfigError, first_line
 from safe_migrations.results import StepResult, timed
+from safe_migrations.revisions import resolve_revision
 
 MB = 1024 * 1024
 AUTHENTICATION_FAILED = {"28P01", "28000"}  # SQLSTATE: invalid password / authorization
@@ -174,10 +175,10 @@ def check_single_head(project: Project) -> StepResult:
     return StepResult("single_head", ok, message, duration=clock.seconds, details={"heads": found})
 
 
-def check_target(project: Project, target: str) -> StepResult:
+def check_target(project: Project, target: str, current: str | None = None) -> StepResult:
     with timed() as clock:
         try:
-            resolved = resolve_revision(project.scripts(), target)
+            resolved = resolve_revision(project.scripts(), target, current)
             ok, message = True, f"target {target} is {resolved or 'base'}"
         except ConfigError as exc:
             resolved, ok, message = None, False, exc.message
@@ -313,7 +314,7 @@ def run_health(env: Environment, project: Project, target: str = "head") -> list
     results.append(check_disk(env, db_size))
     results.append(check_report_folder(env))
     results.append(check_single_head(project))
-    results.append(check_target(project, target))
+    results.append(check_target(project, target, current))
     if env.settings.health.lint and results[0].ok and results[-1].ok:
         from safe_migrations.lint import lint_pending
 

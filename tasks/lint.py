@@ -6,6 +6,10 @@ SQL. A revision may allow a rule with a marker comment in its own file::
     # squawk: allow renaming-column -- clients read the view, not the table
 
 Allowed findings are listed, never hidden; a marker without a reason allows nothing.
+An existing history is accepted as it stands with a baseline (``invoke lint
+--baseline``, ``lint-baseline.yml`` in the migrations folder, see baseline.py): its
+findings are listed as accepted, and only new ones fail. Nothing rendered is a
+failure, never a pass.
 """
 
 from __future__ import annotations
@@ -20,11 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from safe_migrations.alembic_api import PROJECT_ROOT, Project, Revision, render_sql, upgrade_path
+from safe_migrations.baseline import Baseline, fingerprint, load_baseline
 from safe_migrations.config import Environment
-from safe_migrations.errors import ConfigError, ToolError
+from safe_migrations.errors import ConfigError, NothingRenderedError, ToolError, UsageError
 from safe_migrations.results import StepResult, timed
+from safe_migrations.revisions import resolve_revision
 
-SQUAWK_CONFIG = PROJECT_ROOT / "migrations" / "squawk.toml"
+# squawk's settings: the project's own (squawk.toml in its migrations folder), else
+# this package's defaults (a link to this repository's migrations/squawk.toml).
+DEFAULT_SQUAWK_CONFIG = Path(__file__).parent / "scaffold" / "squawk.toml"
 _MARKER = re.compile(r"#\s*squawk:\s*allow\s+([a-z0-9-]+)(?:\s*(?:--|:)\s*(\S.*))?", re.I)
 
 
@@ -38,6 +46,8 @@ class Finding:
     statement: str
     allowed: bool = False
     reason: str | None = None
+    fingerprint: str = ""
+    baselined: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,15 +61,28 @@ class LintResult:
 
     @property
     def blocking(self) -> list[Finding]:
-        return [f for f in self.findings if not f.allowed]
+        return [f for f in self.findings if not (f.allowed or f.baselined)]
 
     @property
     def allowed(self) -> list[Finding]:
         return [f for f in self.findings if f.allowed]
 
+    @property
+    def baselined(self) -> list[Finding]:
+        return [f for f in self.findings if f.baselined]
+
+    @property
+    def nothing_checked(self) -> bool:
+        """Revisions were asked for and none could be rendered: no pass, a failure."""
+        return bool(self.unrendered) and not self.checked
+
+    def nothing_rendered(self) -> NothingRenderedError:
+        revision, error = next(iter(self.unrendered.items()))
+        return NothingRenderedError.first("revision", revision, error)
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "ok": not self.blocking,
+            "ok": not self.blocking and not self.nothing_checked,
             "checked": self.checked,
             "findings": [f.to_dict() for f in self.findings],
             "unrendered": self.unrendered,
@@ -80,12 +103,18 @@ class LintResult:
                 continue
             lines.append(f"{revision} ({own[0].path}):")
             for f in own:
-                state = f"allowed: {f.reason}" if f.allowed else "NOT ALLOWED"
+                state = (
+                    f"allowed: {f.reason}"
+                    if f.allowed
+                    else f"accepted in the baseline: {f.reason or 'no reason given yet'}"
+                    if f.baselined
+                    else "NOT ALLOWED"
+                )
                 lines.append(f"  {f.rule} [{state}] line {f.line}: {f.message}")
                 lines.append(f"    {f.statement}")
         lines.append(
             f"{len(self.checked)} revision(s) checked, {len(self.blocking)} finding(s) "
-            f"not allowed, {len(self.allowed)} allowed, "
+            f"not allowed, {len(self.allowed)} allowed, {len(self.baselined)} baselined, "
             f"{len(self.unrendered)} not renderable"
         )
         return "\n".join(lines)
@@ -111,6 +140,7 @@ def squawk_binary() -> str:
 
 
 def _statement_at(sql: str, line: int) -> str:
+    """The whole statement that starts at ``line``, on one line."""
     lines = sql.splitlines()
     start = max(0, min(line - 1, len(lines) - 1))
     text = []
@@ -118,10 +148,15 @@ def _statement_at(sql: str, line: int) -> str:
         text.append(current.strip())
         if current.rstrip().endswith(";"):
             break
-    return " ".join(t for t in text if t)[:300]
+    return " ".join(t for t in text if t)
 
 
-def squawk(sql: str, path: str, config: Path = SQUAWK_CONFIG) -> list[dict[str, Any]]:
+def squawk_config(project: Project) -> Path:
+    own = Path(project.scripts().dir) / "squawk.toml"
+    return own if own.is_file() else DEFAULT_SQUAWK_CONFIG
+
+
+def squawk(sql: str, path: str, config: Path = DEFAULT_SQUAWK_CONFIG) -> list[dict[str, Any]]:
     """squawk's JSON findings for one piece of SQL, given through stdin."""
     result = subprocess.run(
         [squawk_binary(), "--config", str(config), "--reporter", "json", "--stdin-filepath", path],
@@ -139,54 +174,72 @@ def squawk(sql: str, path: str, config: Path = SQUAWK_CONFIG) -> list[dict[str, 
         raise ToolError(f"squawk printed no JSON for {path}: {result.stdout[:200]}") from None
 
 
-def lint_revisions(project: Project, path: list[Revision]) -> LintResult:
-    """Render each revision for PostgreSQL and check it; findings carry allow markers."""
-    cfg = project.config(dialect_name="postgresql")
+def lint_revisions(
+    project: Project, path: list[Revision], baseline: Baseline | None = None
+) -> LintResult:
+    """Render each revision for PostgreSQL and check it; findings carry allow markers and
+    whether the baseline (the project's own, unless one is given) accepts them."""
+    cfg = project.config()
+    config = squawk_config(project)
+    accepted = load_baseline(project) if baseline is None else baseline
     outcome = LintResult()
-    for item in render_sql(cfg, project.scripts(), path):
+    for item in render_sql(cfg, project.scripts(), path, "postgresql"):
         if item.error or item.sql is None:
             outcome.unrendered[item.revision] = item.error or "no SQL"
             continue
         outcome.checked.append(item.revision)
         file = Path(item.path) if Path(item.path).is_absolute() else PROJECT_ROOT / item.path
         markers = allow_markers(file)
-        for raw in squawk(item.sql, item.path):
+        for raw in squawk(item.sql, item.path, config):
             rule = raw.get("rule_name", "unknown")
+            line = int(raw.get("line", 0)) + 1
+            statement = _statement_at(item.sql, line)
+            mark = fingerprint(statement)
             reason = markers.get(rule)
+            kept = accepted.find(item.revision, file, rule, mark) if not reason else None
             outcome.findings.append(
                 Finding(
                     revision=item.revision,
                     path=item.path,
                     rule=rule,
                     message=raw.get("message", ""),
-                    line=int(raw.get("line", 0)) + 1,
-                    statement=_statement_at(item.sql, int(raw.get("line", 0)) + 1),
+                    line=line,
+                    statement=statement[:300],
                     allowed=bool(reason),
-                    reason=reason,
+                    reason=reason if reason else kept.reason if kept else None,
+                    fingerprint=mark,
+                    baselined=kept is not None,
                 )
             )
     return outcome
 
 
 def selected_revisions(
-    env: Environment, project: Project, range_: str, all_: bool
+    env: Environment, project: Project, range_: str = "", all_: bool = False, since: str = ""
 ) -> list[Revision]:
-    """What `invoke lint` checks: ``--all``, ``--range A:B``, or (default) the pending ones."""
-    from safe_migrations.alembic_api import resolve_revision, upgrade_path
-    from safe_migrations.errors import UsageError
+    """What `invoke lint` checks: ``--all``, ``--range A:B``, ``--since REV`` (the revisions
+    after REV), or (default) the pending ones."""
     from safe_migrations.status import read_current
 
-    if range_ and all_:
-        raise UsageError("--range and --all contradict each other; pass one of them.")
+    if sum(map(bool, (range_, all_, since))) > 1:
+        raise UsageError("--range, --since and --all contradict each other; pass one of them.")
     scripts = project.scripts()
+
+    def current() -> str | None:
+        return read_current(env)
+
     if all_:
         start, end = None, "head"
     elif range_:
         start, end = parse_range(range_)
+    elif since:
+        start, end = since, "head"
     else:
-        start, end = read_current(env), "head"
+        return upgrade_path(scripts, current(), resolve_revision(scripts, "head"))
     return upgrade_path(
-        scripts, resolve_revision(scripts, start) if start else None, resolve_revision(scripts, end)
+        scripts,
+        resolve_revision(scripts, start, current) if start else None,
+        resolve_revision(scripts, end, current),
     )
 
 
@@ -211,8 +264,19 @@ def lint_pending(project: Project, current: str | None, target: str | None) -> S
     )
     if result.allowed:
         message += f"; allowed: {', '.join(f'{f.revision} {f.rule}' for f in result.allowed)}"
+    if result.baselined:
+        message += f"; baselined: {', '.join(f'{f.revision} {f.rule}' for f in result.baselined)}"
     if result.unrendered:
         message += f"; not renderable: {', '.join(result.unrendered)}"
+    if result.nothing_checked:  # a warning: a revision that reads rows may be pending
+        return StepResult(
+            "lint",
+            False,
+            result.nothing_rendered().message,
+            severity="warning",
+            duration=clock.seconds,
+            details=result.to_dict(),
+        )
     return StepResult(
         "lint", not blocking, message, duration=clock.seconds, details=result.to_dict()
     )

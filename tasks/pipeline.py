@@ -18,10 +18,17 @@ from safe_migrations.alembic_api import Project
 from safe_migrations.backup import take_backup
 from safe_migrations.config import Environment
 from safe_migrations.context import Console, Run, RunOptions, recorded
-from safe_migrations.errors import BlockedError, RefusedError, UsageError, ValidationError
+from safe_migrations.errors import (
+    BlockedError,
+    NothingRenderedError,
+    RefusedError,
+    UsageError,
+    ValidationError,
+)
 from safe_migrations.locking import migration_lock
 from safe_migrations.report import RunRecord, reported
 from safe_migrations.results import StepResult, format_results, timed
+from safe_migrations.revisions import resolve_revision
 from safe_migrations.status import read_current
 
 __all__ = ["Console", "RunOptions", "migrate"]
@@ -70,7 +77,9 @@ def refuse_before_any_work(run: Run) -> None:
 
 
 def resolve_target(run: Run) -> None:
-    run.target = alembic_api.resolve_revision(run.project.scripts(), run.options.revision)
+    """The target as one revision id before anything runs (``-2`` reads the current one)."""
+    scripts = run.project.scripts()
+    run.target = resolve_revision(scripts, run.options.revision, lambda: read_current(run.env))
     run.record.target_revision = reported(run.target)
 
 
@@ -138,9 +147,10 @@ def _pending(run: Run) -> list[alembic_api.Revision]:
 def dry_run_step(run: Run) -> None:
     """Print the offline SQL of each pending revision; name those that cannot be rendered."""
     rendered = alembic_api.render_sql(
-        run.project.config(url=run.env.url),
+        run.project.config(),
         run.project.scripts(),
         run.pending,
+        run.env.dialect,
         upgrade=run.options.direction == "upgrade",
     )
     unrendered = [r for r in rendered if r.error]
@@ -150,13 +160,17 @@ def dry_run_step(run: Run) -> None:
             run.console.say(f"-- cannot be rendered offline: {item.error}\n")
         else:
             run.console.say(item.sql or "")
-    message = f"{len(rendered)} revision(s) rendered, database unchanged" + (
+    message = f"{len(rendered) - len(unrendered)} revision(s) rendered, database unchanged" + (
         f"; {len(unrendered)} could not be rendered: " + ", ".join(r.revision for r in unrendered)
         if unrendered
         else ""
     )
     details = {"unrendered": {r.revision: r.error for r in unrendered}}
-    run.step(StepResult("dry_run", True, message, details=details))
+    nothing = bool(rendered) and len(unrendered) == len(rendered)
+    run.step(StepResult("dry_run", not nothing, message, details=details))
+    if nothing:
+        first = unrendered[0]
+        raise NothingRenderedError.first("pending revision", first.revision, first.error or "")
 
 
 def confirm_step(run: Run) -> None:

@@ -258,6 +258,9 @@ def test_adopted_project_checks_its_own_models_rolls_back_and_obeys_the_lock_tim
     )
     drift = run(project, invoke, "check", "--env", "staging", env=secrets)
     assert drift.returncode == 1 and "label" in drift.stdout, drift.stdout
+    linted = run(project, invoke, "lint", "--env", "staging", "--all", env=secrets)
+    assert linted.returncode == 0, linted.stdout + linted.stderr  # squawk's defaults: packaged
+    assert "2 revision(s) checked" in linted.stdout
 
     undone = run(project, invoke, "rollback", "--env", "staging", "--yes", env=secrets)
     assert undone.returncode == 0, undone.stdout + undone.stderr

@@ -62,7 +62,7 @@ def test_data_migration_lowercases_emails_and_rename_keeps_rows(
 def test_offline_sql_renders_every_revision_for_postgresql() -> None:
     scripts = DEFAULT_PROJECT.scripts()
     path = upgrade_path(scripts, None, "0007")
-    rendered = render_sql(DEFAULT_PROJECT.config(dialect_name="postgresql"), scripts, path)
+    rendered = render_sql(DEFAULT_PROJECT.config(), scripts, path, "postgresql")
     assert [r.error for r in rendered] == [None] * 7
     by_revision = {r.revision: r.sql for r in rendered}
     assert "CREATE INDEX CONCURRENTLY" in by_revision["0003"]
