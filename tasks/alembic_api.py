@@ -7,7 +7,7 @@ hand them to ``migrations/env.py`` through ``config.attributes``.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +55,12 @@ ENV_PY_LINES = """    connection = config.attributes.get("connection")
 
 
 def run_env_on(
-    cfg: Config, connection: Any, direction: str, target: str | None, forced: dict[str, Any]
+    cfg: Config,
+    connection: Any,
+    direction: str,
+    target: str | None,
+    forced: dict[str, Any],
+    on_context: Callable[[Any], None] | None = None,
 ) -> None:
     """``alembic upgrade``/``downgrade`` in process, holding env.py to the contract.
 
@@ -64,7 +69,7 @@ def run_env_on(
     pattern); any other connection, or a failure before configuring, stops the run
     before its first statement (exit 2). ``forced`` options (one transaction per
     revision, the callbacks that record applied revisions) apply whatever env.py
-    passes to ``context.configure``.
+    passes to ``context.configure``; ``on_context`` is handed the MigrationContext.
     """
     from alembic.runtime.environment import EnvironmentContext
 
@@ -94,6 +99,8 @@ def run_env_on(
         options["on_version_apply"] = [*(c for c in callbacks if c is not ours), ours]
         configured.append(True)
         EnvironmentContext.configure(guarded, connection=connection, **options)
+        if on_context is not None:
+            on_context(guarded.get_context())
 
     def step(rev: Any, _context: Any) -> Any:
         if direction == "upgrade":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import signal
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -121,7 +122,10 @@ def _interrupt(signum: int, _frame: Any) -> None:
 def _environment(name: str | None, need_database: bool = True) -> Any:
     from safe_migrations.config import load_environment
 
-    return load_environment(name, need_database=need_database)
+    environment = load_environment(name, need_database=need_database)
+    for warning in environment.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return environment
 
 
 def _backup_flag(backup: bool, no_backup: bool, no_backup_if_allowed: bool = False) -> bool | None:

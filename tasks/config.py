@@ -85,11 +85,19 @@ class BackupSettings:
 @dataclass(frozen=True)
 class MigrationSettings:
     lock_timeout: float = setting(2.0, ge=0)
+    # Seconds per revision to wait for its locks: attempts of one lock_timeout each,
+    # with the holders watched from the side in between (lockwait.py).
+    lock_budget: float = setting(60.0, gt=0, le=86400)
     statement_timeout: float = setting(0.0, ge=0)
-    retries: int = setting(3, ge=0, le=100)
-    retry_backoff: float = setting(1.0, ge=0)
+    # Terminate holders that block the migration and have sat idle in a transaction
+    # longer than this (seconds); off when unset. Refused in production unless
+    # policy.allow_cancel_blockers.
+    cancel_blockers_after: float | None = setting(None, gt=0)
     lock_wait: float = setting(60.0, ge=0)
     transaction_per_migration: bool = True
+    # No longer used (lock_budget bounds the wait); accepted with a warning.
+    retries: int | None = setting(None, ge=0, le=100)
+    retry_backoff: float | None = setting(None, ge=0)
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,7 @@ class PolicySettings:
     allow_downgrade: bool = True
     allow_rollback: bool = True
     auto_rollback: bool = False
+    allow_cancel_blockers: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,7 @@ class Environment:
     url: str
     settings: EnvironmentFile
     root: Path = PROJECT_ROOT
+    warnings: tuple[str, ...] = ()  # shown once by the task that loaded it
 
     @property
     def masked_url(self) -> str:
@@ -206,6 +216,17 @@ def parse_environment(name: str, path: Path, data: object) -> EnvironmentFile:
         settings = build(EnvironmentFile, data)
     except SchemaError as exc:
         raise ConfigError(f"{where}: {exc}.") from None
+    migration, policy = settings.migration, settings.policy
+    if (
+        name == "production"
+        and migration.cancel_blockers_after
+        and not policy.allow_cancel_blockers
+    ):
+        raise ConfigError(
+            f"{where}: key 'migration.cancel_blockers_after' terminates other sessions, which "
+            "production refuses unless policy.allow_cancel_blockers is true; remove it or "
+            "allow it there."
+        )
     if not _SCRATCH_PREFIX.match(settings.check.scratch_prefix):
         raise ConfigError(
             f"{where}: key 'check.scratch_prefix' must be lower-case letters, digits and "
@@ -263,13 +284,26 @@ def load_environment(
             url = substitute(settings.database.url, environ, "")
         except ConfigError:
             url = settings.database.url
-        return Environment(name=name, path=path, url=url, settings=settings)
+        return Environment(name, path, url, settings, warnings=deprecations(settings, path))
     else:
         url = substitute(settings.database.url, environ, f"{_relative(path)} (database.url)")
     url = _normalise(url)
     _check_url(url, path)
     settings = _encryption(settings, environ, path)
-    return Environment(name=name, path=path, url=url, settings=settings)
+    return Environment(name, path, url, settings, warnings=deprecations(settings, path))
+
+
+def deprecations(settings: EnvironmentFile, path: Path) -> tuple[str, ...]:
+    """Sentences for keys a file still carries that no longer do what they did."""
+    migration = settings.migration
+    if migration.retries is None and migration.retry_backoff is None:
+        return ()
+    return (
+        f"{_relative(path)}: migration.retries and migration.retry_backoff are no longer "
+        "used; each revision now waits for its locks for up to migration.lock_budget "
+        f"({migration.lock_budget:g}s), retrying the moment the holders let go. "
+        "Remove them (and set lock_budget if the default does not fit).",
+    )
 
 
 def _encryption(settings: EnvironmentFile, environ: dict[str, str], path: Path) -> EnvironmentFile:

@@ -227,9 +227,13 @@ def upgrade_step(run: Run) -> None:
 
     def on_retry(attempt: upgrade.MigrationAttempt) -> None:
         run.record.retries.append(asdict(attempt))
+        ahead = f" for {attempt.mode} on {attempt.relation}" if attempt.relation else ""
+        holders = ", ".join(f"pid {h['pid']}" for h in attempt.holders)
         run.console.say(
-            f"revision {attempt.revision} hit the lock timeout "
-            f"(attempt {attempt.attempt}); retrying in {attempt.waited:g}s"
+            f"revision {attempt.revision} queued{ahead} past its lock timeout and was rolled "
+            f"back (attempt {attempt.attempt}); watched {holders or 'the holders'} from the side "
+            f"for {attempt.waited:g}s"
+            + "".join(f"; terminated idle pid {c['pid']}" for c in attempt.cancelled if c["done"])
         )
 
     with timed() as clock:

@@ -1,11 +1,13 @@
 """The upgrade (and downgrade) step: Alembic in process, one transaction per revision,
-lock and statement timeouts on the migration's connection, retries on lock timeouts.
+lock and statement timeouts on the migration's connection, and lock waits that never
+queue the application for longer than one short lock timeout (lockwait.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -21,6 +23,15 @@ from safe_migrations.alembic_api import (
 from safe_migrations.config import Environment
 from safe_migrations.database import make_engine
 from safe_migrations.errors import ToolError, first_line
+from safe_migrations.lockwait import (
+    Cancelled,
+    Wait,
+    cancel_idle_holders,
+    holders,
+    jitter,
+    wait_until_released,
+    watching,
+)
 from safe_migrations.masking import redact
 
 Direction = Literal["upgrade", "downgrade"]
@@ -34,6 +45,9 @@ class AppliedRevision:
     direction: Direction
     duration: float
     retries: int
+    # It ran an autocommit block: past it nothing could be rolled back, so it waited
+    # for its locks without a lock timeout and was not retried from there.
+    autocommit: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -54,34 +68,69 @@ class MigrationError(ToolError):
 
 @dataclass(frozen=True)
 class MigrationAttempt:
-    """A revision that hit the lock timeout and was rolled back to be tried again."""
+    """A revision that hit the lock timeout, was rolled back, waited for the holders from
+    the side (``waited`` seconds) and was tried again."""
 
     revision: str
     attempt: int
     error: str
     waited: float
+    relation: str | None = None
+    mode: str | None = None
+    holders: tuple[dict[str, Any], ...] = ()
+    cancelled: tuple[dict[str, Any], ...] = ()
 
 
 class _Clock:
-    """Times each revision from Alembic's on_version_apply callback."""
+    """Times each revision from Alembic's on_version_apply callback, and notes the
+    revisions that ran an autocommit block (PostgreSQL: from there they wait for
+    locks without a timeout, since their autocommit part cannot be rolled back)."""
 
-    def __init__(self, path: list[Revision], direction: Direction, retries: dict[str, int]):
+    def __init__(
+        self, path: list[Revision], direction: Direction, retries: dict[str, int], lock_ms: int
+    ) -> None:
         self.path = path
         self.direction = direction
         self.retries = retries
+        self.lock_ms = lock_ms
         self.done: list[AppliedRevision] = []
+        self.autocommitted: set[str] = set()
         self.mark = time.perf_counter()
+
+    def running(self) -> Revision:
+        return self.path[min(len(self.done), len(self.path) - 1)]
 
     def __call__(self, *, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
         now = time.perf_counter()
         revision = step.up_revision_id  # the revision applied, or the one undone
         message = next((r.message for r in self.path if r.revision == revision), "")
+        autocommit = revision in self.autocommitted
+        if autocommit:  # the next revision gets its lock timeout back
+            ctx.connection.exec_driver_sql(f"SET lock_timeout = {self.lock_ms}")
         self.done.append(
             AppliedRevision(
-                revision, message, self.direction, now - self.mark, self.retries.get(revision, 0)
+                revision,
+                message,
+                self.direction,
+                now - self.mark,
+                self.retries.get(revision, 0),
+                autocommit,
             )
         )
         self.mark = now
+
+    def guard_autocommit(self, context: Any) -> None:
+        """Wrap the MigrationContext's autocommit_block (what ``op.get_context()`` returns)."""
+        original = context.autocommit_block
+
+        @contextmanager
+        def autocommit_block() -> Iterator[None]:
+            self.autocommitted.add(self.running().revision)
+            context.connection.exec_driver_sql("SET lock_timeout = 0")
+            with original():
+                yield
+
+        context.autocommit_block = autocommit_block
 
 
 def plan(
@@ -108,9 +157,10 @@ def run_migrations(
 ) -> list[AppliedRevision]:
     """Move the database to ``target``; raise MigrationError naming the failed revision.
 
-    Each revision commits on its own, so a failure leaves the database at the
-    last revision that completed. A lock timeout rolls the revision back and
-    retries it with exponential backoff, up to ``migration.retries`` times.
+    Each revision commits on its own, so a failure leaves the database at the last
+    revision that completed. A lock timeout rolls the revision back; the runner then
+    watches the sessions it queued behind and starts the revision again from the top
+    the moment they let go, within ``migration.lock_budget`` seconds per revision.
     """
     from sqlalchemy.exc import DBAPIError
 
@@ -123,58 +173,150 @@ def run_migrations(
         statement_timeout=settings.statement_timeout if postgres else None,
     )
     retries: dict[str, int] = {}
+    started: dict[str, float] = {}  # when each revision's first attempt began
     applied: list[AppliedRevision] = []
     try:
         while True:
             with engine.connect() as connection:
                 current = current_revision(connection)
+                pid = (
+                    connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+                    if postgres
+                    else None
+                )
                 connection.rollback()
                 path = plan(project, current, target, direction)
                 if not path:
                     return applied
-                clock = _Clock(path, direction, retries)
+                clock = _Clock(path, direction, retries, int(settings.lock_timeout * 1000))
                 forced = {
                     "on_version_apply": clock,
                     "transaction_per_migration": settings.transaction_per_migration,
                 }
                 cfg = project.config(connection=connection)
-                try:
-                    run_env_on(cfg, connection, direction, target, forced)
-                    applied += clock.done
-                    return applied
-                except EnvPyContractError:
-                    raise  # nothing ran: env.py would have used another connection
-                except Exception as exc:  # user code may raise anything; re-raised with its cause
-                    if settings.transaction_per_migration:  # else the failure undid them all
+                hook = clock.guard_autocommit if postgres else None
+                with watching(env, pid) as watcher:
+                    try:
+                        run_env_on(cfg, connection, direction, target, forced, on_context=hook)
                         applied += clock.done
-                    failed = path[len(clock.done)] if len(clock.done) < len(path) else path[-1]
-                    if isinstance(exc, DBAPIError) and is_lock_timeout(exc):
-                        count = retries.get(failed.revision, 0)
-                        if count < settings.retries:
-                            wait = settings.retry_backoff * (2**count)
-                            retries[failed.revision] = count + 1
-                            if on_retry is not None:
-                                on_retry(
-                                    MigrationAttempt(failed.revision, count + 1, _short(exc), wait)
-                                )
-                            sleep(wait)
-                            continue
-                        raise MigrationError(
-                            f"Revision {failed.revision} ({failed.message}) could not take its "
-                            f"locks within lock_timeout={settings.lock_timeout:g}s after "
-                            f"{count} retries; it was rolled back. Another session holds a lock "
-                            "on a table it alters: find it with `invoke health`.",
-                            failed.revision,
-                            tuple(applied),
-                        ) from exc
-                    raise MigrationError(
-                        f"Revision {failed.revision} ({failed.message}) failed and was rolled "
-                        f"back: {redact(_short(exc), [env.password])}",
-                        failed.revision,
-                        tuple(applied),
-                    ) from exc
+                        return applied
+                    except EnvPyContractError:
+                        raise  # nothing ran: env.py would have used another connection
+                    except Exception as exc:  # user code may raise anything; re-raised with cause
+                        if settings.transaction_per_migration:  # else the failure undid them all
+                            applied += clock.done
+                        failed = clock.running()
+                        began = time.monotonic() - (time.perf_counter() - clock.mark)
+                        started.setdefault(failed.revision, began)
+                        if not (isinstance(exc, DBAPIError) and is_lock_timeout(exc)):
+                            raise _failure(env, failed, clock, exc, applied) from exc
+                        seen = watcher.take() if watcher is not None else None
+                        attempt = _wait_out(env, failed, retries, started, seen, exc, sleep)
+                        if on_retry is not None:
+                            on_retry(attempt)
+                        if time.monotonic() >= started[failed.revision] + settings.lock_budget:
+                            raise _out_of_budget(env, failed, attempt, applied) from exc
+                        sleep(jitter(settings.lock_timeout))
     finally:
         engine.dispose()
+
+
+def _wait_out(
+    env: Environment,
+    failed: Revision,
+    retries: dict[str, int],
+    started: dict[str, float],
+    seen: Wait | None,
+    exc: BaseException,
+    sleep: Callable[[float], None],
+) -> MigrationAttempt:
+    """After a lock timeout: who was ahead, then wait from the side until they let go
+    (terminating idle-in-transaction holders when the environment says so)."""
+    settings = env.settings.migration
+    retries[failed.revision] = retries.get(failed.revision, 0) + 1
+    deadline = started[failed.revision] + settings.lock_budget
+    found = holders(env, seen) if seen is not None else []
+    cancelled: list[Cancelled] = []
+    began = time.monotonic()
+    if seen is None:  # the watcher missed it: a short pause instead of a watch
+        sleep(max(0.0, min(deadline - began, max(settings.lock_timeout, 0.1))))
+    else:
+        after = settings.cancel_blockers_after
+
+        def tick() -> None:
+            if after is None:
+                return
+            done = {c.pid for c in cancelled if c.done}
+            fresh = [h for h in holders(env, seen) if h.pid not in done]
+            cancelled.extend(
+                c for c in cancel_idle_holders(env, fresh, after) if c not in cancelled
+            )
+
+        wait_until_released(env, seen, deadline, tick)
+    return MigrationAttempt(
+        failed.revision,
+        retries[failed.revision],
+        _short(exc),
+        round(time.monotonic() - began, 3),
+        seen.name if seen else None,
+        seen.mode if seen else None,
+        tuple(h.to_dict() for h in found),
+        tuple(c.to_dict() for c in _unique(cancelled)),
+    )
+
+
+def _unique(cancelled: list[Cancelled]) -> list[Cancelled]:
+    by_pid: dict[int, Cancelled] = {}
+    for each in cancelled:
+        if each.done or each.pid not in by_pid:
+            by_pid[each.pid] = each
+    return list(by_pid.values())
+
+
+def _out_of_budget(
+    env: Environment, failed: Revision, attempt: MigrationAttempt, applied: list[AppliedRevision]
+) -> MigrationError:
+    settings = env.settings.migration
+    who = "; ".join(_describe(h) for h in attempt.holders) or "sessions this role cannot see"
+    what = f"{attempt.mode} on {attempt.relation}" if attempt.relation else "its locks"
+    return MigrationError(
+        f"Revision {failed.revision} ({failed.message}) could not take {what} within "
+        f"migration.lock_budget={settings.lock_budget:g}s ({attempt.attempt} attempt(s), each "
+        f"queueing at most lock_timeout={settings.lock_timeout:g}s); it was rolled back. "
+        f"Held by: {who}. End or wait out those sessions, then run again.",
+        failed.revision,
+        tuple(applied),
+    )
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    from safe_migrations.lockwait import Holder
+
+    return Holder(**holder).describe()
+
+
+def _failure(
+    env: Environment,
+    failed: Revision,
+    clock: _Clock,
+    exc: BaseException,
+    applied: list[AppliedRevision],
+) -> MigrationError:
+    note = (
+        " Its autocommit block had already run and is not rolled back."
+        if failed.revision in clock.autocommitted
+        else ""
+    )
+    return MigrationError(
+        f"Revision {failed.revision} ({failed.message}) failed and was rolled "
+        f"back: {redact(_short(exc), [env.password])}.{note}",
+        failed.revision,
+        tuple(applied),
+    )
+
+
+def _backend_pid(connection: Any) -> int | None:
+    return connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
 
 
 def _short(exc: BaseException) -> str:

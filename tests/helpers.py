@@ -37,7 +37,7 @@ def write_environment(directory: Path, name: str, folder: Path, **sections: Any)
     data: dict[str, Any] = {
         "database": {"url": "${DATABASE_URL}", "connect_timeout": 5},
         "backup": {"folder": str(folder / "backups"), "keep": 3},
-        "migration": {"lock_timeout": 1, "retries": 2, "retry_backoff": 0.1, "lock_wait": 5},
+        "migration": {"lock_timeout": 1, "lock_budget": 3, "lock_wait": 5},
         "policy": {"confirm": "prompt"},
         "reports": {"folder": str(folder / "reports")},
     }

@@ -207,9 +207,8 @@ def test_adopted_project_checks_its_own_models_rolls_back_and_obeys_the_lock_tim
     staging = project / "environments" / "staging.yml"
     staging.write_text(
         staging.read_text()
-        .replace("lock_timeout: 2", "lock_timeout: 0.5")
-        .replace("retries: 5", "retries: 1")
-        .replace("retry_backoff: 2", "retry_backoff: 0.1")
+        .replace("lock_timeout: 0.2", "lock_timeout: 0.5")
+        .replace("lock_budget: 120", "lock_budget: 1.5")
     )
     secrets = with_secrets(base, pg_url)
     invoke = str(bin_dir / "invoke")

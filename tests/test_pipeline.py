@@ -141,10 +141,10 @@ def hold_table_lock(url: str, table: str, seconds: float | None) -> threading.Ev
     return release
 
 
-def test_lock_timeout_retries_then_fails_cleanly(
+def test_lock_budget_stops_the_run_at_the_last_good_revision_naming_the_holder(
     pg_url: str, make_env: Callable[..., Environment]
 ) -> None:
-    env = make_env(pg_url, migration={"lock_timeout": 0.5, "retries": 2, "retry_backoff": 0.1})
+    env = make_env(pg_url, migration={"lock_timeout": 0.2, "lock_budget": 1.5})
     run_migrations(env, DEFAULT_PROJECT, "0003")
     release = hold_table_lock(env.url, "users", 60)
     try:
@@ -153,22 +153,28 @@ def test_lock_timeout_retries_then_fails_cleanly(
     finally:
         release.set()
     assert failure.value.exit_code == 1
-    assert "lock_timeout=0.5s after 2 retries" in failure.value.message
+    message = failure.value.message
+    assert "AccessExclusiveLock on users within migration.lock_budget=1.5s" in message
+    assert "lock_timeout=0.2s" in message and "Held by: pid " in message
     assert read_current(env) == "0003"
     report = last_report(env)[1]
-    assert [r["revision"] for r in report["retries"]] == ["0004", "0004"]
+    assert {r["revision"] for r in report["retries"]} == {"0004"}
+    waits = report["retries"]
+    assert waits[0]["relation"] == "users" and waits[0]["mode"] == "AccessExclusiveLock"
+    assert "AccessExclusiveLock" in waits[0]["holders"][0]["modes"]
     assert report["post_revision"] == "0003"
 
 
-def test_lock_timeout_retry_succeeds_when_blocker_commits(
+def test_lock_wait_retries_once_the_holder_lets_go(
     pg_url: str, make_env: Callable[..., Environment]
 ) -> None:
-    env = make_env(pg_url, migration={"lock_timeout": 0.5, "retries": 5, "retry_backoff": 0.2})
+    env = make_env(pg_url, migration={"lock_timeout": 0.2, "lock_budget": 30})
     run_migrations(env, DEFAULT_PROJECT, "0003")
     hold_table_lock(env.url, "users", 1.5)
     record = migrate(env, RunOptions(yes=True, skip_health_checks=True), DEFAULT_PROJECT, QUIET)
     assert record.success and read_current(env) == "0007"
     assert record.retries and record.retries[0]["revision"] == "0004"
+    assert record.retries[0]["relation"] == "users" and record.retries[0]["waited"] > 0.5
     assert next(a for a in record.applied if a["revision"] == "0004")["retries"] >= 1
 
 
