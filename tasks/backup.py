@@ -28,6 +28,8 @@ from safe_migrations.database import sqlite_path
 from safe_migrations.errors import BackupError
 from safe_migrations.files import private_folder
 
+CHUNK = 1024 * 1024
+
 MANIFEST_SUFFIX = ".manifest.json"
 
 
@@ -194,12 +196,14 @@ def dump_postgres(
 ) -> Stored | None:
     """Run pg_dump with a timeout; a partial file is removed on any failure.
 
-    With ``backup.encrypt_to`` the dump streams from pg_dump's stdout through the
-    encryptor into ``target`` (never in clear on disk) and, on the way, into
-    ``pg_restore --list`` (the verification); returns what was stored.
+    A custom-format dump streams from pg_dump's stdout into ``target`` (through the
+    encryptor with ``backup.encrypt_to``: never in clear on disk), hashed on the way
+    and fed to ``pg_restore --list`` at the same time (the verification), so the
+    archive is never read a second time; returns what was stored. The directory
+    format is written by pg_dump itself (None: verify and hash it afterwards).
     """
     settings = env.settings.backup
-    encrypted = settings.encrypt_to is not None
+    streamed = settings.format == "custom"  # (and encrypted when configured)
     from safe_migrations.database import keepalive_options
 
     keepalives = " ".join(
@@ -213,7 +217,7 @@ def dump_postgres(
         f"--format={settings.format}",
         f"--compress={settings.compression}",
     ]
-    if not encrypted:
+    if not streamed:
         argv.append(f"--file={target}")
     if settings.format == "directory" and settings.jobs > 1:
         argv.append(f"--jobs={settings.jobs}")
@@ -221,19 +225,19 @@ def dump_postgres(
         argv,
         env=pg_environment(env.url),
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE if encrypted else subprocess.DEVNULL,
+        stdout=subprocess.PIPE if streamed else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         errors="replace",
     )
     errors: list[str] = []
     done = [0]
-    stored = Stored() if encrypted else None
+    stored = Stored() if streamed else None
     encryptor = None
     if stored is not None:
-        assert process.stdout is not None and settings.encrypt_to is not None
+        assert process.stdout is not None
         encryptor = threading.Thread(
-            target=_encrypt_dump,
+            target=_store_dump,
             args=(cast(Any, process.stdout).buffer, target, settings.encrypt_to, stored),
             daemon=True,
         )
@@ -295,7 +299,7 @@ class _Tee:
         self.lister = lister
 
     def read(self, size: int = -1) -> bytes:
-        data = self.source.read(size if size and size > 0 else 1024 * 1024)
+        data = self.source.read(size if size and size > 0 else CHUNK)
         if data and self.lister.stdin is not None:
             try:
                 self.lister.stdin.write(data)
@@ -304,14 +308,15 @@ class _Tee:
         return data
 
 
-def _encrypt_dump(source: Any, target: Path, recipient_text: str, stored: Stored) -> None:
-    """Thread body: encrypt pg_dump's stdout into ``target``, verify it on the way."""
+def _store_dump(source: Any, target: Path, recipient_text: str | None, stored: Stored) -> None:
+    """Thread body: pg_dump's stdout into ``target`` (encrypted to ``recipient_text`` when
+    given), hashed as it is written and read back by ``pg_restore --list`` on the way."""
     import tempfile
 
     from safe_migrations.encryption import HashingWriter, encrypt_stream, parse_recipient
 
     try:
-        recipient = parse_recipient(recipient_text, "backup.encrypt_to")
+        recipient = parse_recipient(recipient_text, "backup.encrypt_to") if recipient_text else None
         with tempfile.TemporaryFile() as listing, tempfile.TemporaryFile() as problems:
             lister = subprocess.Popen(
                 [find_binary("pg_restore"), "--list"],
@@ -323,7 +328,10 @@ def _encrypt_dump(source: Any, target: Path, recipient_text: str, stored: Stored
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as handle:
                 writer = HashingWriter(handle)
-                encrypt_stream(_Tee(source, lister), writer, recipient)
+                if recipient is not None:
+                    encrypt_stream(_Tee(source, lister), writer, recipient)
+                else:
+                    shutil.copyfileobj(_Tee(source, lister), writer, CHUNK)
                 handle.flush()
                 os.fsync(handle.fileno())
             if lister.stdin is not None:
@@ -488,7 +496,7 @@ def take_backup(
             verify_started = time.perf_counter()
             tables = stored.tables if stored else verify_postgres(env, target)
         _restrict(target)
-        digest = stored.sha256 if stored else sha256_of(target)  # encrypted: hashed on the way
+        digest = stored.sha256 if stored else sha256_of(target)  # custom: hashed on the way
     except OSError as exc:
         _remove(target)
         raise BackupError(
