@@ -1,12 +1,16 @@
 """Backup speed: `invoke backup` against raw `pg_dump` (same format and compression),
 and directory format with 2 jobs against custom format, on a pgbench database of
-about 1 GB (scale 70). Goal: ours <= 1.05x raw pg_dump.
+about 1 GB (scale 70). Goal: ours <= 1.05x raw pg_dump. The remote case: `invoke
+backup` streamed to an S3 store (moto's server on loopback, sharing the 2 cores)
+against raw pg_dump to a local file, with the peak local disk the backup used.
+Goals: ours <= 1.05x; remote <= 1.15x, peak local disk well under the dump's size.
 
     python benchmarks/bench_backup.py [--scale 70] [--runs 3] [--quick]
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +28,7 @@ from common import (
     invoke,
     libpq_env,
     median,
+    moto_server,
     postgres,
     timed_run,
     which,
@@ -41,6 +46,34 @@ def database_bytes(url: str) -> int:
     return int(size)
 
 
+class DiskWatcher:
+    """The most bytes a folder held while a backup ran, sampled every 10 ms."""
+
+    def __init__(self, folder: Path) -> None:
+        import threading
+
+        self.folder = folder
+        self.peak = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> DiskWatcher:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.01):
+            used = 0
+            for path in self.folder.rglob("*") if self.folder.exists() else []:
+                with contextlib.suppress(OSError):
+                    used += path.stat().st_size if path.is_file() else 0
+            self.peak = max(self.peak, used)
+
+
 def main() -> None:
     args = arguments(__doc__, runs=3, scale=70)
     runs, scale = (1, 1) if args.quick else (args.runs, args.scale)
@@ -52,8 +85,26 @@ def main() -> None:
         work / "dir", "bench", backup={"format": "directory", "jobs": 2, "compression": 6}
     )
     raw_file = work / "raw.dump"
-    ours, raw, directory, verify_share = [], [], [], []
-    with postgres() as admin:
+    ours, raw, directory, verify_share, remote, peaks = [], [], [], [], [], []
+    with postgres() as admin, moto_server() as endpoint:
+        import boto3
+
+        aws = {
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
+        ).create_bucket(Bucket="bench")
+        storage = {"type": "s3", "bucket": "bench", "prefix": "b/", "endpoint_url": endpoint}
+        remote_envs = environment_file(
+            work / "s3", "bench", backup={"compression": 6, "keep": 1, "storage": storage}
+        )
         url = create_database(admin)
         child = libpq_env(url)
         print(f"generating pgbench data at scale {scale} ...", file=sys.stderr)
@@ -65,8 +116,22 @@ def main() -> None:
         )
         size = database_bytes(url)
         for run in range(runs):
-            order = ("ours", "raw", "dir") if run % 2 == 0 else ("dir", "raw", "ours")
+            order = ("ours", "raw", "dir", "s3") if run % 2 == 0 else ("s3", "dir", "raw", "ours")
             for side in order:
+                if side == "s3":
+                    env = (
+                        os.environ
+                        | aws
+                        | {
+                            "DATABASE_URL": url,
+                            "MIGRATE_ENVIRONMENTS_DIR": str(remote_envs),
+                        }
+                    )
+                    folder = remote_envs.parent / "backups"
+                    with DiskWatcher(folder) as watcher:
+                        remote.append(timed_run(invoke("backup", "--env", "bench"), env))
+                    peaks.append(watcher.peak)
+                    continue
                 if side == "raw":
                     raw.append(
                         timed_run(
@@ -80,6 +145,7 @@ def main() -> None:
                             child,
                         )
                     )
+                    raw_size = raw_file.stat().st_size
                     raw_file.unlink()
                     continue
                 envs = custom_envs if side == "ours" else dir_envs
@@ -114,6 +180,12 @@ def main() -> None:
         f"ratio ours/raw: {ratio:.3f} (goal <= 1.05); "
         f"directory 2 jobs / custom: {median(directory) / median(ours):.2f}"
     )
+    remote_ratio = median(remote) / median(raw)
+    print(
+        f"invoke backup to S3 (moto, loopback): median {median(remote):.2f} s, ratio to raw "
+        f"pg_dump to a file {remote_ratio:.3f} (goal <= 1.15); peak local disk "
+        f"{max(peaks) / 1024:,.0f} KiB (the dump: {raw_size / 1024 / 1024:,.0f} MB)"
+    )
     finish(
         "backup",
         {
@@ -124,6 +196,10 @@ def main() -> None:
             "ratio": round(ratio, 3),
             "directory_2_jobs_s": round(median(directory), 3),
             "verify_share": round(median(verify_share), 3),
+            "remote_s": round(median(remote), 3),
+            "remote_ratio": round(remote_ratio, 3),
+            "remote_peak_local_bytes": max(peaks),
+            "dump_bytes": raw_size,
         },
     )
 

@@ -157,3 +157,31 @@ def which(name: str) -> str:
     if found is None:
         sys.exit(f"{name} is not on PATH; install the PostgreSQL client.")
     return found
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's standalone S3 server on a free loopback port, for the remote-storage case."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(150):
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=1).close()  # noqa: S310
+                break
+            except OSError:
+                time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -191,10 +191,46 @@ class Stored:
     error: BaseException | None = None
 
 
+class FileSink:
+    """A dump's destination on local disk: a new private file (0600), fsynced when the
+    stream ends; ``abort`` removes it. The store's twin is ``s3store.ObjectSink``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.written = 0
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._handle = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes) -> int:
+        self._handle.write(data)
+        self.written += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def finish(self) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+
+    def commit(self) -> None:
+        """Nothing left to do: the file was complete when the stream ended."""
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._handle.close()
+        _remove(Path(self.path))
+
+
 def dump_postgres(
-    env: Environment, target: Path, tables_total: int, progress: Progress
+    env: Environment,
+    target: Path,
+    tables_total: int,
+    progress: Progress,
+    sink: Any = None,
 ) -> Stored | None:
-    """Run pg_dump with a timeout; a partial file is removed on any failure.
+    """Run pg_dump with a timeout; a partial file (or upload) is removed on any failure.
 
     A custom-format dump streams from pg_dump's stdout into ``target`` (through the
     encryptor with ``backup.encrypt_to``: never in clear on disk), hashed on the way
@@ -236,9 +272,15 @@ def dump_postgres(
     encryptor = None
     if stored is not None:
         assert process.stdout is not None
+        try:
+            sink = sink or FileSink(target)
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
         encryptor = threading.Thread(
             target=_store_dump,
-            args=(cast(Any, process.stdout).buffer, target, settings.encrypt_to, stored),
+            args=(cast(Any, process.stdout).buffer, sink, settings.encrypt_to, stored),
             daemon=True,
         )
         encryptor.start()
@@ -252,7 +294,7 @@ def dump_postgres(
                 errors.append(line.strip())
 
     def show_progress() -> None:
-        megabytes = size_of(target) / 1024 / 1024
+        megabytes = (sink.written if sink is not None else size_of(target)) / 1024 / 1024
         progress.show(f"backup: {done[0]}/{tables_total} tables, {megabytes:,.1f} MB written")
 
     reader = threading.Thread(target=read_stderr, daemon=True)
@@ -280,12 +322,19 @@ def dump_postgres(
             raise BackupError(f"pg_dump failed: {detail}")
         if stored is not None and stored.error is not None:
             raise stored.error
+        if sink is not None:
+            sink.commit()  # only now: pg_dump ended cleanly and the stream read back
         return stored
     except BaseException:
         if process.poll() is None:
             process.kill()
             process.wait()
-        _remove(target)
+        if encryptor is not None:
+            encryptor.join(timeout=30)
+        if sink is not None:
+            sink.abort()
+        else:
+            _remove(target)
         raise
     finally:
         progress.done()
@@ -308,9 +357,10 @@ class _Tee:
         return data
 
 
-def _store_dump(source: Any, target: Path, recipient_text: str | None, stored: Stored) -> None:
-    """Thread body: pg_dump's stdout into ``target`` (encrypted to ``recipient_text`` when
-    given), hashed as it is written and read back by ``pg_restore --list`` on the way."""
+def _store_dump(source: Any, sink: Any, recipient_text: str | None, stored: Stored) -> None:
+    """Thread body: pg_dump's stdout into ``sink`` (encrypted to ``recipient_text`` when
+    given), hashed as it is written and read back by ``pg_restore --list`` on the way.
+    The sink is finished here and committed by the caller once pg_dump exited cleanly."""
     import tempfile
 
     from safe_migrations.encryption import HashingWriter, encrypt_stream, parse_recipient
@@ -325,15 +375,12 @@ def _store_dump(source: Any, target: Path, recipient_text: str | None, stored: S
                 stdout=listing,
                 stderr=problems,
             )
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                writer = HashingWriter(handle)
-                if recipient is not None:
-                    encrypt_stream(_Tee(source, lister), writer, recipient)
-                else:
-                    shutil.copyfileobj(_Tee(source, lister), writer, CHUNK)
-                handle.flush()
-                os.fsync(handle.fileno())
+            writer = HashingWriter(sink)
+            if recipient is not None:
+                encrypt_stream(_Tee(source, lister), writer, recipient)
+            else:
+                shutil.copyfileobj(_Tee(source, lister), writer, CHUNK)
+            sink.finish()
             if lister.stdin is not None:
                 with contextlib.suppress(BrokenPipeError):
                     lister.stdin.close()
@@ -462,11 +509,11 @@ def take_backup(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> BackupInfo:
     """Back up, verify, checksum, write the manifest, prune; returns what was made."""
-    from sqlalchemy import text
-
-    from safe_migrations.database import connect
+    from safe_migrations.s3store import is_remote
 
     progress = progress or Progress()
+    if is_remote(env):
+        return take_remote_backup(env, revision, progress, now())
     folder = env.backup_dir
     prepare_folder(folder)
     fmt = "sqlite" if env.is_sqlite else env.settings.backup.format
@@ -484,15 +531,7 @@ def take_backup(
                 tables = backup_sqlite(env, target, progress)
             verify_started = time.perf_counter()
         else:
-            with connect(env, role="backup") as connection:
-                total = connection.execute(
-                    text(
-                        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = "
-                        "c.relnamespace WHERE c.relkind IN ('r','p') AND n.nspname NOT IN "
-                        "('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'"
-                    )
-                ).scalar_one()
-            stored = dump_postgres(env, target, total, progress)
+            stored = dump_postgres(env, target, table_count(env), progress)
             verify_started = time.perf_counter()
             tables = stored.tables if stored else verify_postgres(env, target)
         _restrict(target)
@@ -527,6 +566,86 @@ def take_backup(
     return info
 
 
+def table_count(env: Environment) -> int:
+    """Tables pg_dump will dump: the denominator of the progress line."""
+    from sqlalchemy import text
+
+    from safe_migrations.database import connect
+
+    with connect(env, role="backup") as connection:
+        return int(
+            connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = "
+                    "c.relnamespace WHERE c.relkind IN ('r','p') AND n.nspname NOT IN "
+                    "('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'"
+                )
+            ).scalar_one()
+        )
+
+
+def take_remote_backup(
+    env: Environment, revision: str | None, progress: Progress, created: datetime
+) -> BackupInfo:
+    """pg_dump streamed into the store (encrypted on the way when configured), verified
+    before the upload is completed; the manifest goes beside it, a copy into the backup
+    folder (what the workflow keeps as an artifact); then the store is pruned."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from safe_migrations.s3store import ObjectSink, store_for
+
+    if env.is_sqlite:
+        raise BackupError(
+            "backup.storage s3 takes PostgreSQL dumps; keep SQLite backups local "
+            "(backup.storage: local)."
+        )
+    store = store_for(env)
+    encrypted = env.settings.backup.encrypt_to is not None
+    name = backup_name(env, revision, created, "custom") + (".age" if encrypted else "")
+    started = time.perf_counter()
+    try:
+        total = table_count(env)
+        sink = ObjectSink(store, name)
+        stored = dump_postgres(env, Path(name), total, progress, sink)
+        assert stored is not None
+        info = BackupInfo(
+            path=sink.path,
+            manifest=sink.path + MANIFEST_SUFFIX,
+            environment=env.name,
+            format="custom",
+            revision=revision,
+            size=stored.size,
+            sha256=stored.sha256,
+            created_at=created.isoformat(),
+            duration=round(time.perf_counter() - started, 4),
+            verify_seconds=0.0,  # read back on the way, while it was uploaded
+            tables=stored.tables,
+            target=database_identity(env),
+            encrypted_to=env.settings.backup.encrypt_to,
+        )
+        store.put_json(sink.key + MANIFEST_SUFFIX, info.to_dict() | {"database": env.masked_url})
+        store.tag(
+            sink.key,
+            {"sha256": stored.sha256, "environment": env.name, "revision": revision or "base"},
+        )
+    except (BotoCoreError, ClientError) as exc:
+        raise BackupError(
+            f"Storing the backup in s3://{store.bucket}/{store.prefix} failed: {exc}; "
+            "nothing was left there and nothing was migrated."
+        ) from None
+    copy = env.backup_dir / "remote"
+    prepare_folder(copy)
+    write_manifest(replace(info, manifest=str(copy / (name + MANIFEST_SUFFIX))), env.masked_url)
+    prune_remote(env, store, keep=name, now=created)
+    return info
+
+
+def is_backup_name(env: Environment, name: str) -> bool:
+    """A name this tool gives the environment's backups."""
+    pattern = rf"{re.escape(env.name)}-\d{{8}}T\d{{9}}Z-[\w.-]+\.(dump|dir|sqlite3)(\.age)?"
+    return re.fullmatch(pattern, name) is not None
+
+
 def archive_of(manifest: Path) -> Path:
     """The archive a manifest describes: its own name without the suffix, in its own folder.
 
@@ -542,11 +661,10 @@ def is_own_backup(env: Environment, archive: Path) -> bool:
     The folder may be a symlink the user configured; what is inside it is compared
     by resolved parent, so nothing reaches outside through a planted link.
     """
-    name = rf"{re.escape(env.name)}-\d{{8}}T\d{{9}}Z-[\w.-]+\.(dump|dir|sqlite3)(\.age)?"
     return (
         archive.parent.resolve() == env.backup_dir.resolve()
         and not archive.is_symlink()
-        and re.fullmatch(name, archive.name) is not None
+        and is_backup_name(env, archive.name)
     )
 
 
@@ -570,6 +688,29 @@ def list_backups(env: Environment) -> list[dict[str, Any]]:
     return sorted(found, key=lambda d: str(d.get("created_at")), reverse=True)
 
 
+def all_backups(env: Environment) -> list[dict[str, Any]]:
+    """The environment's backups, newest first: the folder's, or the store's."""
+    from safe_migrations.s3store import is_remote, remote_manifests, store_for
+
+    if is_remote(env):
+        return remote_manifests(env, store_for(env))
+    return list_backups(env)
+
+
+def render_backups(found: list[dict[str, Any]]) -> str:
+    """One line per backup: time, revision, size, checksum, encrypted or not, where."""
+    if not found:
+        return "no backups"
+    lines = []
+    for data in found:
+        lines.append(
+            f"{str(data.get('created_at', '?'))[:19]}  {str(data.get('revision') or 'base'):<12} "
+            f"{int(data.get('size') or 0):>14,} B  sha256 {str(data.get('sha256', ''))[:12]}  "
+            f"{'encrypted' if data.get('encrypted_to') else 'clear    '}  {data['path']}"
+        )
+    return "\n".join(lines)
+
+
 def protected_backups(env: Environment) -> set[str]:
     """Backups that reports still point to: the newest report's and the newest run's
     (what `invoke rollback --restore` would restore)."""
@@ -584,15 +725,15 @@ def protected_backups(env: Environment) -> set[str]:
     return names
 
 
-def prune_backups(env: Environment, keep_path: Path, now: datetime) -> list[str]:
-    """Drop backups beyond ``keep`` newest or older than ``keep_days``; never ``keep_path``
-    nor one that the newest reports name, and only files this tool made in the folder."""
+def expired(
+    backups: list[dict[str, Any]], env: Environment, protected: set[str], now: datetime
+) -> list[dict[str, Any]]:
+    """Backups (newest first) beyond ``keep`` or older than ``keep_days``, never a
+    protected name."""
     settings = env.settings.backup
-    protected = protected_backups(env) | {keep_path.name}
-    removed = []
-    for index, data in enumerate(list_backups(env)):
-        path = Path(data["path"])
-        if path.name in protected:
+    gone = []
+    for index, data in enumerate(backups):
+        if Path(str(data["path"])).name in protected:
             continue
         too_many = settings.keep is not None and index >= settings.keep
         try:
@@ -603,7 +744,34 @@ def prune_backups(env: Environment, keep_path: Path, now: datetime) -> list[str]
             days=settings.keep_days
         )
         if too_many or too_old:
-            _remove(path)
-            Path(data["manifest"]).unlink(missing_ok=True)
-            removed.append(str(path))
+            gone.append(data)
+    return gone
+
+
+def prune_backups(env: Environment, keep_path: Path, now: datetime) -> list[str]:
+    """Drop backups beyond ``keep`` newest or older than ``keep_days``; never ``keep_path``
+    nor one that the newest reports name, and only files this tool made in the folder."""
+    removed = []
+    protected = protected_backups(env) | {keep_path.name}
+    for data in expired(list_backups(env), env, protected, now):
+        path = Path(data["path"])
+        _remove(path)
+        Path(data["manifest"]).unlink(missing_ok=True)
+        removed.append(str(path))
+    return removed
+
+
+def prune_remote(env: Environment, store: Any, keep: str, now: datetime) -> list[str]:
+    """The same retention in the store: only objects under the environment's prefix with
+    the names this tool gives, never ``keep`` nor one that the newest reports name."""
+    from safe_migrations.s3store import remote_manifests
+
+    removed = []
+    protected = protected_backups(env) | {keep}
+    for data in expired(remote_manifests(env, store), env, protected, now):
+        key = store.key(data["name"])
+        store.delete(key)
+        store.delete(key + MANIFEST_SUFFIX)
+        (env.backup_dir / "remote" / (data["name"] + MANIFEST_SUFFIX)).unlink(missing_ok=True)
+        removed.append(data["path"])
     return removed

@@ -287,6 +287,16 @@ def backup(c: Any, env: str | None = None) -> None:
     take(_environment(env))
 
 
+@task(name="backups", help={"env": ENV_HELP, "json_": JSON_HELP})
+@exits_with_documented_codes
+def backups_task(c: Any, env: str | None = None, json_: bool = False) -> None:
+    """List the environment's backups, newest first, in its folder or its store."""
+    from safe_migrations.backup import all_backups, render_backups
+
+    found = all_backups(_environment(env, need_database=False))
+    _print(json.dumps(found, indent=2, default=str) if json_ else render_backups(found))
+
+
 @task(
     name="restore",
     help={
@@ -495,6 +505,7 @@ ns = Collection(
     downgrade,
     rollback,
     backup,
+    backups_task,
     restore_task,
     health,
     report_task,

@@ -68,6 +68,18 @@ class HealthSettings:
 
 
 @dataclass(frozen=True)
+class StorageSettings:
+    """Where backups are kept: the backup folder, or an S3-compatible store (credentials
+    from the AWS SDK's standard chain, never from this file)."""
+
+    type: Literal["local", "s3"] = "local"
+    bucket: str | None = None
+    prefix: str = ""  # objects go under it, e.g. "staging/"
+    endpoint_url: str | None = None  # any S3-compatible service (MinIO, R2, Ceph, ...)
+    region: str | None = None
+
+
+@dataclass(frozen=True)
 class BackupSettings:
     required: bool = False
     folder: str = "var/backups"
@@ -80,6 +92,7 @@ class BackupSettings:
     # age recipient (age1...) or SSH public key; ${VAR} allowed. Backups are encrypted
     # to it on the way to disk (custom format, or SQLite); empty means not encrypted.
     encrypt_to: str | None = None
+    storage: StorageSettings = field(default_factory=StorageSettings)
 
 
 @dataclass(frozen=True)
@@ -212,6 +225,9 @@ def parse_environment(name: str, path: Path, data: object) -> EnvironmentFile:
     where = _relative(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a mapping of settings, not {type(data).__name__}.")
+    backup = data.get("backup")
+    if isinstance(backup, dict) and backup.get("storage") in ("local", "s3"):
+        data = {**data, "backup": {**backup, "storage": {"type": backup["storage"]}}}
     try:
         settings = build(EnvironmentFile, data)
     except SchemaError as exc:
@@ -226,6 +242,14 @@ def parse_environment(name: str, path: Path, data: object) -> EnvironmentFile:
             f"{where}: key 'migration.cancel_blockers_after' terminates other sessions, which "
             "production refuses unless policy.allow_cancel_blockers is true; remove it or "
             "allow it there."
+        )
+    storage = settings.backup.storage
+    if storage.type == "s3" and not storage.bucket:
+        raise ConfigError(f"{where}: key 'backup.storage.bucket' is required with type s3.")
+    if storage.type == "s3" and settings.backup.format == "directory":
+        raise ConfigError(
+            f"{where}: backup.format 'directory' stays on local disk; with backup.storage "
+            "type s3 use format 'custom', which streams to the store."
         )
     if not _SCRATCH_PREFIX.match(settings.check.scratch_prefix):
         raise ConfigError(

@@ -113,6 +113,25 @@ def check_disk(env: Environment, db_size: int | None) -> StepResult:
     )
 
 
+def check_store(env: Environment) -> StepResult:
+    """With backups in S3: credentials present, the bucket reachable and writable (a small
+    probe object, written and removed) before the backup step relies on it."""
+    from safe_migrations.errors import ToolError
+    from safe_migrations.s3store import store_for
+
+    storage = env.settings.backup.storage
+    where = f"s3://{storage.bucket}/{storage.prefix}"
+    with timed() as clock:
+        try:
+            store_for(env).probe()
+            ok, message = True, f"{where} takes writes"
+        except ToolError as exc:
+            ok, message = False, exc.message
+        except Exception as exc:  # noqa: BLE001 - botocore's errors, said in one sentence
+            ok, message = False, f"cannot write to {where}: {first_line(exc)}"
+    return StepResult("backup_store", ok, message, duration=clock.seconds)
+
+
 def check_report_folder(env: Environment) -> StepResult:
     """The report must be writable before anything changes: a run must be able to say
     what it did."""
@@ -311,7 +330,10 @@ def run_health(env: Environment, project: Project, target: str = "head") -> list
             current = results[-1].details["current"]
             if not env.is_sqlite and env.settings.health.check_blocking_sessions:
                 results += check_blocking_sessions(env, connection)
-    results.append(check_disk(env, db_size))
+    if env.settings.backup.storage.type == "s3":
+        results.append(check_store(env))
+    else:
+        results.append(check_disk(env, db_size))
     results.append(check_report_folder(env))
     results.append(check_single_head(project))
     results.append(check_target(project, target, current))

@@ -74,7 +74,7 @@ def restore(
 ) -> RunRecord:
     """Put one of the environment's own verified backups back (another's only with
     ``foreign``), under the migration lock, after confirmation."""
-    from safe_migrations.restore import describe_backup, find_backup, restore_backup
+    from safe_migrations.restore import describe_backup, find_backup, local_copy, restore_backup
 
     backup = find_backup(env, spec, foreign)
     if backup["own"]:
@@ -110,9 +110,11 @@ def restore(
         with timed() as clock, migration_lock(env):
             run.at(read_current(env))
             check_expected(run)
-            restore_backup(env, backup)
-        record.restored_from = backup["path"]
-        run.step(StepResult("restore", True, f"restored {backup['path']}", duration=clock.seconds))
+            with local_copy(env, backup) as local:  # a store's object: downloaded, then removed
+                restore_backup(env, local)
+        where = backup.get("remote") or backup["path"]
+        record.restored_from = where
+        run.step(StepResult("restore", True, f"restored {where}", duration=clock.seconds))
         return record
 
 

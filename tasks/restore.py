@@ -45,6 +45,10 @@ from safe_migrations.errors import BackupError, ConfigError
 def find_backup(env: Environment, spec: str, foreign: bool = False) -> dict[str, Any]:
     """``latest`` or a path (archive or manifest) -> its manifest, with ``path`` (the
     archive, by location), ``own`` and, for another's backup, ``foreign_reason``."""
+    from safe_migrations.s3store import is_remote
+
+    if is_remote(env):
+        return find_remote_backup(env, spec)
     if spec == "latest":
         backups = list_backups(env)
         if not backups:
@@ -74,6 +78,55 @@ def find_backup(env: Environment, spec: str, foreign: bool = False) -> dict[str,
             "terminal you will be shown what it holds and asked to type the environment's name)."
         )
     return data
+
+
+def find_remote_backup(env: Environment, spec: str) -> dict[str, Any]:
+    """``latest``, or an object (s3:// URL, key or name) under the environment's prefix,
+    with its manifest object; ``path`` is where it will be downloaded to."""
+    from safe_migrations.s3store import MANIFEST_SUFFIX as SUFFIX_
+    from safe_migrations.s3store import remote_manifests, store_for
+
+    store = store_for(env)
+    if spec == "latest":
+        found = remote_manifests(env, store)
+        if not found:
+            raise ConfigError(
+                f"There is no backup for {env.name} in s3://{store.bucket}/{store.prefix}; "
+                "take one with `invoke backup`."
+            )
+        data = dict(found[0])
+    else:
+        name = store.name_of(spec)
+        if name is None:
+            raise ConfigError(
+                f"{spec} is not under s3://{store.bucket}/{store.prefix}, where {env.name}'s "
+                "backups are; restore runs only the environment's own backups (download "
+                "another object and pass the file with --foreign)."
+            )
+        name = name.removesuffix(SUFFIX_)
+        data = store.get_json(store.key(name + SUFFIX_)) or {}
+        data["manifest"] = store.url(store.key(name + SUFFIX_)) if data else None
+        data["name"] = name
+    data["remote"] = store.url(store.key(data["name"]))
+    data["path"] = str(env.backup_dir / data["name"])
+    reason = foreign_reason(env, Path(data["path"]), data)
+    if reason:
+        raise ConfigError(f"{data['remote']} is not one of {env.name}'s own backups ({reason}).")
+    data["own"], data["foreign_reason"] = True, None
+    return data
+
+
+@contextlib.contextmanager
+def local_copy(env: Environment, backup: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The backup as a local file: itself, or a store's object downloaded into the backup
+    folder (0600) for the restore and removed afterwards."""
+    if not backup.get("remote"):
+        yield backup
+        return
+    from safe_migrations.s3store import downloaded
+
+    with downloaded(env, backup) as local:
+        yield local
 
 
 def _read_manifest(manifest: Path) -> dict[str, Any] | None:

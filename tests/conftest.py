@@ -124,3 +124,56 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=900,
     )
     return venv
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 endpoint over loopback HTTP: moto's standalone server on a free port."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1).close()  # noqa: S310 - loopback
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail(f"moto_server did not start: {log.read_text()[-500:]}")
+            time.sleep(0.2)
+    try:
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """A fresh bucket of this test's own, and credentials in the standard variables."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIATESTCANARYKEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "canary-aws-secret-do-not-print")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    name = f"b-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    yield {
+        "type": "s3",
+        "bucket": name,
+        "prefix": "staging/",
+        "endpoint_url": s3_endpoint,
+        "region": "us-east-1",
+    }

@@ -40,6 +40,7 @@ NEEDS_DATABASE = {
 NO_DATABASE = {
     "heads": "reads the scripts only",
     "report": "reads report files only",
+    "backups": "reads the backup folder (or the store) only",
     "rollback": "refused (2) before connecting when there is no run to undo",
     "restore": "refused (2) before connecting when there is no backup",
 }

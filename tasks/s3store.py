@@ -1,0 +1,225 @@
+"""Backups in an S3-compatible store (``backup.storage.type: s3``), through boto3.
+
+Credentials come from the AWS SDK's standard chain (environment, profile, instance
+or OIDC role), never from the environment file. A dump streams into a multipart
+upload that is completed only once pg_dump exited cleanly and ``pg_restore --list``
+read the stream back; any failure aborts it, so no complete-looking object and no
+open upload is left. Each dump has a manifest object beside it and tags with its
+checksum; restore downloads it into the backup folder, checks it and removes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from safe_migrations.config import Environment
+from safe_migrations.errors import BackupError, ConfigError
+
+PART_SIZE = 8 * 1024 * 1024  # S3 wants at least 5 MiB per part but the last
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+def is_remote(env: Environment) -> bool:
+    return env.settings.backup.storage.type == "s3"
+
+
+class Store:
+    """One environment's place in a bucket: keys under its prefix."""
+
+    def __init__(self, env: Environment) -> None:
+        import boto3
+        from botocore.config import Config
+
+        storage = env.settings.backup.storage
+        assert storage.bucket is not None
+        self.bucket = storage.bucket
+        self.prefix = storage.prefix
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=storage.endpoint_url,
+            region_name=storage.region,
+            config=Config(retries={"max_attempts": 3, "mode": "standard"}),
+        )
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def name_of(self, spec: str) -> str | None:
+        """The object name a spec (s3:// URL, key or name) points to under this prefix."""
+        key = spec
+        if spec.startswith("s3://"):
+            bucket, _, key = spec[5:].partition("/")
+            if bucket != self.bucket:
+                return None
+        if key.startswith(self.prefix):
+            key = key[len(self.prefix) :]
+        return key if key and "/" not in key else None
+
+    def put_json(self, key: str, data: dict[str, Any]) -> None:
+        body = json.dumps(data, indent=2).encode("utf-8")
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
+
+    def get_json(self, key: str) -> dict[str, Any] | None:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            data = json.loads(body)
+        except Exception:  # noqa: BLE001 - a missing or damaged manifest reads as none
+            return None
+        return data if isinstance(data, dict) else None
+
+    def tag(self, key: str, tags: dict[str, str]) -> None:
+        self.client.put_object_tagging(
+            Bucket=self.bucket,
+            Key=key,
+            Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]},
+        )
+
+    def names(self) -> list[str]:
+        """Object names directly under the prefix."""
+        found = []
+        pages = self.client.get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for item in page.get("Contents", []):
+                name = item["Key"][len(self.prefix) :]
+                if "/" not in name:
+                    found.append(name)
+        return found
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def download(self, key: str, target: Path) -> None:
+        """Into a new private file (0600); removed again when the download fails."""
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                self.client.download_fileobj(self.bucket, key, handle)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+
+    def probe(self) -> None:
+        """Write and remove a small object: the bucket is there and takes writes."""
+        key = self.key(".safe-migrations-probe")
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=b"probe")
+        self.delete(key)
+
+
+class ObjectSink:
+    """A dump's destination in the store: a multipart upload, begun at once, completed
+    by ``commit`` only; ``abort`` leaves nothing behind."""
+
+    def __init__(self, store: Store, name: str) -> None:
+        self.store = store
+        self.key = store.key(name)
+        self.path = store.url(self.key)
+        self.written = 0
+        self._buffer = bytearray()
+        self._parts: list[dict[str, Any]] = []
+        self._upload = store.client.create_multipart_upload(Bucket=store.bucket, Key=self.key)[
+            "UploadId"
+        ]
+
+    def write(self, data: bytes) -> int:
+        self._buffer += data
+        self.written += len(data)
+        while len(self._buffer) >= PART_SIZE:
+            self._send(bytes(self._buffer[:PART_SIZE]))
+            del self._buffer[:PART_SIZE]
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        """The stream ended: send what is left (the last part may be short)."""
+        if self._buffer or not self._parts:
+            self._send(bytes(self._buffer))
+            self._buffer.clear()
+
+    def commit(self) -> None:
+        self.store.client.complete_multipart_upload(
+            Bucket=self.store.bucket,
+            Key=self.key,
+            UploadId=self._upload,
+            MultipartUpload={"Parts": self._parts},
+        )
+
+    def abort(self) -> None:
+        self.store.client.abort_multipart_upload(
+            Bucket=self.store.bucket, Key=self.key, UploadId=self._upload
+        )
+
+    def _send(self, data: bytes) -> None:
+        number = len(self._parts) + 1
+        answer = self.store.client.upload_part(
+            Bucket=self.store.bucket,
+            Key=self.key,
+            UploadId=self._upload,
+            PartNumber=number,
+            Body=data,
+        )
+        self._parts.append({"ETag": answer["ETag"], "PartNumber": number})
+
+
+def store_for(env: Environment) -> Store:
+    """The environment's store; missing credentials are one sentence naming the chain."""
+    import boto3
+
+    if boto3.session.Session().get_credentials() is None:
+        raise ConfigError(
+            f"backup.storage of {env.name} is s3 but no AWS credentials were found; set "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile (AWS_PROFILE), or a role."
+        )
+    return Store(env)
+
+
+def remote_manifests(env: Environment, store: Store) -> list[dict[str, Any]]:
+    """Manifests of this environment's backups in the store, newest first."""
+    from safe_migrations.backup import is_backup_name
+
+    found = []
+    for name in store.names():
+        if not name.endswith(MANIFEST_SUFFIX):
+            continue
+        archive = name[: -len(MANIFEST_SUFFIX)]
+        if not is_backup_name(env, archive):
+            continue
+        data = store.get_json(store.key(name))
+        if data is not None and data.get("environment") == env.name:
+            data["manifest"] = store.url(store.key(name))
+            data["path"] = store.url(store.key(archive))  # by location, never its claim
+            data["name"] = archive
+            found.append(data)
+    return sorted(found, key=lambda d: str(d.get("created_at")), reverse=True)
+
+
+@contextmanager
+def downloaded(env: Environment, backup: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A remote backup as a private file in the backup folder, removed afterwards."""
+    store = store_for(env)
+    name = backup["name"]
+    local = env.backup_dir / name
+    from safe_migrations.backup import prepare_folder
+
+    prepare_folder(env.backup_dir)
+    try:
+        store.download(store.key(name), local)
+    except FileExistsError:
+        raise BackupError(
+            f"{local} is in the way of the download; remove it and restore again."
+        ) from None
+    except Exception as exc:
+        raise BackupError(f"Downloading {backup['path']} failed: {exc}") from None
+    try:
+        yield backup | {"path": str(local), "remote": backup["path"]}
+    finally:
+        local.unlink(missing_ok=True)

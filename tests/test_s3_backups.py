@@ -1,0 +1,213 @@
+"""Backups in an S3-compatible store (issue 17), against moto's standalone server over
+loopback HTTP: streamed, verified before the upload completes, restored from the store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pyrage
+import pytest
+from helpers import QUIET, cli_env, run_invoke, seed, table_fingerprints
+from pgcluster import PASSWORD
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from safe_migrations.alembic_api import DEFAULT_PROJECT
+from safe_migrations.backup import all_backups, take_backup
+from safe_migrations.config import Environment
+from safe_migrations.errors import BackupError, ConfigError
+from safe_migrations.health import run_health
+from safe_migrations.operations import backup, restore
+from safe_migrations.pipeline import RunOptions, migrate
+from safe_migrations.status import read_current
+from safe_migrations.upgrade import run_migrations
+
+
+def client(storage: dict[str, str]) -> Any:
+    return boto3.client("s3", endpoint_url=storage["endpoint_url"], region_name="us-east-1")
+
+
+def keys(storage: dict[str, str]) -> list[str]:
+    listed = client(storage).list_objects_v2(Bucket=storage["bucket"])
+    return sorted(item["Key"] for item in listed.get("Contents", []))
+
+
+def damage(url: str) -> None:
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE order_items"))
+        connection.execute(text("DELETE FROM orders WHERE id % 2 = 0"))
+    engine.dispose()
+
+
+def test_backup_to_the_store_then_restore_latest_gives_identical_data(
+    pg_url: str, make_env: Callable[..., Environment], bucket: dict[str, str]
+) -> None:
+    env = make_env(pg_url, backup={"storage": bucket})
+    seed(env, rows=200)
+    before = table_fingerprints(pg_url)
+    record = backup(env, QUIET)
+    path = record.backup["path"]
+    assert path.startswith(f"s3://{bucket['bucket']}/staging/staging-") and path.endswith(".dump")
+    name = path.rsplit("/", 1)[1]
+    assert keys(bucket) == [f"staging/{name}", f"staging/{name}.manifest.json"]
+    body = client(bucket).get_object(Bucket=bucket["bucket"], Key=f"staging/{name}")["Body"]
+    assert hashlib.sha256(body.read()).hexdigest() == record.backup["sha256"]  # what is stored
+    tags = client(bucket).get_object_tagging(Bucket=bucket["bucket"], Key=f"staging/{name}")
+    assert {t["Key"]: t["Value"] for t in tags["TagSet"]}["sha256"] == record.backup["sha256"]
+    local = sorted(p.relative_to(env.backup_dir) for p in env.backup_dir.rglob("*"))
+    assert local == [Path("remote"), Path("remote") / f"{name}.manifest.json"]  # no dump here
+    assert [b["path"] for b in all_backups(env)] == [path]
+
+    damage(pg_url)
+    restored = restore(env, "latest", yes=True, interactive=False, console=QUIET)
+    assert restored.restored_from == path
+    assert table_fingerprints(pg_url) == before
+    assert not (env.backup_dir / name).exists()  # the downloaded copy is gone
+
+
+def test_an_object_altered_in_the_store_is_refused_and_the_database_untouched(
+    pg_url: str, make_env: Callable[..., Environment], bucket: dict[str, str]
+) -> None:
+    env = make_env(pg_url, backup={"storage": bucket})
+    seed(env, rows=50)
+    info = take_backup(env, "0007")
+    key = info.path.split("/", 3)[3]
+    stored = client(bucket).get_object(Bucket=bucket["bucket"], Key=key)["Body"].read()
+    altered = stored[:-10] + bytes(b ^ 0xFF for b in stored[-10:])
+    client(bucket).put_object(Bucket=bucket["bucket"], Key=key, Body=altered)
+    damage(pg_url)
+    damaged = table_fingerprints(pg_url)
+    with pytest.raises(BackupError, match="does not match its manifest's sha256"):
+        restore(env, "latest", yes=True, interactive=False, console=QUIET)
+    assert table_fingerprints(pg_url) == damaged
+    assert not list(env.backup_dir.glob("*.dump"))
+
+
+def test_an_upload_cut_off_halfway_leaves_nothing_and_the_migration_does_not_start(
+    pg_url: str, make_env: Callable[..., Environment], bucket: dict[str, str]
+) -> None:
+    env = make_env(
+        pg_url,
+        backup={"storage": bucket, "required": True, "compression": 0, "timeout": 1},
+    )
+    run_migrations(env, DEFAULT_PROJECT, "0003")
+    engine = create_engine(pg_url, poolclass=NullPool)
+    with engine.begin() as connection:  # enough that the dump outlasts the timeout
+        connection.execute(
+            text(
+                "CREATE TABLE bulk AS SELECT i, md5(i::text) || md5((i+1)::text) AS v "
+                "FROM generate_series(1, 2000000) i"
+            )
+        )
+    engine.dispose()
+    with pytest.raises(BackupError, match="backup.timeout"):
+        migrate(env, RunOptions(yes=True, skip_health_checks=True), DEFAULT_PROJECT, QUIET)
+    assert read_current(env) == "0003"
+    assert keys(bucket) == []
+    uploads = client(bucket).list_multipart_uploads(Bucket=bucket["bucket"])
+    assert uploads.get("Uploads", []) == []
+
+
+def test_an_encrypted_object_hides_the_rows_and_restores_only_with_the_identity(
+    pg_url: str,
+    make_env: Callable[..., Environment],
+    bucket: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    identity = pyrage.x25519.Identity.generate()
+    env = make_env(pg_url, backup={"storage": bucket, "encrypt_to": str(identity.to_public())})
+    seed(env, rows=30)
+    before = table_fingerprints(pg_url)
+    info = take_backup(env, "0007")
+    key = info.path.split("/", 3)[3]
+    stored = client(bucket).get_object(Bucket=bucket["bucket"], Key=key)["Body"].read()
+    assert key.endswith(".dump.age") and stored.startswith(b"age-encryption.org/v1")
+    assert b"user7@example.org" not in stored and b"PGDMP" not in stored
+    damage(pg_url)
+    monkeypatch.delenv("SAFE_MIGRATIONS_AGE_IDENTITY", raising=False)
+    with pytest.raises(ConfigError, match="SAFE_MIGRATIONS_AGE_IDENTITY"):
+        restore(env, "latest", yes=True, interactive=False, console=QUIET)
+    monkeypatch.setenv("SAFE_MIGRATIONS_AGE_IDENTITY", str(identity))
+    restore(env, "latest", yes=True, interactive=False, console=QUIET)
+    assert table_fingerprints(pg_url) == before
+
+
+def test_retention_removes_only_old_remote_objects_of_its_own(
+    pg_url: str, make_env: Callable[..., Environment], bucket: dict[str, str]
+) -> None:
+    env = make_env(pg_url, backup={"storage": bucket, "keep": 2})
+    seed(env, rows=5)
+    s3 = client(bucket)
+    s3.put_object(Bucket=bucket["bucket"], Key="staging/notes.txt", Body=b"team notes")
+    other = "staging/production-20260101T000000000Z-0007.dump"
+    s3.put_object(Bucket=bucket["bucket"], Key=other, Body=b"another environment's")
+    s3.put_object(Bucket=bucket["bucket"], Key="elsewhere/staging.dump", Body=b"outside")
+    made = [take_backup(env, "0007").path for _ in range(3)]
+    left = keys(bucket)
+    for path in made[1:]:
+        assert path.split("/", 3)[3] in left
+    assert made[0].split("/", 3)[3] not in left
+    assert made[0].split("/", 3)[3] + ".manifest.json" not in left
+    assert {"staging/notes.txt", other, "elsewhere/staging.dump"} <= set(left)
+
+
+def test_no_credential_or_password_in_output_reports_manifests_or_tags(
+    pg_url: str, tmp_path: Path, bucket: dict[str, str]
+) -> None:
+    env = cli_env(tmp_path, pg_url, backup={"storage": bucket})
+    env |= {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    seed_env = env | {"DATABASE_URL": pg_url}
+    run = run_invoke("migrate", "--env", "staging", "--yes", "--backup", env=seed_env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    listed = run_invoke("backups", "--env", "staging", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    found = json.loads(listed.stdout)
+    assert len(found) == 1 and found[0]["path"].startswith("s3://")
+    secrets = [PASSWORD, "canary-aws-secret-do-not-print"]
+    texts = [run.stdout, run.stderr, listed.stdout, listed.stderr]
+    texts += [p.read_text() for p in (tmp_path / "var").rglob("*") if p.is_file()]
+    s3 = client(bucket)
+    for key in keys(bucket):
+        texts.append(
+            s3.get_object(Bucket=bucket["bucket"], Key=key)["Body"].read().decode("latin-1")
+        )
+        texts.append(json.dumps(s3.get_object_tagging(Bucket=bucket["bucket"], Key=key)))
+    for secret in secrets:
+        assert all(secret not in t for t in texts), secret
+
+
+def test_health_names_missing_credentials_and_an_unreachable_store(
+    pg_url: str,
+    make_env: Callable[..., Environment],
+    bucket: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = make_env(pg_url, backup={"storage": bucket})
+    checks = {r.name: r for r in run_health(env, DEFAULT_PROJECT, "head")}
+    assert checks["backup_store"].ok, checks["backup_store"].message
+    assert keys(bucket) == []  # the probe object was removed
+    gone = make_env(pg_url, backup={"storage": bucket | {"bucket": "no-such-bucket-here"}})
+    checks = {r.name: r for r in run_health(gone, DEFAULT_PROJECT, "head")}
+    assert not checks["backup_store"].ok and "no-such-bucket-here" in checks["backup_store"].message
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    checks = {r.name: r for r in run_health(env, DEFAULT_PROJECT, "head")}
+    assert not checks["backup_store"].ok
+    assert "no AWS credentials were found" in checks["backup_store"].message
+
+
+def test_directory_format_with_s3_is_one_sentence(
+    make_env: Callable[..., Environment], sqlite_url: str, bucket: dict[str, str]
+) -> None:
+    with pytest.raises(ConfigError, match="stays on local disk"):
+        make_env(sqlite_url, backup={"storage": bucket, "format": "directory"})
