@@ -23,7 +23,7 @@ from safe_migrations.backup import all_backups, take_backup
 from safe_migrations.config import Environment
 from safe_migrations.errors import BackupError, ConfigError
 from safe_migrations.health import run_health
-from safe_migrations.operations import backup, restore
+from safe_migrations.operations import backup, restore, rollback
 from safe_migrations.pipeline import RunOptions, migrate
 from safe_migrations.status import read_current
 from safe_migrations.upgrade import run_migrations
@@ -211,3 +211,20 @@ def test_directory_format_with_s3_is_one_sentence(
 ) -> None:
     with pytest.raises(ConfigError, match="stays on local disk"):
         make_env(sqlite_url, backup={"storage": bucket, "format": "directory"})
+
+
+def test_rollback_restore_takes_the_newest_runs_backup_from_the_store(
+    pg_url: str, make_env: Callable[..., Environment], bucket: dict[str, str]
+) -> None:
+    env = make_env(
+        pg_url,
+        backup={"storage": bucket, "required": True},
+        policy={"auto_rollback": True},
+    )
+    run_migrations(env, DEFAULT_PROJECT, "0006")
+    before = table_fingerprints(pg_url)
+    record = migrate(env, RunOptions(yes=True), DEFAULT_PROJECT, QUIET)
+    assert record.backup["path"].startswith("s3://") and read_current(env) == "0007"
+    undone = rollback(env, from_backup=True, yes=True, interactive=False, console=QUIET)
+    assert undone is not None and undone.restored_from == record.backup["path"]
+    assert read_current(env) == "0006" and table_fingerprints(pg_url) == before
