@@ -631,7 +631,7 @@ def take_remote_backup(
     except (BotoCoreError, ClientError) as exc:
         raise BackupError(
             f"Storing the backup in s3://{store.bucket}/{store.prefix} failed: {exc}; "
-            "nothing was left there and nothing was migrated."
+            "the upload was aborted, so nothing was left in the store."
         ) from None
     copy = env.backup_dir / "remote"
     prepare_folder(copy)
