@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -115,15 +116,23 @@ class Store:
 
 class ObjectSink:
     """A dump's destination in the store: a multipart upload, begun at once, completed
-    by ``commit`` only; ``abort`` leaves nothing behind."""
+    by ``commit`` only; ``abort`` leaves nothing behind. Parts go up on two threads of
+    their own, so pg_dump never waits on the network (at most three parts in memory)."""
+
+    IN_FLIGHT = 2
 
     def __init__(self, store: Store, name: str) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         self.store = store
         self.key = store.key(name)
         self.path = store.url(self.key)
         self.written = 0
         self._buffer = bytearray()
         self._parts: list[dict[str, Any]] = []
+        self._pending: list[Any] = []
+        self._slots = threading.BoundedSemaphore(self.IN_FLIGHT)
+        self._pool = ThreadPoolExecutor(self.IN_FLIGHT, thread_name_prefix="s3-part")
         self._upload = store.client.create_multipart_upload(Bucket=store.bucket, Key=self.key)[
             "UploadId"
         ]
@@ -140,34 +149,50 @@ class ObjectSink:
         pass
 
     def finish(self) -> None:
-        """The stream ended: send what is left (the last part may be short)."""
-        if self._buffer or not self._parts:
+        """The stream ended: send what is left (the last part may be short) and wait for
+        every part; a part that failed raises here."""
+        if self._buffer or not self._pending:
             self._send(bytes(self._buffer))
             self._buffer.clear()
+        for future in self._pending:
+            future.result()
 
     def commit(self) -> None:
+        self._pool.shutdown()
         self.store.client.complete_multipart_upload(
             Bucket=self.store.bucket,
             Key=self.key,
             UploadId=self._upload,
-            MultipartUpload={"Parts": self._parts},
+            MultipartUpload={"Parts": sorted(self._parts, key=lambda p: p["PartNumber"])},
         )
 
     def abort(self) -> None:
+        self._pool.shutdown(cancel_futures=True)  # waits for a part on its way
         self.store.client.abort_multipart_upload(
             Bucket=self.store.bucket, Key=self.key, UploadId=self._upload
         )
 
     def _send(self, data: bytes) -> None:
-        number = len(self._parts) + 1
-        answer = self.store.client.upload_part(
-            Bucket=self.store.bucket,
-            Key=self.key,
-            UploadId=self._upload,
-            PartNumber=number,
-            Body=data,
-        )
-        self._parts.append({"ETag": answer["ETag"], "PartNumber": number})
+        number = len(self._pending) + 1
+        self._slots.acquire()  # blocks the writer only when two parts are on their way
+        try:
+            self._pending.append(self._pool.submit(self._upload_part, number, data))
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _upload_part(self, number: int, data: bytes) -> None:
+        try:
+            answer = self.store.client.upload_part(
+                Bucket=self.store.bucket,
+                Key=self.key,
+                UploadId=self._upload,
+                PartNumber=number,
+                Body=data,
+            )
+            self._parts.append({"ETag": answer["ETag"], "PartNumber": number})
+        finally:
+            self._slots.release()
 
 
 def store_for(env: Environment) -> Store:
