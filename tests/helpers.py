@@ -181,3 +181,31 @@ def hold_table_lock(url: str, table: str, seconds: float | None) -> threading.Ev
     threading.Thread(target=blocker, daemon=True).start()
     assert taken.wait(10)
     return release
+
+
+def read_in_open_transaction(
+    url: str, table: str, seconds: float = 60
+) -> tuple[threading.Event, list[str]]:
+    """An application session reads ``table`` and keeps its transaction open (idle in
+    transaction, holding ACCESS SHARE) until released or ``seconds`` pass; then it says
+    whether it was still alive ("alive", or the error that ended it)."""
+    taken, release, outcome = threading.Event(), threading.Event(), []
+
+    def hold() -> None:
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                connection.execute(text(f"SELECT count(*) FROM {table}"))
+                taken.set()
+                release.wait(seconds)
+                connection.execute(text("SELECT 1"))
+                outcome.append("alive")
+                connection.rollback()
+        except Exception as exc:  # noqa: BLE001 - what ended it is the finding
+            outcome.append(type(exc).__name__)
+        finally:
+            engine.dispose()
+
+    threading.Thread(target=hold, daemon=True).start()
+    assert taken.wait(10)
+    return release, outcome

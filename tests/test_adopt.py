@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import threading
 import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, table_names
+from helpers import ROOT, read_in_open_transaction, table_names
 from pgcluster import PASSWORD
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -217,20 +216,7 @@ def test_adopted_project_checks_its_own_models_rolls_back_and_obeys_the_lock_tim
     )
     assert first.returncode == 0, first.stdout + first.stderr
 
-    taken, release = threading.Event(), threading.Event()
-
-    def hold() -> None:  # an application transaction keeps reading items
-        engine = create_engine(pg_url, poolclass=NullPool)
-        with engine.connect() as connection:
-            connection.execute(text("SELECT count(*) FROM items"))
-            taken.set()
-            release.wait(60)
-            connection.rollback()
-        engine.dispose()
-
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    assert taken.wait(10)
+    release, _outcome = read_in_open_transaction(pg_url, "items")  # an application reads
     try:
         blocked = run(
             project,
@@ -244,7 +230,6 @@ def test_adopted_project_checks_its_own_models_rolls_back_and_obeys_the_lock_tim
         )
     finally:
         release.set()
-        holder.join(10)
     assert blocked.returncode == 1, blocked.stdout + blocked.stderr
     assert "lock_timeout=0.5s" in blocked.stderr
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ScratchProject, cli_env, hold_table_lock, run_invoke
+from helpers import ScratchProject, cli_env, hold_table_lock, read_in_open_transaction, run_invoke
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -105,43 +105,31 @@ def app_role(granted_role: str, pg_admin_url: str) -> Iterator[str]:
     admin.dispose()
 
 
-def idle_in_transaction(url: str, table: str, seconds: float) -> tuple[threading.Event, list]:
-    """A session that reads ``table`` and then sits idle in its open transaction."""
-    taken, outcome = threading.Event(), []
-
-    def hold() -> None:
-        engine = create_engine(url, poolclass=NullPool)
-        try:
-            with engine.connect() as connection:
-                connection.execute(text(f"SELECT count(*) FROM {table}"))
-                taken.set()
-                threading.Event().wait(seconds)
-                connection.execute(text("SELECT 1"))
-                outcome.append("alive")
-                connection.rollback()
-        except Exception as exc:  # noqa: BLE001 - what ended it is the finding
-            outcome.append(type(exc).__name__)
-        finally:
-            engine.dispose()
-
-    threading.Thread(target=hold, daemon=True).start()
-    assert taken.wait(10)
-    return taken, outcome
+def blocked_column(scratch: ScratchProject) -> str:
+    """Tables t and log, readable by everyone, then a revision adding a column to t."""
+    first = scratch.add(TWO_TABLES + '\nop.execute("GRANT SELECT ON t TO PUBLIC")')
+    scratch.add('op.add_column("t", sa.Column("n", sa.Integer))')
+    return first
 
 
 def test_cancel_blockers_after_terminates_a_holder_idle_in_its_transaction(
     granted_role: str, app_role: str, make_env: Callable[..., Environment], scratch: ScratchProject
 ) -> None:
-    first = scratch.add(TWO_TABLES + '\nop.execute("GRANT SELECT ON t TO PUBLIC")')
-    scratch.add('op.add_column("t", sa.Column("n", sa.Integer))')
+    first = blocked_column(scratch)
     env = make_env(
         granted_role,
         migration={"lock_timeout": 0.2, "lock_budget": 20, "cancel_blockers_after": 1},
     )
     run_migrations(env, scratch.project(), first)
-    _taken, outcome = idle_in_transaction(app_role, "t", 15)
+    release, outcome = read_in_open_transaction(app_role, "t", 15)
     attempts: list[MigrationAttempt] = []
     run_migrations(env, scratch.project(), "head", on_retry=attempts.append)
+    release.set()
+    for _ in range(100):
+        if outcome:
+            break
+        threading.Event().wait(0.05)
+    assert outcome and outcome[0] != "alive"  # its session was ended
     terminated = [c for a in attempts for c in a.cancelled if c["done"]]
     assert len(terminated) == 1 and terminated[0]["idle_for"] > 1
     assert attempts[0].holders[0]["state"] == "idle in transaction"
@@ -155,14 +143,13 @@ def test_cancel_blockers_never_ends_a_running_query_nor_a_superusers_session(
     make_env: Callable[..., Environment],
     scratch: ScratchProject,
 ) -> None:
-    first = scratch.add(TWO_TABLES + '\nop.execute("GRANT SELECT ON t TO PUBLIC")')
-    scratch.add('op.add_column("t", sa.Column("n", sa.Integer))')
+    first = blocked_column(scratch)
     env = make_env(
         granted_role,
         migration={"lock_timeout": 0.2, "lock_budget": 2.5, "cancel_blockers_after": 0.1},
     )
     run_migrations(env, scratch.project(), first)
-    _taken, superuser = idle_in_transaction(pg_url, "t", 4)  # the test cluster's superuser
+    _release, superuser = read_in_open_transaction(pg_url, "t", 4)  # the cluster's superuser
     running: list[object] = []
 
     def long_query() -> None:  # an application's query, running the whole time

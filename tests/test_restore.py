@@ -6,14 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from helpers import QUIET, ScratchProject, seed, table_fingerprints
+from helpers import QUIET, ScratchProject, read_in_open_transaction, seed, table_fingerprints
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -236,23 +235,9 @@ def test_restore_waits_no_longer_than_the_lock_timeout_and_shows_the_error(
     env = make_env(pg_url, migration={"lock_timeout": 0.5})
     seed(env, rows=3)
     info = take_backup(env, "0007")
-    taken, release = threading.Event(), threading.Event()
-
-    def reader() -> None:  # an application transaction that keeps reading orders
-        engine = create_engine(pg_url, poolclass=NullPool)
-        with engine.connect() as connection:
-            connection.execute(text("SELECT count(*) FROM orders"))
-            taken.set()
-            release.wait(60)
-            connection.rollback()
-        engine.dispose()
-
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    assert taken.wait(10)
+    release, _outcome = read_in_open_transaction(pg_url, "orders")  # an application reads
     try:
         with pytest.raises(BackupError, match="ERROR: canceling statement due to lock timeout"):
             restore(env, info.path, yes=True, interactive=False, console=QUIET)
     finally:
         release.set()
-        thread.join(10)
