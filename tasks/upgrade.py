@@ -315,10 +315,6 @@ def _failure(
     )
 
 
-def _backend_pid(connection: Any) -> int | None:
-    return connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-
-
 def _short(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     return f"{type(orig).__name__}: {first_line(exc)}"
