@@ -318,8 +318,11 @@ def _blockers_result(sessions: list[dict[str, Any]], seconds: float) -> StepResu
     )
 
 
-def run_health(env: Environment, project: Project, target: str = "head") -> list[StepResult]:
-    """All checks in order; a failed connection skips those that need the database."""
+def run_health(
+    env: Environment, project: Project, target: str = "head", backing_up: bool = True
+) -> list[StepResult]:
+    """All checks in order; a failed connection skips those that need the database.
+    ``backing_up`` false (a run that takes no backup) skips the backup store's probe."""
     results = [check_connection(env)]
     db_size: int | None = None
     current: str | None = None
@@ -331,7 +334,8 @@ def run_health(env: Environment, project: Project, target: str = "head") -> list
             if not env.is_sqlite and env.settings.health.check_blocking_sessions:
                 results += check_blocking_sessions(env, connection)
     if env.settings.backup.storage.type == "s3":
-        results.append(check_store(env))
+        if backing_up:
+            results.append(check_store(env))
     else:
         results.append(check_disk(env, db_size))
     results.append(check_report_folder(env))

@@ -92,7 +92,7 @@ def health_step(run: Run) -> None:
         run.skip("health", "--skip-health-checks")
         return
     with timed() as clock:
-        results = health.run_health(run.env, run.project, run.target or "base")
+        results = health.run_health(run.env, run.project, run.target or "base", wants_backup(run))
     run.record.health = [r.to_dict() for r in results]
     failed = health.blocking(results)
     message = (
@@ -201,10 +201,15 @@ def lock_step(run: Run) -> Iterator[None]:
         yield
 
 
+def wants_backup(run: Run) -> bool:
+    """--backup, or (neither flag) the environment requires one."""
+    wanted = run.options.backup
+    return bool(wanted or (wanted is None and run.env.settings.backup.required))
+
+
 def backup_step(run: Run) -> None:
     """When asked or required, and only when there is something to apply."""
-    wanted = run.options.backup
-    if not (wanted or (wanted is None and run.env.settings.backup.required)):
+    if not wants_backup(run):
         return
     if not run.pending:
         run.skip("backup", "nothing to apply")

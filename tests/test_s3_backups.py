@@ -21,7 +21,7 @@ from sqlalchemy.pool import NullPool
 from safe_migrations.alembic_api import DEFAULT_PROJECT
 from safe_migrations.backup import all_backups, take_backup
 from safe_migrations.config import Environment
-from safe_migrations.errors import BackupError, ConfigError
+from safe_migrations.errors import BackupError, BlockedError, ConfigError
 from safe_migrations.health import run_health
 from safe_migrations.operations import backup, restore, rollback
 from safe_migrations.pipeline import RunOptions, migrate
@@ -228,3 +228,15 @@ def test_rollback_restore_takes_the_newest_runs_backup_from_the_store(
     undone = rollback(env, from_backup=True, yes=True, interactive=False, console=QUIET)
     assert undone is not None and undone.restored_from == record.backup["path"]
     assert read_current(env) == "0006" and table_fingerprints(pg_url) == before
+
+
+def test_a_run_that_takes_no_backup_is_not_blocked_by_the_store(
+    pg_url: str, make_env: Callable[..., Environment], bucket: dict[str, str]
+) -> None:
+    gone = bucket | {"bucket": "no-such-bucket-here"}
+    env = make_env(pg_url, backup={"storage": gone})
+    record = migrate(env, RunOptions(yes=True, backup=False), DEFAULT_PROJECT, QUIET)
+    assert record.success and read_current(env) == "0007"
+    assert "backup_store" not in {c["name"] for c in record.health}
+    with pytest.raises(BlockedError, match="backup_store"):
+        migrate(env, RunOptions(yes=True, backup=True, revision="0007"), DEFAULT_PROJECT, QUIET)
