@@ -116,6 +116,8 @@ def check_disk(env: Environment, db_size: int | None) -> StepResult:
 def check_store(env: Environment) -> StepResult:
     """With backups in S3: credentials present, the bucket reachable and writable (a small
     probe object, written and removed) before the backup step relies on it."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from safe_migrations.errors import ToolError
     from safe_migrations.s3store import store_for
 
@@ -127,7 +129,7 @@ def check_store(env: Environment) -> StepResult:
             ok, message = True, f"{where} takes writes"
         except ToolError as exc:
             ok, message = False, exc.message
-        except Exception as exc:  # noqa: BLE001 - botocore's errors, said in one sentence
+        except (BotoCoreError, ClientError) as exc:
             ok, message = False, f"cannot write to {where}: {first_line(exc)}"
     return StepResult("backup_store", ok, message, duration=clock.seconds)
 

@@ -69,10 +69,15 @@ class Store:
         self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
 
     def get_json(self, key: str) -> dict[str, Any] | None:
+        """A manifest object; None when it is missing or not JSON (a store that cannot be
+        reached raises, it is not a missing manifest)."""
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+        try:
             data = json.loads(body)
-        except Exception:  # noqa: BLE001 - a missing or damaged manifest reads as none
+        except ValueError:
             return None
         return data if isinstance(data, dict) else None
 

@@ -25,6 +25,7 @@ from safe_migrations.database import make_engine
 from safe_migrations.errors import ToolError, first_line
 from safe_migrations.lockwait import (
     Cancelled,
+    Holder,
     Wait,
     cancel_idle_holders,
     holders,
@@ -290,8 +291,6 @@ def _out_of_budget(
 
 
 def _describe(holder: dict[str, Any]) -> str:
-    from safe_migrations.lockwait import Holder
-
     return Holder(**holder).describe()
 
 
