@@ -497,6 +497,39 @@ def check(c: Any, env: str | None = None, stairway: bool = False, json_: bool = 
         raise Exit(f"check failed: {', '.join(r.name for r in failed)}", code=EXIT_FAILED)
 
 
+@task(
+    help={
+        "env": ENV_HELP,
+        "revision": "rehearse up to this revision (default: head)",
+        "from_backup": "copy from this backup (a path, s3:// URL or 'latest') instead of "
+        "a fresh one",
+        "json_": "print the rehearsal report as JSON instead of text",
+    }
+)
+@exits_with_documented_codes
+def rehearse(
+    c: Any,
+    env: str | None = None,
+    revision: str = "head",
+    from_backup: str = "",
+    json_: bool = False,
+) -> None:
+    """Run the migration on a temporary copy; report locks, rewrites and timings per revision."""
+    from safe_migrations.context import Console
+    from safe_migrations.rehearsal import rehearse as run_rehearsal
+
+    def print_json(report: dict[str, Any]) -> None:
+        _print(json.dumps(report, indent=2))
+
+    run_rehearsal(
+        _environment(env),
+        revision,
+        from_backup or None,
+        console=Console(say=lambda _text: None) if json_ else Console(),
+        on_report=print_json if json_ else None,
+    )
+
+
 ns = Collection(
     status,
     heads,
@@ -512,4 +545,5 @@ ns = Collection(
     ci,
     lint,
     check,
+    rehearse,
 )

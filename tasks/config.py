@@ -120,6 +120,11 @@ class PolicySettings:
     allow_rollback: bool = True
     auto_rollback: bool = False
     allow_cancel_blockers: bool = False
+    # `migrate` refuses (exit 3) unless a rehearsal of the same range and scripts passed
+    # within this many hours (rehearsal.py); off when unset.
+    require_rehearsal_hours: float | None = setting(None, gt=0, le=24 * 365)
+    # A rehearsal fails when a revision holds ACCESS EXCLUSIVE on a table longer than this.
+    max_exclusive_lock_ms: int | None = setting(None, ge=0)
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,15 @@ class CheckSettings:
     # `check --stairway` makes its scratch database on the environment's server as
     # <scratch_prefix><12 hex digits>; a shared server's naming rules may want a prefix.
     scratch_prefix: str = setting("stairway_", min_length=1)
+
+
+@dataclass(frozen=True)
+class RehearsalSettings:
+    """Where `invoke rehearse` makes its copy: the environment's own server unless
+    ``server`` names another (a URL; ${VAR}s allowed, filled when the rehearsal runs)."""
+
+    server: str | None = None
+    prefix: str = setting("rehearsal_", min_length=1)
 
 
 _SCRATCH_PREFIX = re.compile(r"^[a-z_][a-z0-9_$]{0,49}$")
@@ -149,6 +163,7 @@ class EnvironmentFile:
     policy: PolicySettings = field(default_factory=PolicySettings)
     reports: ReportSettings = field(default_factory=ReportSettings)
     check: CheckSettings = field(default_factory=CheckSettings)
+    rehearsal: RehearsalSettings = field(default_factory=RehearsalSettings)
 
 
 @dataclass(frozen=True)
@@ -251,13 +266,31 @@ def parse_environment(name: str, path: Path, data: object) -> EnvironmentFile:
             f"{where}: backup.format 'directory' stays on local disk; with backup.storage "
             "type s3 use format 'custom', which streams to the store."
         )
-    if not _SCRATCH_PREFIX.match(settings.check.scratch_prefix):
-        raise ConfigError(
-            f"{where}: key 'check.scratch_prefix' must be lower-case letters, digits and "
-            "underscores starting with a letter or underscore, at most 50 characters "
-            "(a database name is made of it and 12 hex digits)."
-        )
+    for key, prefix in (
+        ("check.scratch_prefix", settings.check.scratch_prefix),
+        ("rehearsal.prefix", settings.rehearsal.prefix),
+    ):
+        if not _SCRATCH_PREFIX.match(prefix):
+            raise ConfigError(
+                f"{where}: key '{key}' must be lower-case letters, digits and "
+                "underscores starting with a letter or underscore, at most 50 characters "
+                "(a database name is made of it and 12 hex digits)."
+            )
+    _check_lock_limit(settings.policy.max_exclusive_lock_ms, where)
     return settings
+
+
+def _check_lock_limit(limit: int | None, where: str) -> None:
+    """A limit below two sampling intervals cannot be told from no hold at all."""
+    from safe_migrations.lockwait import SAMPLE_INTERVAL
+
+    floor = round(2 * SAMPLE_INTERVAL * 1000)
+    if limit is not None and limit < floor:
+        raise ConfigError(
+            f"{where}: key 'policy.max_exclusive_lock_ms' is {limit}, below {floor} ms (two "
+            f"of the rehearsal's {SAMPLE_INTERVAL * 1000:g} ms sampling intervals), where a "
+            f"hold cannot be measured; set it to {floor} or more."
+        )
 
 
 def _relative(path: Path) -> str:
@@ -395,6 +428,13 @@ def _expanded_size(node: Any, sizes: dict[int, int]) -> int:
             break
     sizes[key] = total
     return total
+
+
+def resolve_url(template: str, environ: dict[str, str], path: Path, key: str) -> str:
+    """A URL from a file's key, with its ${VAR}s filled and checked like database.url."""
+    url = _normalise(substitute(template, environ, f"{_relative(path)} ({key})"))
+    _check_url(url, path)
+    return url
 
 
 def _normalise(url: str) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 
-from safe_migrations import alembic_api, confirm, health, upgrade, validate
+from safe_migrations import alembic_api, confirm, health, proof, upgrade, validate
 from safe_migrations.alembic_api import Project
 from safe_migrations.backup import take_backup
 from safe_migrations.config import Environment
@@ -50,6 +50,7 @@ def migrate(
         if options.dry_run:
             dry_run_step(run)
             return run.record
+        rehearsed_step(run)
         confirm_step(run)
         with lock_step(run):
             backup_step(run)
@@ -173,6 +174,23 @@ def dry_run_step(run: Run) -> None:
         raise NothingRenderedError.first("pending revision", first.revision, first.error or "")
 
 
+def rehearsed_step(run: Run) -> None:
+    """Where policy.require_rehearsal_hours is set: a passing rehearsal of this very range
+    and these scripts, recently, or no change at all (exit 3)."""
+    if (
+        run.options.direction != "upgrade"
+        or run.env.settings.policy.require_rehearsal_hours is None
+    ):
+        return
+    with timed() as clock:
+        found = proof.require_rehearsal(
+            run.env, run.project, reported(run.current), reported(run.target), run.pending
+        )
+    if found is not None:
+        message = f"rehearsed at {found['finished_at']:%Y-%m-%d %H:%M} UTC ({found['report']})"
+        run.step(StepResult("rehearsal", True, message, duration=clock.seconds))
+
+
 def confirm_step(run: Run) -> None:
     """Ask before changing anything (production: the name typed); never holds the lock."""
     if not confirm.needs_confirmation(run.env, run.options.yes):
@@ -196,6 +214,7 @@ def lock_step(run: Run) -> Iterator[None]:
             run.at(moved)
             check_expected(run)
             run.pending = _pending(run)
+            rehearsed_step(run)
         else:
             check_expected(run)
         yield

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from safe_migrations.alembic_api import (
     EnvPyContractError,
@@ -82,15 +82,31 @@ class MigrationAttempt:
     cancelled: tuple[dict[str, Any], ...] = ()
 
 
+class Observer(Protocol):
+    """Watches a migration from beside it (rehearsal.py): called on the migration's own
+    connection before the first revision of each attempt, and inside each revision's
+    transaction once it has run, before it commits."""
+
+    def begin(self, connection: Any, pid: int | None) -> None: ...
+
+    def applied(self, connection: Any, revision: str) -> None: ...
+
+
 class _Clock:
     """Times each revision from Alembic's on_version_apply callback, and notes the
     revisions that ran an autocommit block (PostgreSQL: from there they wait for
     locks without a timeout, since their autocommit part cannot be rolled back)."""
 
     def __init__(
-        self, path: list[Revision], direction: Direction, retries: dict[str, int], lock_ms: int
+        self,
+        path: list[Revision],
+        direction: Direction,
+        retries: dict[str, int],
+        lock_ms: int,
+        observer: Observer | None = None,
     ) -> None:
         self.path = path
+        self.observer = observer
         self.direction = direction
         self.retries = retries
         self.lock_ms = lock_ms
@@ -119,6 +135,8 @@ class _Clock:
             )
         )
         self.mark = now
+        if self.observer is not None:
+            self.observer.applied(ctx.connection, revision)
 
     def guard_autocommit(self, context: Any) -> None:
         """Wrap the MigrationContext's autocommit_block (what ``op.get_context()`` returns)."""
@@ -155,6 +173,7 @@ def run_migrations(
     direction: Direction = "upgrade",
     on_retry: Callable[[MigrationAttempt], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    observer: Observer | None = None,
 ) -> list[AppliedRevision]:
     """Move the database to ``target``; raise MigrationError naming the failed revision.
 
@@ -185,11 +204,14 @@ def run_migrations(
                     if postgres
                     else None
                 )
+                if observer is not None:
+                    observer.begin(connection, pid)
                 connection.rollback()
                 path = plan(project, current, target, direction)
                 if not path:
                     return applied
-                clock = _Clock(path, direction, retries, int(settings.lock_timeout * 1000))
+                lock_ms = int(settings.lock_timeout * 1000)
+                clock = _Clock(path, direction, retries, lock_ms, observer)
                 forced = {
                     "on_version_apply": clock,
                     "transaction_per_migration": settings.transaction_per_migration,

@@ -18,8 +18,14 @@ def schema_drift(connection: Any, metadata: Any) -> list[str]:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
+    from safe_migrations.proof import TOOL_TABLES
+
+    def include_object(obj: Any, name: str | None, kind: str, reflected: bool, _other: Any) -> bool:
+        return not (kind == "table" and reflected and name in TOOL_TABLES)  # ours, not a model's
+
     context = MigrationContext.configure(
-        connection, opts={"compare_type": True, "target_metadata": metadata}
+        connection,
+        opts={"compare_type": True, "target_metadata": metadata, "include_object": include_object},
     )
     return [describe_diff(diff) for diff in compare_metadata(context, metadata)]
 

@@ -33,6 +33,7 @@ NEEDS_DATABASE = {
     "downgrade": ["--revision", "base", "--yes"],
     "backup": [],
     "check": [],
+    "rehearse": [],
     "ci": [],
     "lint": [],
     "generate": ["-m", "probe", "--autogenerate"],
