@@ -245,6 +245,29 @@ def test_an_exclusive_hold_over_the_limit_fails_the_rehearsal(
     broken = report["revisions"][0]["limits_broken"]
     assert broken and "over policy.max_exclusive_lock_ms=40" in broken[0]
     assert "broke the environment's limits" in result.stderr
+    password = make_url(pg_url).password
+    if password:  # the tests' own cluster has one, with shell metacharacters
+        files = [p.read_bytes() for p in (tmp_path / "var").rglob("*") if p.is_file()]
+        assert files and all(password.encode() not in data for data in files)
+        assert password not in result.stdout + result.stderr
+
+
+def test_a_copy_on_the_rehearsal_server_from_the_latest_backup(
+    small_env: Callable[..., tuple[Environment, ScratchProject]],
+    pg_admin_url: str,
+    pg_url: str,
+) -> None:
+    from safe_migrations.operations import backup
+
+    env, scratch = small_env(rehearsal={"server": pg_admin_url, "prefix": "elsewhere_"})
+    scratch.add('op.add_column("t", sa.Column("n", sa.Integer))')
+    taken = backup(env, QUIET).backup
+    assert taken is not None
+    record = rehearse(env, from_backup="latest", project=scratch.project(), console=QUIET)
+    assert record.success and record.backup and record.backup["path"] == taken["path"]
+    assert record.copy and record.copy["name"].startswith("elsewhere_")
+    assert make_url(pg_admin_url).database in record.copy["server"]
+    assert copies_on(pg_admin_url, "elsewhere_") == set() and read_current(env) == "r001"
 
 
 def test_a_lock_limit_below_two_sampling_intervals_is_refused_when_loaded(
