@@ -191,11 +191,16 @@ def write_report(env: Environment, record: RunRecord) -> Path:
 
 
 def list_reports(env: Environment) -> list[Path]:
-    """This environment's JSON reports, newest first."""
+    """This environment's JSON reports, newest first: by the names write_report gives, so
+    the reports of ``prod-eu`` are never taken for those of ``prod``."""
+    import re
+
     folder = env.report_dir
     if not folder.exists():
         return []
-    return sorted(folder.glob(f"{env.name}-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    name = re.compile(re.escape(env.name) + r"-[a-z_]+-\d{8}T\d{6,}Z-\d+\.json")
+    found = [p for p in folder.glob(f"{env.name}-*.json") if name.fullmatch(p.name)]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
 def load_report(path: Path) -> dict[str, Any]:

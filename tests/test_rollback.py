@@ -243,3 +243,18 @@ def test_server_lost_mid_revision_reports_the_truth(
         assert "could not be re-read" in report["error"]
     assert read_current(env) == "r002"
     assert {"a", "b"} <= tables(env.url)
+
+
+def test_an_environment_never_reads_the_reports_of_one_whose_name_extends_it(
+    tmp_path: Path, make_env: Callable[..., Environment]
+) -> None:
+    """``prod`` and ``prod-eu`` share a report folder: prod-eu's run is not prod's."""
+    europe = make_env(f"sqlite:///{tmp_path / 'eu.db'}", name="prod-eu")
+    home = make_env(f"sqlite:///{tmp_path / 'home.db'}", name="prod")
+    assert europe.report_dir == home.report_dir
+    migrate(europe, UNATTENDED, console=QUIET)
+    assert last_report(europe) is not None
+    assert last_report(home) is None
+    with pytest.raises(RefusedError):
+        rollback(home, False, True, False, console=QUIET)
+    assert read_current(europe) is not None
