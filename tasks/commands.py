@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from invoke import Collection, Exit, task
@@ -140,19 +141,118 @@ def _backup_flag(backup: bool, no_backup: bool, no_backup_if_allowed: bool = Fal
     return True if backup else False if no_backup else None
 
 
+FLEET_HELP = {
+    "only": "fleet: only the members matching these comma-separated shell patterns",
+    "exclude": "fleet: leave out the members matching these comma-separated shell patterns",
+    "jobs": "fleet: members at a time, each in its own process (default: fleet.jobs)",
+}
+FLEET_RUN_HELP = FLEET_HELP | {
+    "keep_going": "fleet: go on starting members after one fails",
+    "shard": "fleet: only the I-th of K stable shards of the members (by name), as I/K",
+}
+
+
+def _fleet(
+    environment: Any,
+    operation: str,
+    work: Any,
+    only: str = "",
+    exclude: str = "",
+    jobs: int = 0,
+    keep_going: bool = False,
+    shard: str = "",
+    json_: bool = False,
+    reports: bool = True,
+    chosen: Any = None,
+) -> None:
+    """Run one task on every chosen member; a table (or JSON), and for a task that
+    changes something (``reports``) a summary written beside the members' reports."""
+    from safe_migrations import fleet
+    from safe_migrations.masking import redact_data, url_password
+
+    found = fleet.members(environment)
+    chosen = fleet.select(found, only, exclude, shard) if chosen is None else chosen
+    summary = fleet.run_fleet(
+        environment,
+        chosen,
+        operation,
+        work,
+        jobs or None,
+        keep_going,
+        shard or None,
+        reports=reports,
+    )
+    path = fleet.write_summary(environment, summary, found) if reports else None
+    secrets = [environment.password, *(url_password(m.url) for m in found)]
+    if json_:
+        _print(json.dumps(redact_data(summary.to_dict(), secrets), indent=2))
+    else:
+        _print(fleet.render_table(summary))
+        if path is not None:
+            _print(f"summary: {path}")
+    if summary.exit_code:
+        counts = ", ".join(f"{n} {outcome}" for outcome, n in sorted(summary.counts().items()))
+        raise Exit(f"fleet {environment.name}: {counts}", code=summary.exit_code)
+
+
+def _one_database(environment: Any, task_name: str, only: str = "") -> Any:
+    """A task that works on one database: on a fleet, the one member --only names."""
+    if not environment.is_fleet:
+        return environment
+    from safe_migrations import fleet
+
+    chosen = fleet.select(fleet.members(environment), only) if only else []
+    if len(chosen) != 1:
+        raise UsageError(
+            f"invoke {task_name} works on one database and {environment.name} is a fleet; "
+            "name one member with --only NAME."
+        )
+    return fleet.member_environment(environment, chosen[0])
+
+
+def _confirm_fleet(environment: Any, operation: str, revision: str, yes: bool) -> None:
+    """Once for the whole fleet (production: its name typed), before any member starts."""
+    from safe_migrations import confirm, fleet
+
+    interactive = _interactive()
+    confirm.refuse_without_terminal(environment, yes, interactive)
+    if confirm.needs_confirmation(environment, yes):
+        names = [m.name for m in fleet.members(environment)]
+        text = (
+            f"environment: {environment.name} (a fleet of {len(names)})\n"
+            f"operation:   {operation} to {revision} on each member\n"
+            f"members:     {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}"
+        )
+        confirm.confirm(environment, text, ask=input, say=print)
+
+
 def _interactive() -> bool:
     from safe_migrations.confirm import is_interactive
 
     return is_interactive()
 
 
-@task(help={"env": ENV_HELP, "json_": JSON_HELP})
+@task(help={"env": ENV_HELP, "json_": JSON_HELP} | FLEET_HELP)
 @exits_with_documented_codes
-def status(c: Any, env: str | None = None, json_: bool = False) -> None:
-    """Current revision, applied history and pending migrations."""
+def status(
+    c: Any,
+    env: str | None = None,
+    json_: bool = False,
+    only: str = "",
+    exclude: str = "",
+    jobs: int = 0,
+) -> None:
+    """Current revision, applied history and pending migrations (a table for a fleet)."""
     from safe_migrations.status import get_status
 
-    result = get_status(_environment(env))
+    environment = _environment(env)
+    if environment.is_fleet:
+        from safe_migrations import fleet_work
+
+        work = fleet_work.status()
+        _fleet(environment, "status", work, only, exclude, jobs, True, json_=json_, reports=False)
+        return
+    result = get_status(environment)
     _print(json.dumps(result.to_dict(), indent=2) if json_ else result.render())
 
 
@@ -189,12 +289,25 @@ def generate(c: Any, message: str = "", autogenerate: bool = False, env: str | N
         raise UsageError("A revision needs a message: invoke generate -m 'add orders table'.")
     from safe_migrations.alembic_api import project_for
 
-    environment = _environment(env)
+    environment = (
+        _one_database(_environment(env), "generate") if autogenerate else _environment(env)
+    )
     _print(
         new_revision(
             message, autogenerate, environment if autogenerate else None, project_for(environment)
         )
     )
+
+
+@dataclass(frozen=True)
+class FleetFlags:
+    """--only, --exclude, --jobs, --keep-going and --shard, for a fleet."""
+
+    only: str = ""
+    exclude: str = ""
+    jobs: int = 0
+    keep_going: bool = False
+    shard: str = ""
 
 
 def _run(
@@ -206,10 +319,13 @@ def _run(
     skip_validation: bool,
     yes: bool,
     dry_run: bool,
+    flags: FleetFlags = FleetFlags(),
 ) -> None:
-    """Shared body of migrate, downgrade and ci: the options, then the pipeline."""
+    """Shared body of migrate, downgrade and ci: the options, then the pipeline (on each
+    member of a fleet, confirmed once for all)."""
     from safe_migrations.pipeline import RunOptions, migrate
 
+    environment = _environment(env)
     options = RunOptions(
         revision=revision,
         direction="downgrade" if direction == "downgrade" else "upgrade",
@@ -220,10 +336,30 @@ def _run(
         dry_run=dry_run,
         interactive=_interactive(),
     )
-    migrate(_environment(env), options)
+    if not environment.is_fleet:
+        migrate(environment, options)
+        return
+    from dataclasses import replace
+
+    from safe_migrations import fleet_work
+
+    if not dry_run:
+        _confirm_fleet(environment, direction, revision, yes)
+    work = fleet_work.pipeline(replace(options, yes=True, interactive=False))
+    operation = "dry-run" if dry_run else direction
+    _fleet(
+        environment,
+        operation,
+        work,
+        flags.only,
+        flags.exclude,
+        flags.jobs,
+        flags.keep_going,
+        flags.shard,
+    )
 
 
-@task(aliases=["upgrade"], help=RUN_HELP)
+@task(aliases=["upgrade"], help=RUN_HELP | FLEET_RUN_HELP)
 @exits_with_documented_codes
 def migrate(
     c: Any,
@@ -236,13 +372,23 @@ def migrate(
     skip_validation: bool = False,
     yes: bool = False,
     dry_run: bool = False,
+    only: str = "",
+    exclude: str = "",
+    jobs: int = 0,
+    keep_going: bool = False,
+    shard: str = "",
 ) -> None:
     """Health, confirm, lock, backup, upgrade, validate, report (alias: upgrade)."""
     chosen = _backup_flag(backup, no_backup, no_backup_if_allowed)
-    _run(env, "upgrade", revision, chosen, skip_health_checks, skip_validation, yes, dry_run)
+    flags = FleetFlags(only, exclude, jobs, keep_going, shard)
+    _run(env, "upgrade", revision, chosen, skip_health_checks, skip_validation, yes, dry_run, flags)
 
 
-@task(help=RUN_HELP | {"revision": "revision to go down to (required): an id or 'base'"})
+@task(
+    help=RUN_HELP
+    | FLEET_RUN_HELP
+    | {"revision": "revision to go down to (required): an id or 'base'"}
+)
 @exits_with_documented_codes
 def downgrade(
     c: Any,
@@ -255,12 +401,20 @@ def downgrade(
     skip_validation: bool = False,
     yes: bool = False,
     dry_run: bool = False,
+    only: str = "",
+    exclude: str = "",
+    jobs: int = 0,
+    keep_going: bool = False,
+    shard: str = "",
 ) -> None:
     """The pipeline downward, to an explicit --revision."""
     if not revision:
         raise UsageError("downgrade needs an explicit target: --revision <id> or --revision base.")
     chosen = _backup_flag(backup, no_backup, no_backup_if_allowed)
-    _run(env, "downgrade", revision, chosen, skip_health_checks, skip_validation, yes, dry_run)
+    flags = FleetFlags(only, exclude, jobs, keep_going, shard)
+    _run(
+        env, "downgrade", revision, chosen, skip_health_checks, skip_validation, yes, dry_run, flags
+    )
 
 
 @task(
@@ -269,22 +423,63 @@ def downgrade(
         "restore": "restore the last run's backup instead of downgrading",
         "yes": RUN_HELP["yes"],
     }
+    | FLEET_HELP
 )
 @exits_with_documented_codes
-def rollback(c: Any, env: str | None = None, restore: bool = False, yes: bool = False) -> None:
-    """Undo the last migrate: downgrade to its pre-revision, or restore its backup."""
+def rollback(
+    c: Any,
+    env: str | None = None,
+    restore: bool = False,
+    yes: bool = False,
+    only: str = "",
+    exclude: str = "",
+    jobs: int = 0,
+) -> None:
+    """Undo the last migrate: downgrade to its pre-revision, or restore its backup. On a
+    fleet: only the members the last fleet run changed that failed with exit code 1."""
     from safe_migrations.operations import rollback as undo
 
-    undo(_environment(env), restore, yes, _interactive())
+    environment = _environment(env)
+    if not environment.is_fleet:
+        undo(environment, restore, yes, _interactive())
+        return
+    from safe_migrations import fleet, fleet_work
+
+    chosen = fleet.to_roll_back(
+        environment, fleet.select(fleet.members(environment), only, exclude)
+    )
+    if not chosen:
+        _print(
+            f"fleet {environment.name}: no member of the last fleet run failed with exit 1; "
+            "nothing to roll back"
+        )
+        return
+    _confirm_fleet(environment, "rollback", "each member's pre-revision", yes)
+    _fleet(
+        environment,
+        "rollback",
+        fleet_work.rollback(restore),
+        jobs=jobs,
+        keep_going=True,
+        chosen=chosen,
+    )
 
 
-@task(help={"env": ENV_HELP})
+@task(help={"env": ENV_HELP} | FLEET_HELP)
 @exits_with_documented_codes
-def backup(c: Any, env: str | None = None) -> None:
+def backup(
+    c: Any, env: str | None = None, only: str = "", exclude: str = "", jobs: int = 0
+) -> None:
     """Take a verified backup (manifest with size and sha256) and prune old ones."""
     from safe_migrations.operations import backup as take
 
-    take(_environment(env))
+    environment = _environment(env)
+    if environment.is_fleet:
+        from safe_migrations import fleet_work
+
+        _fleet(environment, "backup", fleet_work.backup(), only, exclude, jobs, True)
+        return
+    take(environment)
 
 
 @task(name="backups", help={"env": ENV_HELP, "json_": JSON_HELP})
@@ -305,18 +500,25 @@ def backups_task(c: Any, env: str | None = None, json_: bool = False) -> None:
         "yes": RUN_HELP["yes"],
         "foreign": "allow a backup that is not this environment's own (shown first; on a "
         "terminal the environment's name must be typed)",
+        "only": "fleet: the one member to restore (its own backups only)",
     },
 )
 @exits_with_documented_codes
 def restore_task(
-    c: Any, backup: str = "", env: str | None = None, yes: bool = False, foreign: bool = False
+    c: Any,
+    backup: str = "",
+    env: str | None = None,
+    yes: bool = False,
+    foreign: bool = False,
+    only: str = "",
 ) -> None:
     """Verify one of the environment's own backups, then restore it (all or nothing)."""
     from safe_migrations.operations import restore as put_back
 
     if not backup:
         raise UsageError("restore needs --backup PATH or --backup latest.")
-    put_back(_environment(env), backup, yes, _interactive(), foreign=foreign)
+    environment = _one_database(_environment(env), "restore", only)
+    put_back(environment, backup, yes, _interactive(), foreign=foreign)
 
 
 OUTPUT_HELP = "also write the output to this file (folders are created)"
@@ -335,12 +537,20 @@ def _emit(text: str, output: str) -> None:
         write_atomic(Path(output), text)  # 0600: health results and issue bodies stay private
 
 
-def _health(env: str | None, revision: str, json_: bool, output: str) -> None:
+def _health(
+    env: str | None, revision: str, json_: bool, output: str, only: str = "", exclude: str = ""
+) -> None:
     from safe_migrations.alembic_api import project_for
     from safe_migrations.health import blocking, run_health
     from safe_migrations.results import render_checks
 
     environment = _environment(env)
+    if environment.is_fleet:
+        from safe_migrations import fleet_work
+
+        work = fleet_work.health(revision)
+        _fleet(environment, "health", work, only, exclude, 0, True, json_=json_, reports=False)
+        return
     results = run_health(environment, project_for(environment), revision)
     failed = blocking(results)
     _emit(render_checks(results, failed, json_), output)
@@ -354,14 +564,22 @@ def _health(env: str | None, revision: str, json_: bool, output: str) -> None:
         "revision": "target revision the checks apply to",
         "json_": JSON_HELP,
         "output": OUTPUT_HELP,
+        "only": FLEET_HELP["only"],
+        "exclude": FLEET_HELP["exclude"],
     }
 )
 @exits_with_documented_codes
 def health(
-    c: Any, env: str | None = None, revision: str = "head", json_: bool = False, output: str = ""
+    c: Any,
+    env: str | None = None,
+    revision: str = "head",
+    json_: bool = False,
+    output: str = "",
+    only: str = "",
+    exclude: str = "",
 ) -> None:
     """The health step alone; exit 0 unless a blocking check fails (then 3)."""
-    _health(env, revision, json_, output)
+    _health(env, revision, json_, output, only, exclude)
 
 
 @task(
@@ -382,6 +600,12 @@ def ci(
 ) -> None:
     """One line for any CI system: health (saved as JSON), migrate --yes, then status."""
     from safe_migrations.status import get_status
+
+    if _environment(env).is_fleet:
+        raise UsageError(
+            "invoke ci runs one database; for a fleet run `invoke migrate --env E --yes` "
+            "(with --shard I/K in a matrix job)."
+        )
 
     _health(env, revision, True, health_output)
     backup = None if skip_backup else True  # skipped only where the environment allows
@@ -458,7 +682,7 @@ def lint(
     from safe_migrations.config import PROJECT_ROOT
     from safe_migrations.lint import lint_revisions, selected_revisions
 
-    environment = _environment(env)
+    environment = _one_database(_environment(env), "lint")
     project = project_for(environment)
     if baseline and (range_ or since):
         raise UsageError("--baseline covers the whole history; drop --range/--since.")
@@ -481,15 +705,30 @@ def lint(
         "stairway": "also run the stairway test (up, down one, up) on a scratch database",
         "json_": JSON_HELP,
     }
+    | FLEET_HELP
 )
 @exits_with_documented_codes
-def check(c: Any, env: str | None = None, stairway: bool = False, json_: bool = False) -> None:
+def check(
+    c: Any,
+    env: str | None = None,
+    stairway: bool = False,
+    json_: bool = False,
+    only: str = "",
+    exclude: str = "",
+    jobs: int = 0,
+) -> None:
     """One head, models match the database, pending SQL linted; --stairway for downgrades."""
     from safe_migrations.alembic_api import project_for
     from safe_migrations.check import run_check
     from safe_migrations.results import render_checks
 
     environment = _environment(env)
+    if environment.is_fleet:
+        from safe_migrations import fleet_work
+
+        work = fleet_work.check(stairway)
+        _fleet(environment, "check", work, only, exclude, jobs, True, json_=json_, reports=False)
+        return
     results = run_check(environment, project_for(environment), stairway)
     failed = [r for r in results if r.blocks]  # a warning is shown, never fails the check
     _print(render_checks(results, failed, json_))
@@ -522,12 +761,27 @@ def rehearse(
         _print(json.dumps(report, indent=2))
 
     run_rehearsal(
-        _environment(env),
+        _one_database(_environment(env), "rehearse"),
         revision,
         from_backup or None,
         console=Console(say=lambda _text: None) if json_ else Console(),
         on_report=print_json if json_ else None,
     )
+
+
+@task(
+    name="fleet-matrix",
+    help={"env": ENV_HELP, "shards": "how many shards (matrix jobs) to split the fleet into"},
+)
+@exits_with_documented_codes
+def fleet_matrix(c: Any, env: str | None = None, shards: int = 4) -> None:
+    """Print the JSON a GitHub Actions matrix takes: one entry per stable shard."""
+    from safe_migrations import fleet
+
+    environment = _environment(env)
+    if not environment.is_fleet:
+        raise UsageError(f"{environment.name} is not a fleet; fleet-matrix needs a fleet file.")
+    _print(json.dumps(fleet.matrix(fleet.members(environment), shards)))
 
 
 ns = Collection(
@@ -546,4 +800,5 @@ ns = Collection(
     lint,
     check,
     rehearse,
+    fleet_matrix,
 )

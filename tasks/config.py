@@ -40,11 +40,12 @@ ENVIRONMENTS_DIR = PROJECT_ROOT / "environments"
 DEFAULT_ENVIRONMENT = "local"
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-[^}]*)?\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 
 @dataclass(frozen=True)
 class DatabaseSettings:
-    url: str = setting(min_length=1)
+    url: str = ""  # required unless the file describes a fleet
     connect_timeout: float = setting(10.0, gt=0, le=600)
     # A peer that stops answering mid-statement (lost network) is given up on after about
     # this long (TCP keepalives and tcp_user_timeout), then handled like a server restart.
@@ -149,6 +150,23 @@ class RehearsalSettings:
     prefix: str = setting("rehearsal_", min_length=1)
 
 
+@dataclass(frozen=True)
+class DiscoverSettings:
+    """Every database on a server whose name matches ``like`` (SQL LIKE), templates excluded."""
+
+    server: str = setting(min_length=1)
+    like: str = setting("%", min_length=1)
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """Many databases, one history: the rest of the file applies to each member."""
+
+    jobs: int = setting(4, ge=1, le=64)
+    databases: dict[str, str] = field(default_factory=dict)  # name -> URL, ${VAR}s allowed
+    discover: DiscoverSettings | None = None
+
+
 _SCRATCH_PREFIX = re.compile(r"^[a-z_][a-z0-9_$]{0,49}$")
 
 
@@ -164,6 +182,7 @@ class EnvironmentFile:
     reports: ReportSettings = field(default_factory=ReportSettings)
     check: CheckSettings = field(default_factory=CheckSettings)
     rehearsal: RehearsalSettings = field(default_factory=RehearsalSettings)
+    fleet: FleetSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +195,18 @@ class Environment:
     settings: EnvironmentFile
     root: Path = PROJECT_ROOT
     warnings: tuple[str, ...] = ()  # shown once by the task that loaded it
+    # A fleet member's name: this environment is then one database of the file's fleet,
+    # and ``name`` is "<file>.<member>", which its backups and reports carry.
+    member: str | None = None
+
+    @property
+    def is_fleet(self) -> bool:
+        """The file describes a fleet and this is the fleet, not one of its members."""
+        return self.settings.fleet is not None and self.member is None
+
+    @property
+    def file_name(self) -> str:
+        return self.path.stem
 
     @property
     def masked_url(self) -> str:
@@ -277,6 +308,21 @@ def parse_environment(name: str, path: Path, data: object) -> EnvironmentFile:
                 "(a database name is made of it and 12 hex digits)."
             )
     _check_lock_limit(settings.policy.max_exclusive_lock_ms, where)
+    fleet = settings.fleet
+    if not settings.database.url and fleet is None:
+        raise ConfigError(f"{where}: key 'database.url' is required (or describe a fleet).")
+    if fleet is not None:
+        if not fleet.databases and fleet.discover is None:
+            raise ConfigError(
+                f"{where}: key 'fleet' needs 'databases' (name: URL) or 'discover' "
+                "(server and like), or both."
+            )
+        bad = [n for n in fleet.databases if not MEMBER_NAME.match(n)]
+        if bad:
+            raise ConfigError(
+                f"{where}: fleet member name {bad[0][:40]!r} must be letters, digits, '_' and "
+                "'-', starting with a letter or digit."
+            )
     return settings
 
 
@@ -334,6 +380,10 @@ def load_environment(
         line = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{_relative(path)} is not valid YAML{line}; fix its syntax.") from None
     settings = parse_environment(name, path, data)
+    if settings.fleet is not None and not settings.database.url:  # its members have URLs
+        if need_database:
+            settings = _encryption(settings, environ, path)
+        return Environment(name, path, "", settings, warnings=deprecations(settings, path))
     if environ.get("DATABASE_URL"):
         url = environ["DATABASE_URL"]
     elif not need_database:

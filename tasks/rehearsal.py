@@ -424,8 +424,8 @@ def write_rehearsal_report(
     folder = private_folder(env.report_dir / "rehearsals")
     data = redact_data(record.to_dict(), secrets)
     base = folder / name
-    write_atomic(base.with_suffix(".json"), json.dumps(data, indent=2) + "\n")
-    write_atomic(base.with_suffix(".md"), redact(render(data, "rehearsal.md.j2"), secrets))
+    write_atomic(Path(f"{base}.json"), json.dumps(data, indent=2) + "\n")
+    write_atomic(Path(f"{base}.md"), redact(render(data, "rehearsal.md.j2"), secrets))
     append_audit(
         private_folder(env.report_dir),
         {
@@ -445,4 +445,4 @@ def write_rehearsal_report(
             "error": data["error"],
         },
     )
-    return base.with_suffix(".json")
+    return Path(f"{base}.json")

@@ -161,10 +161,10 @@ def write_report(env: Environment, record: RunRecord) -> Path:
     data = redact_data(record.to_dict(), secrets)
     stamp = datetime.fromisoformat(record.started_at).strftime("%Y%m%dT%H%M%S%fZ")
     base = folder / f"{env.name}-{record.operation}-{stamp}-{os.getpid()}"
-    json_path = base.with_suffix(".json")
+    json_path = Path(f"{base}.json")
     markdown = redact(render(data, "report.md.j2"), secrets)
     write_atomic(json_path, json.dumps(data, indent=2) + "\n")
-    write_atomic(base.with_suffix(".md"), markdown)
+    write_atomic(Path(f"{base}.md"), markdown)
     append_audit(
         folder,
         {

@@ -96,6 +96,14 @@ def _value(hint: Any, value: Any, key: str, bounds: Any) -> Any:
         return value
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         return build(hint, value, f"{key}.")
+    if origin is dict:
+        key_type, value_type = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise SchemaError(f"key '{key}' must be a mapping (got {_kind(value)})")
+        return {
+            _value(key_type, k, f"{key} (a name)", {}): _value(value_type, v, f"{key}.{k}", {})
+            for k, v in value.items()
+        }
     if hint is bool:
         if not isinstance(value, bool):
             raise SchemaError(f"key '{key}' must be true or false (got {_shown(value)})")

@@ -44,6 +44,7 @@ NO_DATABASE = {
     "backups": "reads the backup folder (or the store) only",
     "rollback": "refused (2) before connecting when there is no run to undo",
     "restore": "refused (2) before connecting when there is no backup",
+    "fleet-matrix": "refused (2) on a file that describes no fleet",
 }
 
 

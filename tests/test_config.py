@@ -74,7 +74,7 @@ def test_database_url_overrides_file() -> None:
             "database: {url: 'sqlite://'}\nbackup: {keep: 2.5}\n",
             "key 'backup.keep' must be a whole number (got 2.5)",
         ),
-        ("database: {url: ''}\n", "key 'database.url' must not be empty"),
+        ("database: {url: ''}\n", "key 'database.url' is required (or describe a fleet)"),
         ("- a\n- b\n", "must be a mapping of settings"),
         ("database: {url: 'mysql://x@y/z'}\n", "only postgresql and sqlite"),
         ("database: [unclosed\n", "not valid YAML"),
