@@ -781,7 +781,49 @@ def fleet_matrix(c: Any, env: str | None = None, shards: int = 4) -> None:
     environment = _environment(env)
     if not environment.is_fleet:
         raise UsageError(f"{environment.name} is not a fleet; fleet-matrix needs a fleet file.")
-    _print(json.dumps(fleet.matrix(fleet.members(environment), shards)))
+    found = json.dumps(fleet.matrix(fleet.members(environment), shards))
+    _print(found)
+    _github_output("matrix", found)  # a workflow's job output, for strategy.matrix
+
+
+@task(
+    name="fleet-report",
+    help={
+        "env": ENV_HELP,
+        "input": "a folder holding the shards' reports (as a workflow downloads them); "
+        "default: the environment's reports folder",
+        "issue_body": "print the issue body for a fleet run with failed members",
+        "json_": JSON_HELP,
+        "output": OUTPUT_HELP,
+    },
+)
+@exits_with_documented_codes
+def fleet_report(
+    c: Any,
+    env: str | None = None,
+    input: str = "",  # noqa: A002 - the flag users type is --input
+    issue_body: bool = False,
+    json_: bool = False,
+    output: str = "",
+) -> None:
+    """Merge the shards' fleet summaries into one; Markdown, JSON or a GitHub issue body."""
+    from pathlib import Path
+
+    from safe_migrations import fleet
+    from safe_migrations.report import render
+
+    environment = _environment(env, need_database=False)  # reads files only: no secrets
+    folder = Path(input) if input else environment.report_dir / "fleets"
+    merged = fleet.merge_summaries(environment, folder)
+    if merged is None:
+        raise UsageError(
+            f"No fleet summary for {environment.name} under {folder}; the shards wrote none "
+            "(see their logs)."
+        )
+    if json_:
+        _emit(json.dumps(merged, indent=2), output)
+        return
+    _emit(render(merged, "fleet_issue.md.j2" if issue_body else "fleet.md.j2"), output)
 
 
 ns = Collection(
@@ -801,4 +843,5 @@ ns = Collection(
     check,
     rehearse,
     fleet_matrix,
+    fleet_report,
 )

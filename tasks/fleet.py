@@ -145,7 +145,11 @@ def matrix(found: list[Member], shards: int) -> dict[str, Any]:
         raise UsageError("--shards must be at least 1.")
     return {
         "include": [
-            {"shard": f"{i}/{shards}", "members": sum(shard_of(m.name, shards) == i for m in found)}
+            {
+                "shard": f"{i}/{shards}",
+                "index": i,  # for artifact names, which may not hold a '/'
+                "members": sum(shard_of(m.name, shards) == i for m in found),
+            }
             for i in range(1, shards + 1)
         ]
     }
@@ -426,6 +430,44 @@ def last_summary(env: Environment, operations: tuple[str, ...]) -> dict[str, Any
         if data.get("environment") == env.name and data.get("operation") in operations:
             return data
     return None
+
+
+def merge_summaries(env: Environment, folder: Path) -> dict[str, Any] | None:
+    """One summary from the shards' (the newest upgrade summary of each shard found under
+    ``folder``, as a workflow downloads them): every member once, the worst exit code."""
+    newest: dict[str, tuple[float, dict[str, Any]]] = {}
+    for path in folder.rglob(f"{env.name}-fleet-*.json"):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if data.get("environment") != env.name or data.get("operation") not in ("upgrade",):
+            continue
+        key = str(data.get("shard") or "all")
+        moment = path.stat().st_mtime
+        if key not in newest or moment > newest[key][0]:
+            newest[key] = (moment, data)
+    if not newest:
+        return None
+    parts = [data for _moment, data in sorted(newest.values(), key=lambda item: item[0])]
+    merged_members = sorted(
+        (m for part in parts for m in part.get("members", [])), key=lambda m: m["member"]
+    )
+    counts: dict[str, int] = {}
+    for member in merged_members:
+        counts[member["outcome"]] = counts.get(member["outcome"], 0) + 1
+    return {
+        **parts[0],
+        "shard": None,
+        "shards": sorted(newest),
+        "started_at": min(p["started_at"] for p in parts),
+        "finished_at": max(str(p.get("finished_at")) for p in parts),
+        "duration": max(p.get("duration", 0) for p in parts),
+        "exit_code": worst([int(p.get("exit_code", 1)) for p in parts]),
+        "interrupted": any(p.get("interrupted") for p in parts),
+        "members": merged_members,
+        "counts": counts,
+    }
 
 
 def to_roll_back(env: Environment, candidates: list[Member]) -> list[Member]:

@@ -53,6 +53,7 @@ JOB_KEYS = {
     "outputs",
     "env",
     "steps",
+    "strategy",  # a matrix job is played once per entry, with the entry as context["matrix"]
 }
 
 

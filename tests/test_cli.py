@@ -45,6 +45,7 @@ NO_DATABASE = {
     "rollback": "refused (2) before connecting when there is no run to undo",
     "restore": "refused (2) before connecting when there is no backup",
     "fleet-matrix": "refused (2) on a file that describes no fleet",
+    "fleet-report": "reads fleet summary files only",
 }
 
 
