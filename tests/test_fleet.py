@@ -291,3 +291,34 @@ def test_sigterm_stops_the_fleet_interrupts_running_members_and_writes_the_summa
     assert outcomes[:2] == ["blocked", "blocked"] and set(outcomes[2:]) == {"not started"}
     assert [revision_of(fleet.url(n)) for n in fleet.names[:2]] == ["r001", "r001"]
     assert "interrupted" in summary["members"][0]["message"]
+
+
+def test_backups_carry_the_members_name_and_restore_only_takes_that_members_own(
+    fleet: Fleet,
+) -> None:
+    first, second = fleet.names[0], fleet.names[1]
+    pair = f"{first},{second}"
+    assert fleet.invoke("migrate", "--yes", "--only", pair).returncode == 0
+    dry = fleet.invoke("migrate", "--dry-run", "--only", fleet.names[2])
+    assert dry.returncode == 0 and revision_of(fleet.url(fleet.names[2])) is None
+    taken = fleet.invoke("backup", "--only", pair)
+    assert taken.returncode == 0, taken.stderr
+    folder = fleet.folder / "var" / "backups"
+    for name in (first, second):
+        (dump,) = folder.glob(f"fleet.{name}-*.dump")
+        manifest = json.loads(Path(f"{dump}.manifest.json").read_text())
+        assert manifest["environment"] == f"fleet.{name}"
+        assert manifest["target"]["database"] == name
+    engine = create_engine(fleet.url(first), poolclass=NullPool)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE order_items"))
+    engine.dispose()
+    restored = fleet.invoke("restore", "--only", first, "--backup", "latest", "--yes")
+    assert restored.returncode == 0, restored.stderr
+    engine = create_engine(fleet.url(first), poolclass=NullPool)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT to_regclass('order_items')")).scalar()
+    engine.dispose()
+    other = next(folder.glob(f"fleet.{second}-*.dump"))
+    refused = fleet.invoke("restore", "--only", first, "--backup", str(other), "--yes")
+    assert refused.returncode == 2 and "not one of" in refused.stderr
