@@ -7,16 +7,13 @@ import os
 import shlex
 import subprocess
 import tomllib
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, read_in_open_transaction, table_names
+from helpers import ROOT, fresh_database, read_in_open_transaction, table_names
 from pgcluster import PASSWORD
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
 REVISION = '''"""create items"""
 import sqlalchemy as sa
@@ -39,14 +36,8 @@ def downgrade():
 
 @pytest.fixture
 def other_database(pg_admin_url: str) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg_admin_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_database(pg_admin_url) as url:
+        yield url
 
 
 @pytest.fixture

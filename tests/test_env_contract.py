@@ -3,15 +3,11 @@ connection the tasks hand in, with the tasks' options (issue 14, in part)."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import QUIET, UNATTENDED, ScratchProject, table_names
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
+from helpers import QUIET, UNATTENDED, ScratchProject, fresh_database, table_names
 
 from safe_migrations.alembic_api import EnvPyContractError, Project
 from safe_migrations.check import check_drift
@@ -59,14 +55,8 @@ run_migrations_online()
 
 @pytest.fixture
 def other_database(pg_admin_url: str) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg_admin_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_database(pg_admin_url) as url:
+        yield url
 
 
 def _two_revisions(scratch: ScratchProject) -> None:

@@ -8,14 +8,21 @@ import json
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-from helpers import QUIET, ROOT, ScratchProject, cli_env, run_invoke, table_fingerprints
+from helpers import (
+    QUIET,
+    ROOT,
+    ScratchProject,
+    cli_env,
+    fresh_database,
+    run_invoke,
+    table_fingerprints,
+)
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -74,15 +81,9 @@ def copies_on(admin_url: str, prefix: str = "rehearsal_") -> set[str]:
 
 @pytest.fixture(scope="module")
 def big_database(pg_admin_url: str) -> Iterator[str]:
-    """One database for the module, with 300,000 rows in ``big``; dropped after."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg_admin_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    """One database for the module, for 300,000 rows in ``big``; dropped after."""
+    with fresh_database(pg_admin_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
