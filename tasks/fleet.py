@@ -310,6 +310,7 @@ def run_fleet(
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
 
+    warm(env)
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     started = time.perf_counter()
     try:
@@ -349,6 +350,21 @@ def run_fleet(
     summary.duration = round(time.perf_counter() - started, 3)
     summary.finished_at = datetime.now(UTC).isoformat()
     return summary
+
+
+def warm(env: Environment) -> None:
+    """Load once, before forking, what every member would load again: the step modules,
+    Alembic's runtime and autogenerate, the scripts and the report template."""
+    import alembic.autogenerate  # noqa: F401 - imported for the children
+    import alembic.runtime.environment  # noqa: F401
+    import alembic.runtime.migration  # noqa: F401
+
+    from safe_migrations import operations, pipeline  # noqa: F401
+    from safe_migrations.alembic_api import project_for
+    from safe_migrations.report import jinja_environment
+
+    jinja_environment(False).get_template("report.md.j2")
+    project_for(env).scripts()
 
 
 def _why_not(summary: FleetSummary) -> str:
