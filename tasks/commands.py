@@ -278,10 +278,13 @@ def heads(c: Any, env: str | None = None) -> None:
         "autogenerate": "fill the revision from the difference between models and the "
         "database of --env",
         "env": ENV_HELP + "; used with --autogenerate",
+        "only": "fleet: the one member to work on",
     }
 )
 @exits_with_documented_codes
-def generate(c: Any, message: str = "", autogenerate: bool = False, env: str | None = None) -> None:
+def generate(
+    c: Any, message: str = "", autogenerate: bool = False, env: str | None = None, only: str = ""
+) -> None:
     """Create a new revision script in migrations/versions."""
     from safe_migrations.generate import new_revision
 
@@ -290,7 +293,7 @@ def generate(c: Any, message: str = "", autogenerate: bool = False, env: str | N
     from safe_migrations.alembic_api import project_for
 
     environment = (
-        _one_database(_environment(env), "generate") if autogenerate else _environment(env)
+        _one_database(_environment(env), "generate", only) if autogenerate else _environment(env)
     )
     _print(
         new_revision(
@@ -482,13 +485,16 @@ def backup(
     take(environment)
 
 
-@task(name="backups", help={"env": ENV_HELP, "json_": JSON_HELP})
+@task(name="backups", help={"env": ENV_HELP, "json_": JSON_HELP, "only": "fleet: whose backups"})
 @exits_with_documented_codes
-def backups_task(c: Any, env: str | None = None, json_: bool = False) -> None:
+def backups_task(c: Any, env: str | None = None, json_: bool = False, only: str = "") -> None:
     """List the environment's backups, newest first, in its folder or its store."""
     from safe_migrations.backup import all_backups, render_backups
 
-    found = all_backups(_environment(env, need_database=False))
+    environment = _environment(env, need_database=False)
+    if environment.is_fleet:
+        environment = _one_database(_environment(env), "backups", only)
+    found = all_backups(environment)
     _print(json.dumps(found, indent=2, default=str) if json_ else render_backups(found))
 
 
@@ -664,6 +670,7 @@ def report_task(
         "baseline": "accept every finding of the whole history in the migrations folder's "
         "lint-baseline.yml; later runs fail only on new findings",
         "json_": JSON_HELP,
+        "only": "fleet: the one member to work on",
     }
 )
 @exits_with_documented_codes
@@ -675,6 +682,7 @@ def lint(
     all_: bool = False,
     baseline: bool = False,
     json_: bool = False,
+    only: str = "",
 ) -> None:
     """Check the migrations' SQL with squawk for locking and data-losing operations."""
     from safe_migrations.alembic_api import project_for
@@ -682,7 +690,7 @@ def lint(
     from safe_migrations.config import PROJECT_ROOT
     from safe_migrations.lint import lint_revisions, selected_revisions
 
-    environment = _one_database(_environment(env), "lint")
+    environment = _one_database(_environment(env), "lint", only)
     project = project_for(environment)
     if baseline and (range_ or since):
         raise UsageError("--baseline covers the whole history; drop --range/--since.")
@@ -743,6 +751,7 @@ def check(
         "from_backup": "copy from this backup (a path, s3:// URL or 'latest') instead of "
         "a fresh one",
         "json_": "print the rehearsal report as JSON instead of text",
+        "only": "fleet: the one member to work on",
     }
 )
 @exits_with_documented_codes
@@ -752,6 +761,7 @@ def rehearse(
     revision: str = "head",
     from_backup: str = "",
     json_: bool = False,
+    only: str = "",
 ) -> None:
     """Run the migration on a temporary copy; report locks, rewrites and timings per revision."""
     from safe_migrations.context import Console
@@ -761,7 +771,7 @@ def rehearse(
         _print(json.dumps(report, indent=2))
 
     run_rehearsal(
-        _one_database(_environment(env), "rehearse"),
+        _one_database(_environment(env), "rehearse", only),
         revision,
         from_backup or None,
         console=Console(say=lambda _text: None) if json_ else Console(),

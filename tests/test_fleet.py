@@ -322,3 +322,18 @@ def test_backups_carry_the_members_name_and_restore_only_takes_that_members_own(
     other = next(folder.glob(f"fleet.{second}-*.dump"))
     refused = fleet.invoke("restore", "--only", first, "--backup", str(other), "--yes")
     assert refused.returncode == 2 and "not one of" in refused.stderr
+
+
+def test_one_database_tasks_take_the_member_named_with_only(fleet: Fleet) -> None:
+    name = fleet.names[0]
+    assert fleet.invoke("migrate", "--yes", "--only", name, "--revision", "0003").returncode == 0
+    rehearsed = fleet.invoke("rehearse", "--only", name, "--json")
+    assert rehearsed.returncode == 0, rehearsed.stderr
+    report = json.loads(rehearsed.stdout)
+    assert report["environment"] == f"fleet.{name}" and report["target_revision"] == HEAD
+    assert revision_of(fleet.url(name)) == "0003"  # rehearsed on a copy only
+    assert fleet.invoke("backup", "--only", name).returncode == 0
+    listed = fleet.invoke("backups", "--only", name, "--json")
+    assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 2  # rehearsal's too
+    refused = fleet.invoke("lint")
+    assert refused.returncode == 2 and "name one member with --only NAME" in refused.stderr
