@@ -113,10 +113,15 @@ def server_for(env: Environment) -> Environment:
     return replace(env, url=url)
 
 
-def verdict(found: Findings, limit_ms: int | None) -> tuple[str, str, list[str]]:
-    """(status, sentence, limits broken) for one revision: failed, blocks, rewrites, safe."""
+def verdict(
+    found: Findings, limit_ms: int | None, observed: bool = True
+) -> tuple[str, str, list[str]]:
+    """(status, sentence, limits broken) for one revision: failed, blocks, rewrites, safe;
+    ``timed`` when nothing but its duration could be observed (SQLite)."""
     if found.error:
         return "failed", f"failed: {found.error}", []
+    if not observed:
+        return "timed", f"ran in {found.duration_ms:,} ms; locks not observed", []
     parts, status = [], "safe"
     broken = []
     for hold in found.locks:
@@ -330,8 +335,9 @@ def _judge(
     limit = env.settings.policy.max_exclusive_lock_ms
     messages = {r.revision: r.message for r in path}
     statuses = []
+    observed = not env.is_sqlite
     for item in found:
-        status, sentence, broken = verdict(item, limit)
+        status, sentence, broken = verdict(item, limit, observed)
         statuses.append(status)
         data = item.to_dict()
         data.update(
@@ -377,6 +383,9 @@ def _run_verdict(statuses: list[str], record: RehearsalRecord) -> str:
         return "failed: a revision broke the environment's limits"
     if any(not r["ok"] for r in record.validation):
         return "failed: the copy did not validate after the upgrade"
+    if "timed" in statuses:
+        ran = f"passed: {len(statuses)} revision(s) ran on the copy"
+        return f"{ran} (timed only: {record.lock_details})"
     worst = max((r.get("longest_exclusive_ms") or 0 for r in record.revisions), default=0)
     blocking = sum(1 for s in statuses if s == "blocks")
     if blocking:

@@ -420,6 +420,7 @@ def test_sqlite_rehearsal_times_each_revision_on_a_copy_of_the_file(
     assert record.success and [r["revision"] for r in record.revisions] == ["r002"]
     assert record.revisions[0]["duration_ms"] >= 0 and record.revisions[0]["locks"] == []
     assert "PostgreSQL-only" in (record.lock_details or "")
+    assert record.revisions[0]["status"] == "timed" and "timed only" in record.verdict
     assert read_current(env) == "r001"
     assert not list(copies_folder().glob(f"{record.copy['name']}*"))
     proof_row = database.read_bytes() != before  # the proof row, and nothing else
