@@ -164,6 +164,7 @@ def _fleet(
     json_: bool = False,
     reports: bool = True,
     chosen: Any = None,
+    output: str = "",
 ) -> None:
     """Run one task on every chosen member; a table (or JSON), and for a task that
     changes something (``reports``) a summary written beside the members' reports."""
@@ -185,9 +186,9 @@ def _fleet(
     path = fleet.write_summary(environment, summary, found) if reports else None
     secrets = [environment.password, *(url_password(m.url) for m in found)]
     if json_:
-        _print(json.dumps(redact_data(summary.to_dict(), secrets), indent=2))
+        _emit(json.dumps(redact_data(summary.to_dict(), secrets), indent=2), output)
     else:
-        _print(fleet.render_table(summary))
+        _emit(fleet.render_table(summary), output)
         if path is not None:
             _print(f"summary: {path}")
     if summary.exit_code:
@@ -555,7 +556,18 @@ def _health(
         from safe_migrations import fleet_work
 
         work = fleet_work.health(revision)
-        _fleet(environment, "health", work, only, exclude, 0, True, json_=json_, reports=False)
+        _fleet(
+            environment,
+            "health",
+            work,
+            only,
+            exclude,
+            0,
+            True,
+            json_=json_,
+            reports=False,
+            output=output,
+        )
         return
     results = run_health(environment, project_for(environment), revision)
     failed = blocking(results)

@@ -337,3 +337,31 @@ def test_one_database_tasks_take_the_member_named_with_only(fleet: Fleet) -> Non
     assert listed.returncode == 0 and len(json.loads(listed.stdout)) == 2  # rehearsal's too
     refused = fleet.invoke("lint")
     assert refused.returncode == 2 and "name one member with --only NAME" in refused.stderr
+
+
+def test_health_on_a_fleet_saves_every_members_checks(fleet: Fleet) -> None:
+    saved = fleet.folder / "health" / "fleet.json"
+    result = fleet.invoke("health", "--json", "--output", str(saved))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(saved.read_text())
+    assert [m["member"] for m in data["members"]] == fleet.names
+    assert all(m["outcome"] == "succeeded" and m["details"]["checks"] for m in data["members"])
+    assert oct(saved.stat().st_mode & 0o777) == "0o600"
+
+
+def test_progress_counts_on_a_terminal_and_stays_quiet_without_one() -> None:
+    import io
+
+    from safe_migrations.fleet import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal, pipe = Terminal(), io.StringIO()
+    for stream in (terminal, pipe):
+        progress = Progress(12, stream)
+        progress.show(5, 4, 1, 3)
+        progress.end()
+    assert "5/12 done, 4 running, 1 failed, 3 left" in terminal.getvalue()
+    assert pipe.getvalue() == ""
