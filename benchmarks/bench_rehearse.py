@@ -69,6 +69,35 @@ def by_hand(admin: str, backup: Path) -> float:
     return time.perf_counter() - started
 
 
+def observer_cost(admin: str, backup: Path, envs: Path, runs: int) -> tuple[float, float]:
+    """The same upgrade of a restored copy, in process, with and without the rehearsal's
+    observer beside it (median seconds each): what the sampling costs the migration."""
+    import time
+
+    from safe_migrations.alembic_api import DEFAULT_PROJECT
+    from safe_migrations.config import load_environment
+    from safe_migrations.observer import RevisionObserver
+    from safe_migrations.upgrade import run_migrations
+
+    plain, observed = [], []
+    for run in range(-1, runs):  # run -1 warms up (imports, scripts, engines), unrecorded
+        for side in ("plain", "observed") if run % 2 == 0 else ("observed", "plain"):
+            copy = create_database(admin, "cost")
+            child = libpq_env(copy)
+            restore = [which("pg_restore"), "--no-owner", f"--dbname={child['PGDATABASE']}"]
+            timed_run([*restore, str(backup)], child)
+            env = load_environment("bench", environ={"DATABASE_URL": copy}, directory=envs)
+            observer = RevisionObserver(env) if side == "observed" else None
+            started = time.perf_counter()
+            run_migrations(env, DEFAULT_PROJECT, "head", observer=observer)
+            if run >= 0:
+                (observed if observer else plain).append(time.perf_counter() - started)
+            if observer is not None:
+                observer.stop()
+            drop_database(admin, copy)
+    return median(plain), median(observed)
+
+
 def main() -> None:
     args = arguments(__doc__, runs=3, scale=70, users=100_000)
     runs, scale, users = (1, 1, 1000) if args.quick else (args.runs, args.scale, args.users)
@@ -104,6 +133,7 @@ def main() -> None:
                 (ours if side == "ours" else fresh).append(seconds)
                 rates.append(report["samples_per_second"])
                 upgrade_ms.append(sum(r["duration_ms"] for r in report["revisions"]))
+        plain_s, observed_s = observer_cost(admin, backup, envs, runs)
         drop_database(admin, url)
     shutil.rmtree(work, ignore_errors=True)
     ratio = median(ours) / median(hand)
@@ -119,6 +149,10 @@ def main() -> None:
         f"ratio ours/by hand: {ratio:.3f} (goal <= 1.2); observer {median(rates):.0f} samples/s; "
         f"the 4 revisions took {median(upgrade_ms):.0f} ms on the copy"
     )
+    print(
+        f"the same upgrade in process: {plain_s:.3f} s plain, {observed_s:.3f} s observed: "
+        f"ratio {observed_s / plain_s:.3f} (the sampling must not slow the migration)"
+    )
     finish(
         "rehearse",
         {
@@ -131,6 +165,9 @@ def main() -> None:
             "ratio": round(ratio, 3),
             "samples_per_second": median(rates),
             "revisions_ms": median(upgrade_ms),
+            "upgrade_plain_s": round(plain_s, 3),
+            "upgrade_observed_s": round(observed_s, 3),
+            "observer_ratio": round(observed_s / plain_s, 3),
         },
     )
 

@@ -205,10 +205,6 @@ class Environment:
         return self.settings.fleet is not None and self.member is None
 
     @property
-    def file_name(self) -> str:
-        return self.path.stem
-
-    @property
     def masked_url(self) -> str:
         return mask_url(self.url)
 

@@ -36,7 +36,7 @@ from safe_migrations.errors import (
     UsageError,
     first_line,
 )
-from safe_migrations.masking import mask_url, redact, url_password
+from safe_migrations.masking import redact, url_password
 
 SUMMARY_SCHEMA_VERSION = 1
 # The worst exit code wins, in this order: a refusal, a failure, a held lock, a block.
@@ -48,10 +48,6 @@ OUTCOMES = {0: "succeeded", 1: "failed", 2: "refused", 3: "blocked", 4: "locked"
 class Member:
     name: str
     url: str  # secret: holds the password
-
-    @property
-    def masked_url(self) -> str:
-        return mask_url(self.url)
 
 
 def members(env: Environment, environ: dict[str, str] | None = None) -> list[Member]:
