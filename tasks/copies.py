@@ -118,6 +118,22 @@ class CopyError(ToolError):
     """The copy could not be made; the environment's database was not touched."""
 
 
+def check_can_create(server: Environment) -> None:
+    """Before any backup is taken for it: the role may create the copy (CREATEDB)."""
+    if server.is_sqlite:
+        return
+    with connect(server, role="rehearse", autocommit=True) as connection:
+        allowed = connection.exec_driver_sql(
+            "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"
+        ).scalar()
+    if not allowed:
+        raise CopyError(
+            f"The rehearsal cannot create its copy on {server.masked_url}: the role may not "
+            "create databases; give it CREATEDB, or set rehearsal.server to a server where "
+            "it may. Nothing was backed up or changed."
+        )
+
+
 def copy_exists(server: Environment, name: str) -> bool:
     """Whether a copy is still there (the report says whether it was dropped)."""
     if server.is_sqlite:

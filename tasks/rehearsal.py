@@ -25,7 +25,7 @@ from safe_migrations.alembic_api import Project, heads, project_for
 from safe_migrations.backup import take_backup
 from safe_migrations.config import Environment, resolve_url
 from safe_migrations.context import Console
-from safe_migrations.copies import copy_exists, database_copy
+from safe_migrations.copies import check_can_create, copy_exists, database_copy
 from safe_migrations.errors import ConfigError, ToolError, first_line
 from safe_migrations.lockwait import SAMPLE_INTERVAL
 from safe_migrations.masking import redact, redact_data, url_password
@@ -233,6 +233,7 @@ def _rehearse(
         record.verdict = f"nothing to rehearse: {env.name} is already at {reported(target)}"
         console.say(record.verdict)
         return
+    check_can_create(server)
     backup = _backup(env, current, from_backup, console)
     record.backup = {k: backup.get(k) for k in ("path", "remote", "revision", "sha256", "size")}
     record.lock_details = NO_LOCK_DETAILS if env.is_sqlite else None

@@ -28,6 +28,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from safe_migrations.config import Environment, load_environment
+from safe_migrations.context import Console
+from safe_migrations.copies import CopyError
 from safe_migrations.errors import BlockedError, ConfigError
 from safe_migrations.pipeline import migrate
 from safe_migrations.rehearsal import RehearsalFailed, RehearsalRecord, rehearse
@@ -432,3 +434,23 @@ def test_sqlite_rehearsal_times_each_revision_on_a_copy_of_the_file(
         )
     engine.dispose()
     assert tables == {"alembic_version", "t", "safe_migrations_rehearsals"}
+
+
+def test_a_role_without_createdb_is_told_before_any_backup_and_a_proof_it_cannot_write_warns(
+    role_url: str, pg_admin_url: str, make_env: Callable[..., Environment], scratch: ScratchProject
+) -> None:
+    first = scratch.add('op.create_table("t", sa.Column("id", sa.Integer, primary_key=True))')
+    scratch.add('op.add_column("t", sa.Column("n", sa.Integer))')
+    env = make_env(role_url)
+    run_migrations(env, scratch.project(), first)
+    with pytest.raises(CopyError, match="may not create databases; give it CREATEDB"):
+        rehearse(env, project=scratch.project(), console=QUIET)
+    assert not list(env.backup_dir.glob("*.dump"))  # told before any backup
+    warnings: list[str] = []
+    elsewhere = make_env(role_url, rehearsal={"server": pg_admin_url})
+    console = Console(say=lambda _t: None, ask=lambda _p: "no", warn=warnings.append)
+    record = rehearse(elsewhere, project=scratch.project(), console=console)
+    assert record.success and record.copy and record.copy["dropped"] is True
+    assert record.proof and "could not be written to safe_migrations.rehearsals" in record.proof
+    assert "CREATE SCHEMA safe_migrations AUTHORIZATION" in warnings[0]
+    assert read_current(env) == "r001"
