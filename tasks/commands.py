@@ -165,13 +165,14 @@ def _fleet(
     reports: bool = True,
     chosen: Any = None,
     output: str = "",
+    found: Any = None,
 ) -> None:
     """Run one task on every chosen member; a table (or JSON), and for a task that
     changes something (``reports``) a summary written beside the members' reports."""
     from safe_migrations import fleet
     from safe_migrations.masking import redact_data, url_password
 
-    found = fleet.members(environment)
+    found = fleet.members(environment) if found is None else found
     chosen = fleet.select(found, only, exclude, shard) if chosen is None else chosen
     summary = fleet.run_fleet(
         environment,
@@ -211,16 +212,16 @@ def _one_database(environment: Any, task_name: str, only: str = "") -> Any:
     return fleet.member_environment(environment, chosen[0])
 
 
-def _confirm_fleet(environment: Any, operation: str, revision: str, yes: bool) -> None:
-    """Once for the whole fleet (production: its name typed), before any member starts."""
-    from safe_migrations import confirm, fleet
+def _confirm_fleet(environment: Any, operation: str, revision: str, yes: bool, chosen: Any) -> None:
+    """Once for the chosen members (production: its name typed), before any starts."""
+    from safe_migrations import confirm
 
     interactive = _interactive()
     confirm.refuse_without_terminal(environment, yes, interactive)
     if confirm.needs_confirmation(environment, yes):
-        names = [m.name for m in fleet.members(environment)]
+        names = [m.name for m in chosen]
         text = (
-            f"environment: {environment.name} (a fleet of {len(names)})\n"
+            f"environment: {environment.name} (a fleet: {len(names)} member(s) chosen)\n"
             f"operation:   {operation} to {revision} on each member\n"
             f"members:     {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}"
         )
@@ -345,21 +346,23 @@ def _run(
         return
     from dataclasses import replace
 
-    from safe_migrations import fleet_work
+    from safe_migrations import fleet, fleet_work
 
+    found = fleet.members(environment)
+    chosen = fleet.select(found, flags.only, flags.exclude, flags.shard)
     if not dry_run:
-        _confirm_fleet(environment, direction, revision, yes)
+        _confirm_fleet(environment, direction, revision, yes, chosen)
     work = fleet_work.pipeline(replace(options, yes=True, interactive=False))
     operation = "dry-run" if dry_run else direction
     _fleet(
         environment,
         operation,
         work,
-        flags.only,
-        flags.exclude,
-        flags.jobs,
-        flags.keep_going,
-        flags.shard,
+        jobs=flags.jobs,
+        keep_going=flags.keep_going,
+        shard=flags.shard,
+        chosen=chosen,
+        found=found,
     )
 
 
@@ -449,16 +452,15 @@ def rollback(
         return
     from safe_migrations import fleet, fleet_work
 
-    chosen = fleet.to_roll_back(
-        environment, fleet.select(fleet.members(environment), only, exclude)
-    )
+    found = fleet.members(environment)
+    chosen = fleet.to_roll_back(environment, fleet.select(found, only, exclude))
     if not chosen:
         _print(
             f"fleet {environment.name}: no member of the last fleet run failed with exit 1; "
             "nothing to roll back"
         )
         return
-    _confirm_fleet(environment, "rollback", "each member's pre-revision", yes)
+    _confirm_fleet(environment, "rollback", "each member's pre-revision", yes, chosen)
     _fleet(
         environment,
         "rollback",
@@ -466,6 +468,7 @@ def rollback(
         jobs=jobs,
         keep_going=True,
         chosen=chosen,
+        found=found,
     )
 
 

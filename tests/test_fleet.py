@@ -365,3 +365,40 @@ def test_progress_counts_on_a_terminal_and_stays_quiet_without_one() -> None:
         progress.end()
     assert "5/12 done, 4 running, 1 failed, 3 left" in terminal.getvalue()
     assert pipe.getvalue() == ""
+
+
+def test_the_fleet_is_confirmed_once_for_the_chosen_members_on_a_terminal(fleet: Fleet) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    fleet.write(policy={"confirm": "prompt"})
+    chosen = fleet.names[4]
+    primary, secondary = os.openpty()  # stdin a terminal: the one question is asked there
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "invoke"),
+            "migrate",
+            "--env",
+            "fleet",
+            "--only",
+            chosen,
+        ],
+        cwd=ROOT,
+        env={**os.environ, **fleet.variables},
+        stdin=secondary,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(secondary)
+    os.write(primary, b"no\n")
+    out, err = process.communicate(timeout=60)
+    os.close(primary)
+    assert process.returncode == 3, err
+    assert f"members:     {chosen}" in out and "1 member(s) chosen" in out
+    assert fleet.names[0] not in out
+    assert all(revision_of(fleet.url(n)) is None for n in fleet.names)
+    assert fleet.summaries() == []  # refused before any member started
