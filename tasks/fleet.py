@@ -398,9 +398,9 @@ def _collect(
 
 def write_summary(env: Environment, summary: FleetSummary, members_: list[Member]) -> Path:
     """JSON and Markdown in ``reports.folder/fleets/``, and a line in the audit log."""
-    from safe_migrations.files import private_folder, write_atomic
+    from safe_migrations.files import private_folder
     from safe_migrations.masking import redact_data
-    from safe_migrations.report import append_audit, render
+    from safe_migrations.report import append_audit, write_pair
 
     secrets = [env.password, *(url_password(m.url) for m in members_)]
     folder = private_folder(env.report_dir / "fleets")
@@ -408,8 +408,7 @@ def write_summary(env: Environment, summary: FleetSummary, members_: list[Member
     stamp = datetime.fromisoformat(summary.started_at).strftime("%Y%m%dT%H%M%S%fZ")
     shard = f"-shard{summary.shard.replace('/', 'of')}" if summary.shard else ""
     base = folder / f"{env.name}-fleet-{summary.operation}{shard}-{stamp}-{os.getpid()}"
-    write_atomic(Path(f"{base}.json"), json.dumps(data, indent=2) + "\n")
-    write_atomic(Path(f"{base}.md"), redact(render(data, "fleet.md.j2"), secrets))
+    json_path, _markdown = write_pair(base, data, "fleet.md.j2", secrets)
     append_audit(
         private_folder(env.report_dir),
         {
@@ -423,7 +422,7 @@ def write_summary(env: Environment, summary: FleetSummary, members_: list[Member
             "report": f"fleets/{base.name}.json",
         },
     )
-    return Path(f"{base}.json")
+    return json_path
 
 
 def last_summary(env: Environment, operations: tuple[str, ...]) -> dict[str, Any] | None:

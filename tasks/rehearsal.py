@@ -9,7 +9,6 @@ the copy is gone, gets one row of proof (proof.py). Its migration lock is not ta
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import socket
@@ -33,9 +32,10 @@ from safe_migrations.observer import BLOCKS_ALL, Findings, RevisionObserver, ana
 from safe_migrations.report import (
     TOOL_VERSION,
     append_audit,
+    current_user,
     git_commit,
-    render,
     reported,
+    write_pair,
 )
 from safe_migrations.restore import find_backup, local_copy, restore_backup
 from safe_migrations.revisions import resolve_revision
@@ -79,7 +79,7 @@ class RehearsalRecord:
     verdict: str = ""
     proof: str | None = None
     error: str | None = None
-    user: str = field(default_factory=lambda: _user())
+    user: str = field(default_factory=current_user)
     host: str = field(default_factory=socket.gethostname)
     commit: str | None = field(default_factory=git_commit)
     tool_version: str = TOOL_VERSION
@@ -87,13 +87,6 @@ class RehearsalRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return "unknown"
 
 
 def server_for(env: Environment) -> Environment:
@@ -429,13 +422,12 @@ def write_rehearsal_report(
 ) -> Path:
     """JSON and Markdown in the reports folder's ``rehearsals/`` (apart from the run
     reports that rollback reads), and a line in the same audit log."""
-    from safe_migrations.files import private_folder, write_atomic
+    from safe_migrations.files import private_folder
 
     folder = private_folder(env.report_dir / "rehearsals")
     data = redact_data(record.to_dict(), secrets)
     base = folder / name
-    write_atomic(Path(f"{base}.json"), json.dumps(data, indent=2) + "\n")
-    write_atomic(Path(f"{base}.md"), redact(render(data, "rehearsal.md.j2"), secrets))
+    json_path, _markdown = write_pair(base, data, "rehearsal.md.j2", secrets)
     append_audit(
         private_folder(env.report_dir),
         {
@@ -455,4 +447,4 @@ def write_rehearsal_report(
             "error": data["error"],
         },
     )
-    return Path(f"{base}.json")
+    return json_path

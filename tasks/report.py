@@ -63,7 +63,7 @@ class RunRecord:
     backup: dict[str, Any] | None = None
     restored_from: str | None = None
     error: str | None = None
-    user: str = field(default_factory=lambda: _safe(getpass.getuser))
+    user: str = field(default_factory=lambda: current_user())
     host: str = field(default_factory=socket.gethostname)
     commit: str | None = field(default_factory=lambda: git_commit())
     tool_version: str = TOOL_VERSION
@@ -76,9 +76,10 @@ class RunRecord:
         return asdict(self)
 
 
-def _safe(function: Any) -> str:
+def current_user() -> str:
+    """Who runs this, as reports name them; "unknown" when the system cannot say."""
     try:
-        return str(function())
+        return str(getpass.getuser())
     except (OSError, KeyError):
         return "unknown"
 
@@ -154,6 +155,18 @@ def append_audit(folder: Path, line: dict[str, Any]) -> None:
     append_line(folder / "audit.jsonl", (json.dumps(line, sort_keys=True) + "\n").encode())
 
 
+def write_pair(
+    base: Path, data: dict[str, Any], template: str, secrets: list[str | None]
+) -> tuple[Path, str]:
+    """``<base>.json`` and its Markdown rendering ``<base>.md``, each written whole (0600);
+    returns the JSON's path and the Markdown. ``base`` may hold dots (a member's name)."""
+    markdown = redact(render(data, template), secrets)
+    json_path = Path(f"{base}.json")
+    write_atomic(json_path, json.dumps(data, indent=2) + "\n")
+    write_atomic(Path(f"{base}.md"), markdown)
+    return json_path, markdown
+
+
 def write_report(env: Environment, record: RunRecord) -> Path:
     """JSON + Markdown beside each other, an audit line, the step summary; returns the JSON."""
     folder = private_folder(env.report_dir)
@@ -161,10 +174,7 @@ def write_report(env: Environment, record: RunRecord) -> Path:
     data = redact_data(record.to_dict(), secrets)
     stamp = datetime.fromisoformat(record.started_at).strftime("%Y%m%dT%H%M%S%fZ")
     base = folder / f"{env.name}-{record.operation}-{stamp}-{os.getpid()}"
-    json_path = Path(f"{base}.json")
-    markdown = redact(render(data, "report.md.j2"), secrets)
-    write_atomic(json_path, json.dumps(data, indent=2) + "\n")
-    write_atomic(Path(f"{base}.md"), markdown)
+    json_path, markdown = write_pair(base, data, "report.md.j2", secrets)
     append_audit(
         folder,
         {
