@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -186,10 +187,7 @@ class FleetSummary:
     schema_version: int = SUMMARY_SCHEMA_VERSION
 
     def counts(self) -> dict[str, int]:
-        counted: dict[str, int] = {}
-        for result in self.members:
-            counted[result.outcome] = counted.get(result.outcome, 0) + 1
-        return counted
+        return dict(Counter(result.outcome for result in self.members))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -425,48 +423,40 @@ def write_summary(env: Environment, summary: FleetSummary, members_: list[Member
     return json_path
 
 
-def last_summary(env: Environment, operations: tuple[str, ...]) -> dict[str, Any] | None:
-    """The newest fleet summary of these operations (rollback reads it)."""
-    folder = env.report_dir / "fleets"
-    if not folder.is_dir():
-        return None
-    found = sorted(
-        folder.glob(f"{env.name}-fleet-*.json"), key=lambda p: p.stat().st_mtime, reverse=True
-    )
-    for path in found:
+def summaries(env: Environment, paths: Any, operations: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The environment's readable fleet summaries of these operations among ``paths``,
+    newest first (a damaged or foreign file is skipped)."""
+    found = []
+    for path in paths:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            moment = path.stat().st_mtime
         except (OSError, ValueError):
             continue
         if data.get("environment") == env.name and data.get("operation") in operations:
-            return data
-    return None
+            found.append((moment, data))
+    return [data for _moment, data in sorted(found, key=lambda item: item[0], reverse=True)]
+
+
+def last_summary(env: Environment, operations: tuple[str, ...]) -> dict[str, Any] | None:
+    """The newest fleet summary of these operations (rollback reads it)."""
+    found = summaries(env, (env.report_dir / "fleets").glob(f"{env.name}-fleet-*.json"), operations)
+    return found[0] if found else None
 
 
 def merge_summaries(env: Environment, folder: Path) -> dict[str, Any] | None:
     """One summary from the shards' (the newest upgrade summary of each shard found under
     ``folder``, as a workflow downloads them): every member once, the worst exit code."""
-    newest: dict[str, tuple[float, dict[str, Any]]] = {}
-    for path in folder.rglob(f"{env.name}-fleet-*.json"):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if data.get("environment") != env.name or data.get("operation") not in ("upgrade",):
-            continue
-        key = str(data.get("shard") or "all")
-        moment = path.stat().st_mtime
-        if key not in newest or moment > newest[key][0]:
-            newest[key] = (moment, data)
+    newest: dict[str, dict[str, Any]] = {}
+    for data in summaries(env, folder.rglob(f"{env.name}-fleet-*.json"), ("upgrade",)):
+        newest.setdefault(str(data.get("shard") or "all"), data)
     if not newest:
         return None
-    parts = [data for _moment, data in sorted(newest.values(), key=lambda item: item[0])]
+    parts = list(reversed(newest.values()))  # oldest first, as the shards ran
     merged_members = sorted(
         (m for part in parts for m in part.get("members", [])), key=lambda m: m["member"]
     )
-    counts: dict[str, int] = {}
-    for member in merged_members:
-        counts[member["outcome"]] = counts.get(member["outcome"], 0) + 1
+    counts = dict(Counter(member["outcome"] for member in merged_members))
     return {
         **parts[0],
         "shard": None,
