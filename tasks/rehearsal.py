@@ -345,23 +345,15 @@ def _judge(
     ran = {r["revision"] for r in record.revisions}
     for revision in path:  # revisions after a failure never ran on the copy
         if revision.revision not in ran:
-            record.revisions.append(
-                {
-                    "revision": revision.revision,
-                    "message": revision.message,
-                    "status": "not run",
-                    "verdict": "not run: an earlier revision failed",
-                    "duration_ms": 0,
-                    "locks": [],
-                    "rewrites": [],
-                    "plain_indexes": [],
-                    "rows_written": [],
-                    "error": None,
-                    "statement": None,
-                    "limits_broken": [],
-                    "longest_exclusive_ms": None,
-                }
+            data = Findings(revision.revision, 0, (), (), ()).to_dict()
+            data.update(
+                message=revision.message,
+                status="not run",
+                verdict="not run: an earlier revision failed",
+                limits_broken=[],
+                longest_exclusive_ms=None,
             )
+            record.revisions.append(data)
     record.verdict = _run_verdict(statuses, record)
 
 
