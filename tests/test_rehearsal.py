@@ -454,3 +454,31 @@ def test_a_role_without_createdb_is_told_before_any_backup_and_a_proof_it_cannot
     assert record.proof and "could not be written to safe_migrations.rehearsals" in record.proof
     assert "CREATE SCHEMA safe_migrations AUTHORIZATION" in warnings[0]
     assert read_current(env) == "r001"
+
+
+def test_a_lock_held_through_a_slow_commit_belongs_to_its_own_revision(
+    small_env: Callable[..., tuple[Environment, ScratchProject]], tmp_path: Path
+) -> None:
+    """A deferred trigger makes r003's commit take 0.4 s after its body (instant) ran:
+    its ACCESS EXCLUSIVE is seen only while it commits, and is still r003's, not r004's."""
+    env, scratch = small_env()
+    scratch.add(
+        'op.execute("CREATE TABLE slow_commit (id int)")\n'
+        'op.execute("CREATE FUNCTION nap() RETURNS trigger LANGUAGE plpgsql AS '
+        '$$ BEGIN PERFORM pg_sleep(0.4); RETURN NULL; END $$")\n'
+        'op.execute("CREATE CONSTRAINT TRIGGER nap AFTER INSERT ON slow_commit '
+        'DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION nap()")'
+    )
+    run_migrations(env, scratch.project(), "r002")
+    scratch.add(
+        'op.add_column("t", sa.Column("n", sa.Integer))\n'
+        'op.execute("INSERT INTO slow_commit VALUES (1)")'
+    )
+    scratch.add('op.create_table("other", sa.Column("id", sa.Integer, primary_key=True))')
+    record = rehearse(env, project=scratch.project(), console=QUIET)
+    locks = {
+        r["revision"]: {(h["relation"], h["mode"]): h["held_ms"] for h in r["locks"]}
+        for r in record.revisions
+    }
+    assert (locks["r003"][("t", "ACCESS EXCLUSIVE")] or 0) >= 300
+    assert ("t", "ACCESS EXCLUSIVE") not in locks["r004"]
