@@ -51,6 +51,9 @@ def database_url() -> str:
     for plain in ("postgresql://", "postgres://"):
         if url.startswith(plain):
             url = "postgresql+psycopg2://" + url[len(plain) :]
+    for dialect in ("mysql", "mariadb"):  # PyMySQL, not the C mysqlclient SQLAlchemy would pick
+        if url.startswith(f"{dialect}://"):
+            url = f"{dialect}+pymysql://" + url[len(dialect) + 3 :]
     return url
 
 

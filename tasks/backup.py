@@ -64,14 +64,14 @@ def database_identity(env: Environment) -> dict[str, Any]:
     return {
         "engine": env.dialect,
         "host": url.host or "localhost",
-        "port": url.port or 5432,
+        "port": url.port or (3306 if env.is_mysql else 5432),
         "database": url.database,
     }
 
 
 def backup_name(env: Environment, revision: str | None, now: datetime, fmt: str) -> str:
     stamp = now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
-    suffix = {"custom": ".dump", "directory": ".dir", "sqlite": ".sqlite3"}[fmt]
+    suffix = {"custom": ".dump", "directory": ".dir", "sqlite": ".sqlite3", "mysql": ".sql.gz"}[fmt]
     return f"{env.name}-{stamp}-{revision or 'base'}{suffix}"
 
 
@@ -516,7 +516,7 @@ def take_backup(
         return take_remote_backup(env, revision, progress, now())
     folder = env.backup_dir
     prepare_folder(folder)
-    fmt = "sqlite" if env.is_sqlite else env.settings.backup.format
+    fmt = "sqlite" if env.is_sqlite else "mysql" if env.is_mysql else env.settings.backup.format
     created = now()
     encrypted = env.settings.backup.encrypt_to is not None
     target = folder / (backup_name(env, revision, created, fmt) + (".age" if encrypted else ""))
@@ -530,6 +530,12 @@ def take_backup(
             else:
                 tables = backup_sqlite(env, target, progress)
             verify_started = time.perf_counter()
+        elif env.is_mysql:
+            from safe_migrations import mysqldump
+
+            stored = mysqldump.dump_mysql(env, target, mysqldump.table_count(env), progress)
+            verify_started = time.perf_counter()  # read back inside dump_mysql
+            tables = stored.tables
         else:
             stored = dump_postgres(env, target, table_count(env), progress)
             verify_started = time.perf_counter()
@@ -642,7 +648,7 @@ def take_remote_backup(
 
 def is_backup_name(env: Environment, name: str) -> bool:
     """A name this tool gives the environment's backups."""
-    pattern = rf"{re.escape(env.name)}-\d{{8}}T\d{{9}}Z-[\w.-]+\.(dump|dir|sqlite3)(\.age)?"
+    pattern = rf"{re.escape(env.name)}-\d{{8}}T\d{{9}}Z-[\w.-]+\.(dump|dir|sqlite3|sql\.gz)(\.age)?"
     return re.fullmatch(pattern, name) is not None
 
 

@@ -78,7 +78,7 @@ def _mapped(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if isinstance(exc, ToolError):
             message, code = exc.message, exc.exit_code
         elif isinstance(exc, KeyboardInterrupt):
-            message = "interrupted; any revision in progress was rolled back, see the report."
+            message = "interrupted; the report says where the database was left."
             code = EXIT_BLOCKED
         elif isinstance(exc, EOFError):
             message, code = "no answer on standard input; pass --yes to run unattended.", 3
@@ -531,6 +531,37 @@ def restore_task(
     put_back(environment, backup, yes, _interactive(), foreign=foreign)
 
 
+@task(
+    help={
+        "env": ENV_HELP,
+        "revision": "the partly applied revision, as the blocked run named it (required)",
+        "applied": "you finished its remaining changes by hand: the version table moves past it",
+        "reverted": "you undid what it had applied: the version table stays where it is",
+        "only": "fleet: the one member to resolve",
+    }
+)
+@exits_with_documented_codes
+def resolve(
+    c: Any,
+    revision: str = "",
+    env: str | None = None,
+    applied: bool = False,
+    reverted: bool = False,
+    only: str = "",
+) -> None:
+    """MySQL/MariaDB: say a partly applied revision is whole again (recorded in the audit log)."""
+    from safe_migrations.alembic_api import project_for
+    from safe_migrations.resolve import resolve as close_record
+
+    if not revision or applied == reverted:
+        raise UsageError(
+            "resolve needs --revision REV and exactly one of --applied (you finished it by "
+            "hand) or --reverted (you undid it)."
+        )
+    environment = _one_database(_environment(env), "resolve", only)
+    _print(close_record(environment, project_for(environment), revision, applied))
+
+
 OUTPUT_HELP = "also write the output to this file (folders are created)"
 
 
@@ -861,6 +892,7 @@ ns = Collection(
     backup,
     backups_task,
     restore_task,
+    resolve,
     health,
     report_task,
     ci,

@@ -220,6 +220,11 @@ class Environment:
     def is_sqlite(self) -> bool:
         return self.dialect == "sqlite"
 
+    @property
+    def is_mysql(self) -> bool:
+        """MySQL or MariaDB (``mysql+pymysql://`` or ``mariadb+pymysql://``)."""
+        return self.dialect in MYSQL_DIALECTS
+
     def resolve(self, folder: str) -> Path:
         """A folder from the file, relative to the project root unless absolute."""
         path = Path(folder)
@@ -232,6 +237,9 @@ class Environment:
     @property
     def report_dir(self) -> Path:
         return self.resolve(self.settings.reports.folder)
+
+
+MYSQL_DIALECTS = ("mysql", "mariadb")
 
 
 def known_environments(directory: Path = ENVIRONMENTS_DIR) -> list[str]:
@@ -393,7 +401,25 @@ def load_environment(
     url = _normalise(url)
     _check_url(url, path)
     settings = _encryption(settings, environ, path)
+    _check_mysql_backups(settings, url, path)
     return Environment(name, path, url, settings, warnings=deprecations(settings, path))
+
+
+def _check_mysql_backups(settings: EnvironmentFile, url: str, path: Path) -> None:
+    """What MySQL backups do not take yet, refused when the file is loaded, not mid-run."""
+    if url.split(":", 1)[0].split("+", 1)[0] not in MYSQL_DIALECTS:
+        return
+    where = _relative(path)
+    if settings.backup.storage.type == "s3":
+        raise ConfigError(
+            f"{where}: MySQL and MariaDB backups stay on local disk for now; remove "
+            "backup.storage (type s3) or use backup.storage type local."
+        )
+    if settings.backup.encrypt_to:
+        raise ConfigError(
+            f"{where}: backup.encrypt_to is not available for MySQL and MariaDB backups yet; "
+            "remove it, or encrypt the backup folder's disk."
+        )
 
 
 def deprecations(settings: EnvironmentFile, path: Path) -> tuple[str, ...]:
@@ -484,10 +510,14 @@ def resolve_url(template: str, environ: dict[str, str], path: Path, key: str) ->
 
 
 def _normalise(url: str) -> str:
-    """Relative SQLite paths start at the project root; PostgreSQL uses psycopg2."""
+    """Relative SQLite paths start at the project root; PostgreSQL uses psycopg2, MySQL
+    and MariaDB PyMySQL (pure Python, installs everywhere)."""
     for plain in ("postgresql://", "postgres://"):
         if url.startswith(plain):
             return "postgresql+psycopg2://" + url[len(plain) :]
+    for dialect in MYSQL_DIALECTS:
+        if url.startswith(f"{dialect}://"):
+            return f"{dialect}+pymysql://" + url[len(dialect) + 3 :]
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix:
         rest = url[len(prefix) :]
@@ -528,8 +558,14 @@ def _check_url(url: str, path: Path) -> None:
             f"The database URL for {_relative(path)} is not a valid URL ({mask_url(url)}); "
             "write it as dialect://user:password@host:port/name."
         ) from None
-    if parsed.get_backend_name() not in {"postgresql", "sqlite"}:
+    if parsed.get_backend_name() not in {"postgresql", "sqlite", *MYSQL_DIALECTS}:
         raise ConfigError(
             f"The database URL for {_relative(path)} uses '{parsed.get_backend_name()}'; "
-            "only postgresql and sqlite are supported."
+            "postgresql, sqlite, mysql and mariadb are supported."
+        )
+    if parsed.get_backend_name() in MYSQL_DIALECTS and parsed.get_driver_name() != "pymysql":
+        raise ConfigError(
+            f"The database URL for {_relative(path)} uses the driver "
+            f"'{parsed.get_driver_name()}'; MySQL and MariaDB go through PyMySQL: write "
+            f"{parsed.get_backend_name()}+pymysql:// (or {parsed.get_backend_name()}://)."
         )

@@ -129,7 +129,12 @@ def recorded(run: Run) -> Iterator[RunRecord]:
         record.error, record.exit_code = exc.message, exc.exit_code
         raise
     except KeyboardInterrupt as exc:
-        record.error = f"interrupted ({exc or 'SIGINT'}); any revision in progress was rolled back"
+        record.error = f"interrupted ({exc or 'SIGINT'}); " + (
+            "a revision in progress may be partly applied (MySQL commits DDL as it runs): "
+            "check `invoke status` and the schema"
+            if env.is_mysql
+            else "any revision in progress was rolled back"
+        )
         record.exit_code = EXIT_BLOCKED
         raise
     except BaseException as exc:

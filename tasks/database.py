@@ -98,6 +98,12 @@ def _build_engine(
     if env.is_sqlite:
         connect_args["timeout"] = timeout
         _ensure_sqlite_folder(env.url)
+    elif env.is_mysql:
+        connect_args["connect_timeout"] = max(1, math.ceil(timeout))
+        # A peer gone silent: a write that is never acknowledged fails here. No read
+        # timeout: a long DDL statement is silent on the wire until it ends.
+        connect_args["write_timeout"] = max(1, math.ceil(env.settings.database.network_timeout))
+        connect_args["program_name"] = application_name(role)
     else:
         _interruptible_queries()
         # libpq takes whole seconds and treats anything below 2 as 2.
@@ -116,6 +122,10 @@ def _build_engine(
     engine = create_engine(env.url, connect_args=connect_args, **options)
     if env.is_sqlite:
         event.listen(engine, "connect", _sqlite_foreign_keys)
+    elif env.is_mysql:
+        from safe_migrations.mysql import session_timeouts
+
+        event.listen(engine, "connect", session_timeouts(lock_timeout, statement_timeout))
     else:
         event.listen(engine, "connect", _check_client_connection)
     return engine

@@ -21,6 +21,17 @@ from safe_migrations.revisions import resolve_revision
 
 MB = 1024 * 1024
 AUTHENTICATION_FAILED = {"28P01", "28000"}  # SQLSTATE: invalid password / authorization
+MYSQL_ACCESS_DENIED = 1045
+VERSION_SQL = {
+    "sqlite": "SELECT sqlite_version()",
+    "mysql": "SELECT VERSION()",
+    "postgresql": "SHOW server_version",
+}
+
+
+def env_engine(env: Environment) -> str:
+    """sqlite, mysql (MySQL or MariaDB) or postgresql."""
+    return "sqlite" if env.is_sqlite else "mysql" if env.is_mysql else "postgresql"
 
 
 def check_connection(env: Environment) -> StepResult:
@@ -34,9 +45,7 @@ def check_connection(env: Environment) -> StepResult:
         engine = make_engine(env, role="health")
         try:
             with engine.connect() as connection:
-                outcome["version"] = connection.execute(
-                    text("SELECT sqlite_version()" if env.is_sqlite else "SHOW server_version")
-                ).scalar()
+                outcome["version"] = connection.execute(text(VERSION_SQL[env_engine(env)])).scalar()
         except Exception as exc:  # reported below, never swallowed
             outcome["error"] = exc
         finally:
@@ -70,7 +79,9 @@ def check_connection(env: Environment) -> StepResult:
 
 def connection_message(env: Environment, exc: BaseException) -> str:
     """One sentence for a failed connection; the wording only, never the exit code."""
-    if getattr(getattr(exc, "orig", None), "pgcode", None) in AUTHENTICATION_FAILED:
+    orig = getattr(exc, "orig", None)
+    denied = env.is_mysql and getattr(orig, "args", (None,))[:1] == (MYSQL_ACCESS_DENIED,)
+    if denied or getattr(orig, "pgcode", None) in AUTHENTICATION_FAILED:
         return f"password rejected for {env.masked_url}; check DB_USER and DB_PASSWORD"
     text = str(getattr(exc, "orig", None) or exc).strip()
     first = first_line(exc)
@@ -87,6 +98,10 @@ def database_size(env: Environment, connection: Any) -> int:
     if env.is_sqlite:
         path = sqlite_path(env.url)
         return Path(path).stat().st_size if path and Path(path).exists() else 0
+    if env.is_mysql:
+        from safe_migrations.mysql import database_size as mysql_size
+
+        return mysql_size(connection)
     return int(connection.execute(text("SELECT pg_database_size(current_database())")).scalar())
 
 
@@ -320,6 +335,81 @@ def _blockers_result(sessions: list[dict[str, Any]], seconds: float) -> StepResu
     )
 
 
+def check_mysql_sessions(env: Environment, connection: Any) -> list[StepResult]:
+    """Long transactions (InnoDB) and, where performance_schema records them, metadata-lock
+    holders: either makes DDL wait, and traffic queue behind that DDL."""
+    from safe_migrations.mysql import blocking_sessions
+
+    age = env.settings.health.max_transaction_age
+    with timed() as clock:
+        found = blocking_sessions(connection, age)
+    old, locks = found["transactions"], found["metadata_locks"]
+    results = []
+    if old or locks:
+        described = "; ".join(
+            f"connection {t['pid']} ({t['user'] or '?'} from {t['host'] or '?'}, "
+            f"{(t['command'] or 'hidden').lower()}, transaction {t['transaction_age']:g}s, "
+            f"{t['rows_locked']} row(s) locked)"
+            for t in old[:5]
+        )
+        held = "; ".join(
+            f"connection {m['pid']} holds {m['lock']} on {m['table']}" for m in locks[:5]
+        )
+        results.append(
+            StepResult(
+                "blocking_sessions",
+                False,
+                f"{len(old) + len(locks)} session(s) would block DDL: "
+                + "; ".join(part for part in (described, held) if part),
+                duration=clock.seconds,
+                details=found,
+            )
+        )
+    else:
+        results.append(
+            StepResult(
+                "blocking_sessions",
+                True,
+                f"no transaction open longer than {age:g}s"
+                + (", no metadata lock held" if found["metadata_locks_visible"] else ""),
+                duration=clock.seconds,
+                details=found,
+            )
+        )
+    if not found["metadata_locks_visible"]:
+        results.append(
+            StepResult(
+                "metadata_locks",
+                False,
+                "metadata-lock holders cannot be seen: performance_schema is off (MariaDB's "
+                "default) or not readable, so a session holding a table open without a "
+                "transaction goes unnoticed here; the migration's lock_wait_timeout still "
+                "bounds the wait (performance_schema=ON with the mdl instrument shows them)",
+                severity="warning",
+            )
+        )
+    return results
+
+
+def check_partly_applied(env: Environment, connection: Any) -> StepResult:
+    """A revision (or restore) that MySQL left half done blocks until the user resolves it."""
+    from safe_migrations.partial import describe, unresolved
+
+    with timed() as clock:
+        found = unresolved(connection)
+    if not found:
+        return StepResult(
+            "partly_applied", True, "no partly applied revision on record", duration=clock.seconds
+        )
+    return StepResult(
+        "partly_applied",
+        False,
+        describe(found[0], env.name),
+        duration=clock.seconds,
+        details={"records": found},
+    )
+
+
 def run_health(
     env: Environment, project: Project, target: str = "head", backing_up: bool = True
 ) -> list[StepResult]:
@@ -333,7 +423,11 @@ def run_health(
             db_size = database_size(env, connection)
             results.append(check_version_table(connection, project))
             current = results[-1].details["current"]
-            if not env.is_sqlite and env.settings.health.check_blocking_sessions:
+            if env.is_mysql:
+                results.append(check_partly_applied(env, connection))
+                if env.settings.health.check_blocking_sessions:
+                    results += check_mysql_sessions(env, connection)
+            elif not env.is_sqlite and env.settings.health.check_blocking_sessions:
                 results += check_blocking_sessions(env, connection)
     if env.settings.backup.storage.type == "s3":
         if backing_up:

@@ -1,4 +1,5 @@
-"""One migration at a time: a PostgreSQL advisory lock or, for SQLite, a lock file.
+"""One migration at a time: a PostgreSQL advisory lock, MySQL's GET_LOCK (mysql.py) or,
+for SQLite, a lock file.
 
 The PostgreSQL lock is session-level on its own autocommit connection, so the
 migration's own transactions (and CREATE INDEX CONCURRENTLY) never wait on it,
@@ -38,6 +39,11 @@ def migration_lock(env: Environment, wait: float | None = None) -> Iterator[None
     wait = env.settings.migration.lock_wait if wait is None else wait
     if env.is_sqlite:
         with _file_lock(env, wait):
+            yield
+    elif env.is_mysql:
+        from safe_migrations.mysql import named_lock
+
+        with named_lock(env, wait):
             yield
     else:
         with _advisory_lock(env, wait):

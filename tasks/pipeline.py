@@ -266,6 +266,8 @@ def upgrade_step(run: Run) -> None:
         except upgrade.MigrationError as exc:
             run.record.applied = [a.to_dict() for a in exc.applied]
             run.record.failed_revision = exc.revision
+            if isinstance(exc, upgrade.PartlyAppliedError):
+                run.record.partly_applied = exc.partial
             run.step(StepResult(direction, False, exc.message, duration=clock.seconds))
             raise
     run.record.applied = [a.to_dict() for a in applied]

@@ -23,7 +23,7 @@ from safe_migrations.errors import BlockedError, first_line
 SCHEMA = "safe_migrations"
 TABLE = "rehearsals"
 SQLITE_TABLE = "safe_migrations_rehearsals"
-TOOL_TABLES = frozenset({SQLITE_TABLE})  # what drift checks skip on SQLite
+TOOL_TABLES = frozenset({SQLITE_TABLE, "safe_migrations_partial"})  # drift checks skip them
 
 
 def scripts_digest(project: Project, path: list[Revision]) -> str:
@@ -39,7 +39,7 @@ def scripts_digest(project: Project, path: list[Revision]) -> str:
 
 
 def where(env: Environment) -> str:
-    return SQLITE_TABLE if env.is_sqlite else f"{SCHEMA}.{TABLE}"
+    return SQLITE_TABLE if (env.is_sqlite or env.is_mysql) else f"{SCHEMA}.{TABLE}"
 
 
 def _table(env: Environment) -> Any:
@@ -47,7 +47,7 @@ def _table(env: Environment) -> Any:
 
     metadata = sa.MetaData()
     return sa.Table(
-        SQLITE_TABLE if env.is_sqlite else TABLE,
+        SQLITE_TABLE if (env.is_sqlite or env.is_mysql) else TABLE,
         metadata,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
@@ -57,7 +57,7 @@ def _table(env: Environment) -> Any:
         sa.Column("scripts_sha256", sa.String(64), nullable=False),
         sa.Column("passed", sa.Boolean, nullable=False),
         sa.Column("report", sa.String(500), nullable=False),
-        schema=None if env.is_sqlite else SCHEMA,
+        schema=None if (env.is_sqlite or env.is_mysql) else SCHEMA,
     )
 
 
@@ -80,7 +80,7 @@ def record_proof(
         with connect(
             env, role="rehearse", lock_timeout=env.settings.migration.lock_timeout or None
         ) as connection:
-            if not env.is_sqlite:
+            if not (env.is_sqlite or env.is_mysql):
                 connection.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
             table.create(connection, checkfirst=True)
             connection.execute(

@@ -54,6 +54,7 @@ class RunRecord:
     target_revision: str | None = None
     post_revision: str | None = None
     failed_revision: str | None = None
+    partly_applied: dict[str, Any] | None = None  # MySQL: what a failed revision left applied
     steps: list[dict[str, Any]] = field(default_factory=list)
     health: list[dict[str, Any]] = field(default_factory=list)
     validation: list[dict[str, Any]] = field(default_factory=list)

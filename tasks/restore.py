@@ -187,6 +187,12 @@ def describe_backup(env: Environment, backup: dict[str, Any]) -> str:
                 names = [r[0] for r in rows]
             lines.append(f"tables ({len(names)}): {', '.join(sorted(names))}")
             return "\n".join(lines)
+        if env.is_mysql:
+            from safe_migrations.mysqldump import dump_tables
+
+            names = dump_tables(plain)
+            lines.append(f"tables ({len(names)}): {', '.join(sorted(names))}")
+            return "\n".join(lines)
         listing = archive_listing(env, plain)
     header = {
         key.strip(): value.strip()
@@ -227,6 +233,10 @@ def restore_backup(env: Environment, backup: dict[str, Any]) -> None:
     with readable_archive(env, backup) as path:
         if env.is_sqlite:
             _restore_sqlite(env, path)
+        elif env.is_mysql:
+            from safe_migrations.mysqldump import restore_mysql
+
+            restore_mysql(env, path)
         else:
             _restore_postgres(env, path)
 

@@ -34,6 +34,7 @@ from safe_migrations.lockwait import (
     watching,
 )
 from safe_migrations.masking import redact
+from safe_migrations.partial import StatementLog
 
 Direction = Literal["upgrade", "downgrade"]
 LOCK_NOT_AVAILABLE = "55P03"
@@ -104,8 +105,10 @@ class _Clock:
         retries: dict[str, int],
         lock_ms: int,
         observer: Observer | None = None,
+        log: StatementLog | None = None,
     ) -> None:
         self.path = path
+        self.log = log
         self.observer = observer
         self.direction = direction
         self.retries = retries
@@ -135,6 +138,8 @@ class _Clock:
             )
         )
         self.mark = now
+        if self.log is not None:
+            self.log.next_revision()
         if self.observer is not None:
             self.observer.applied(ctx.connection, revision)
 
@@ -162,8 +167,10 @@ def plan(
 
 
 def is_lock_timeout(exc: BaseException) -> bool:
+    from safe_migrations import mysql
+
     orig = getattr(exc, "orig", None)
-    return getattr(orig, "pgcode", None) == LOCK_NOT_AVAILABLE
+    return getattr(orig, "pgcode", None) == LOCK_NOT_AVAILABLE or mysql.is_lock_timeout(exc)
 
 
 def run_migrations(
@@ -185,12 +192,12 @@ def run_migrations(
     from sqlalchemy.exc import DBAPIError
 
     settings = env.settings.migration
-    postgres = not env.is_sqlite
+    postgres = not env.is_sqlite and not env.is_mysql
     engine = make_engine(
         env,
         role="migrate",
-        lock_timeout=settings.lock_timeout if postgres else None,
-        statement_timeout=settings.statement_timeout if postgres else None,
+        lock_timeout=None if env.is_sqlite else settings.lock_timeout,
+        statement_timeout=None if env.is_sqlite else settings.statement_timeout,
     )
     retries: dict[str, int] = {}
     started: dict[str, float] = {}  # when each revision's first attempt began
@@ -204,6 +211,11 @@ def run_migrations(
                     if postgres
                     else None
                 )
+                own = (
+                    connection.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
+                    if env.is_mysql
+                    else None
+                )
                 if observer is not None:
                     observer.begin(connection, pid)
                 connection.rollback()
@@ -211,7 +223,10 @@ def run_migrations(
                 if not path:
                     return applied
                 lock_ms = int(settings.lock_timeout * 1000)
-                clock = _Clock(path, direction, retries, lock_ms, observer)
+                log = StatementLog() if env.is_mysql else None
+                if log is not None:
+                    log.attach(connection)
+                clock = _Clock(path, direction, retries, lock_ms, observer, log)
                 forced = {
                     "on_version_apply": clock,
                     "transaction_per_migration": settings.transaction_per_migration,
@@ -231,10 +246,14 @@ def run_migrations(
                         failed = clock.running()
                         began = time.monotonic() - (time.perf_counter() - clock.mark)
                         started.setdefault(failed.revision, began)
+                        if log is not None and log.committed():
+                            raise _partly_applied(
+                                env, failed, direction, log, exc, applied
+                            ) from exc
                         if not (isinstance(exc, DBAPIError) and is_lock_timeout(exc)):
                             raise _failure(env, failed, clock, exc, applied) from exc
                         seen = watcher.take() if watcher is not None else None
-                        attempt = _wait_out(env, failed, retries, started, seen, exc, sleep)
+                        attempt = _wait_out(env, failed, retries, started, seen, exc, sleep, own)
                         if on_retry is not None:
                             on_retry(attempt)
                         if time.monotonic() >= started[failed.revision] + settings.lock_budget:
@@ -252,16 +271,28 @@ def _wait_out(
     seen: Wait | None,
     exc: BaseException,
     sleep: Callable[[float], None],
+    own: int | None = None,
 ) -> MigrationAttempt:
     """After a lock timeout: who was ahead, then wait from the side until they let go
     (terminating idle-in-transaction holders when the environment says so)."""
     settings = env.settings.migration
     retries[failed.revision] = retries.get(failed.revision, 0) + 1
     deadline = started[failed.revision] + settings.lock_budget
-    found = holders(env, seen) if seen is not None else []
+    if seen is not None:
+        found = holders(env, seen)
+    elif env.is_mysql:
+        from safe_migrations.mysql import transaction_holders
+
+        found = [h for h in transaction_holders(env) if h.pid != own]
+    else:
+        found = []
     cancelled: list[Cancelled] = []
     began = time.monotonic()
-    if seen is None:  # the watcher missed it: a short pause instead of a watch
+    if seen is None and env.is_mysql and found:
+        from safe_migrations.mysql import wait_until_gone
+
+        wait_until_gone(env, {h.pid for h in found}, deadline)
+    elif seen is None:  # the watcher missed it: a short pause instead of a watch
         sleep(max(0.0, min(deadline - began, max(settings.lock_timeout, 0.1))))
     else:
         after = settings.cancel_blockers_after
@@ -310,6 +341,67 @@ def _out_of_budget(
         failed.revision,
         tuple(applied),
     )
+
+
+class PartlyAppliedError(MigrationError):
+    """MySQL: a revision failed after some of its statements had been committed."""
+
+    def __init__(
+        self,
+        message: str,
+        revision: str,
+        applied: tuple[AppliedRevision, ...],
+        partial: dict[str, Any],
+    ) -> None:
+        super().__init__(message, revision, applied)
+        self.partial = partial
+
+
+def _partly_applied(
+    env: Environment,
+    failed: Revision,
+    direction: Direction,
+    log: StatementLog,
+    exc: BaseException,
+    applied: list[AppliedRevision],
+) -> PartlyAppliedError:
+    """Say exactly what MySQL kept, record it in the database for the next run's health
+    step, and never call it rolled back."""
+    from safe_migrations import partial
+    from safe_migrations.status import read_current
+
+    statements = log.committed()
+    error = redact(_short(exc), [env.password])
+    version = read_current(env)
+    details = {
+        "revision": failed.revision,
+        "direction": direction,
+        "committed_statements": statements,
+        "failed_statement": log.failing(),
+        "version_table": version,
+        "recorded": True,
+    }
+    try:
+        partial.record(env, direction, failed.revision, statements, error, version)
+    except Exception as problem:  # noqa: BLE001 - the report must still say what happened
+        details["recorded"] = False
+        details["record_error"] = redact(_short(problem), [env.password])
+    ran = "; ".join(statements[:5]) + ("; ..." if len(statements) > 5 else "")
+    message = (
+        f"Revision {failed.revision} ({failed.message}) failed: {error}. It is partly applied: "
+        f"MySQL commits DDL as it runs, so {len(statements)} statement(s) stay applied and "
+        f"could not be rolled back: {ran}. The version table was not advanced, it is at "
+        f"{version or 'base'}. "
+        + (
+            "The next run blocks until you fix the schema by hand and run "
+            f"`invoke resolve --env {env.name} --revision {failed.revision} --applied` "
+            "(finished) or `--reverted` (undone)."
+            if details["recorded"]
+            else "Recording this in the database failed too; fix the schema by hand before "
+            "the next run."
+        )
+    )
+    return PartlyAppliedError(message, failed.revision, tuple(applied), details)
 
 
 def _describe(holder: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from helpers import ROOT, ScratchProject, fresh_database, write_environment
+from mariadbserver import mysql_admin_url
 from pgcluster import admin_url
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -42,6 +43,27 @@ def pg_admin_url() -> Iterator[str]:
 def pg_url(pg_admin_url: str) -> Iterator[str]:
     """A fresh, empty database for this test; dropped afterwards."""
     with fresh_database(pg_admin_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def mysql_admin() -> Iterator[str]:
+    """An account on a MariaDB (or MySQL) server that may create databases: TEST_MYSQL_URL,
+    else a throwaway server for the session."""
+
+    def missing(message: str) -> None:
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+    with mysql_admin_url(missing) as url:
+        yield url
+
+
+@pytest.fixture
+def mysql_url(mysql_admin: str) -> Iterator[str]:
+    """A fresh, empty MariaDB database for this test; dropped afterwards."""
+    with fresh_database(mysql_admin) as url:
         yield url
 
 

@@ -127,14 +127,23 @@ def fresh_database(admin_url: str) -> Iterator[str]:
     from sqlalchemy.engine import make_url
 
     name = f"t_{uuid.uuid4().hex[:12]}"
+    mysql = admin_url.startswith(("mysql", "mariadb"))
     admin = create_engine(admin_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
+        connection.execute(
+            text(f"CREATE DATABASE `{name}`" if mysql else f'CREATE DATABASE "{name}"')
+        )
     try:
         yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            connection.execute(
+                text(
+                    f"DROP DATABASE IF EXISTS `{name}`"
+                    if mysql
+                    else f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+                )
+            )
         admin.dispose()
 
 

@@ -46,6 +46,7 @@ NO_DATABASE = {
     "restore": "refused (2) before connecting when there is no backup",
     "fleet-matrix": "refused (2) on a file that describes no fleet",
     "fleet-report": "reads fleet summary files only",
+    "resolve": "refused (2) before connecting on an engine that never leaves a revision half done",
 }
 
 

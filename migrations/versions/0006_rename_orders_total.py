@@ -7,6 +7,7 @@ Create Date: 2026-11-25 00:00:06
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
@@ -21,9 +22,20 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("orders") as batch:
-        batch.alter_column("total_cents", new_column_name="amount_cents")
+        # MySQL renames with CHANGE COLUMN, which restates the column's type and nullability.
+        batch.alter_column(
+            "total_cents",
+            new_column_name="amount_cents",
+            existing_type=sa.Integer(),
+            existing_nullable=False,
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("orders") as batch:
-        batch.alter_column("amount_cents", new_column_name="total_cents")
+        batch.alter_column(
+            "amount_cents",
+            new_column_name="total_cents",
+            existing_type=sa.Integer(),
+            existing_nullable=False,
+        )

@@ -1,0 +1,245 @@
+"""MySQL and MariaDB: session timeouts, the migration lock, and what health can see.
+
+MySQL has no transactional DDL and no ``lock_timeout`` below a second: a DDL
+statement waits for its metadata lock at most ``lock_wait_timeout`` seconds (whole
+seconds, at least 1), and every later query on that table queues behind it for as
+long. MariaDB ends any statement after ``max_statement_time``; MySQL's
+``max_execution_time`` covers SELECT only, so a DDL statement there has no limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING, Any
+
+from safe_migrations.errors import LockHeldError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from safe_migrations.config import Environment
+    from safe_migrations.lockwait import Holder
+
+LOCK_WAIT_TIMEOUT = 1205  # ER_LOCK_WAIT_TIMEOUT: a metadata lock or a row lock not granted
+LOCK_PREFIX = "safe-migrations:"
+# InnoDB refreshes its information_schema copy of the transaction list only when it
+# has not been read for 0.1 s: a faster poll would read a stale list forever.
+TRX_CACHE_SECONDS = 0.25
+
+
+def lock_wait_seconds(lock_timeout: float) -> int:
+    """PostgreSQL's sub-second lock_timeout as MySQL's lock_wait_timeout: whole seconds,
+    at least 1 (0 would mean 'fail at once' on MySQL and never wait at all)."""
+    return max(1, math.ceil(lock_timeout))
+
+
+def is_mariadb(dbapi_connection: Any) -> bool:
+    return "mariadb" in str(dbapi_connection.get_server_info()).lower()
+
+
+def session_timeouts(
+    lock_timeout: float | None, statement_timeout: float | None
+) -> Callable[[Any, Any], None]:
+    """A connect listener giving each session its metadata- and row-lock waits and, on
+    MariaDB, its statement limit."""
+
+    def apply(dbapi_connection: Any, _record: Any) -> None:
+        settings = []
+        if lock_timeout is not None:
+            seconds = lock_wait_seconds(lock_timeout)
+            settings += [f"lock_wait_timeout = {seconds}", f"innodb_lock_wait_timeout = {seconds}"]
+        if statement_timeout:
+            if is_mariadb(dbapi_connection):
+                settings.append(f"max_statement_time = {float(statement_timeout):g}")
+            else:  # SELECT only on MySQL: README says so
+                settings.append(f"max_execution_time = {int(statement_timeout * 1000)}")
+        if settings:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SET SESSION " + ", ".join(settings))
+            cursor.close()
+
+    return apply
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", None)
+    args: tuple[Any, ...] = tuple(getattr(orig, "args", ()))
+    return bool(args) and args[0] == LOCK_WAIT_TIMEOUT
+
+
+def lock_name(database: str) -> str:
+    """GET_LOCK names are server-wide and at most 64 characters: prefix plus database,
+    or a digest of a long database name."""
+    name = LOCK_PREFIX + database
+    if len(name) <= 64:
+        return name
+    return LOCK_PREFIX + hashlib.sha256(database.encode()).hexdigest()[:40]
+
+
+@contextmanager
+def named_lock(env: Environment, wait: float) -> Iterator[None]:
+    """``GET_LOCK`` on a connection of its own, held until the migration ends; a killed
+    runner's lock goes with its connection. The server does the waiting, in slices, so a
+    Ctrl-C is seen between them."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from safe_migrations.database import connect
+
+    with connect(env, role="lock", autocommit=True) as connection:
+        database = connection.execute(text("SELECT DATABASE()")).scalar_one()
+        name = lock_name(database)
+        deadline = time.monotonic() + wait
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            got = connection.execute(
+                text("SELECT GET_LOCK(:name, :wait)"), {"name": name, "wait": min(left, 1.0)}
+            ).scalar()
+            if got == 1:
+                break
+            if time.monotonic() >= deadline:
+                raise LockHeldError(
+                    f"Another migration holds the lock on database '{database}' "
+                    f"({lock_holder(connection, name)}); waited {wait:g}s. Let it finish, "
+                    "or raise migration.lock_wait."
+                )
+        try:
+            yield
+        finally:
+            with suppress(DBAPIError):
+                connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+
+
+def lock_holder(connection: Connection, name: str) -> str:
+    """The connection holding a named lock, as the processlist shows it (another user's
+    threads only with the PROCESS privilege)."""
+    from sqlalchemy import text
+
+    holder = connection.execute(text("SELECT IS_USED_LOCK(:name)"), {"name": name}).scalar()
+    if holder is None:
+        return "released meanwhile"
+    row = connection.execute(
+        text("SELECT USER, HOST, COMMAND, TIME FROM information_schema.PROCESSLIST WHERE ID = :id"),
+        {"id": holder},
+    ).first()
+    if row is None:
+        return f"connection {holder}; GRANT PROCESS to see whose"
+    return f"connection {holder}, user {row[0]} from {row[1]}, {row[2].lower()} for {row[3]}s"
+
+
+def database_size(connection: Connection) -> int:
+    from sqlalchemy import text
+
+    return int(
+        connection.execute(
+            text(
+                "SELECT COALESCE(SUM(data_length + index_length), 0) "
+                "FROM information_schema.tables WHERE table_schema = DATABASE()"
+            )
+        ).scalar()
+        or 0
+    )
+
+
+# Transactions open on this server (InnoDB), oldest first: any of them may hold a
+# metadata lock on a table the migration alters, and DDL then waits behind it while
+# every later query queues behind the DDL. Query text is never read.
+LONG_TRANSACTIONS_SQL = """
+SELECT t.trx_mysql_thread_id AS id, p.USER AS user, p.HOST AS host, p.DB AS db,
+       p.COMMAND AS command, TIMESTAMPDIFF(SECOND, t.trx_started, NOW()) AS age,
+       t.trx_rows_locked AS rows_locked
+FROM information_schema.innodb_trx t
+LEFT JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id
+WHERE t.trx_mysql_thread_id <> CONNECTION_ID()
+ORDER BY t.trx_started
+"""
+METADATA_LOCKS_SQL = """
+SELECT DISTINCT t.PROCESSLIST_ID, m.OBJECT_NAME, m.LOCK_TYPE
+FROM performance_schema.metadata_locks m
+JOIN performance_schema.threads t ON t.THREAD_ID = m.OWNER_THREAD_ID
+WHERE m.OBJECT_SCHEMA = DATABASE() AND m.OBJECT_TYPE = 'TABLE'
+  AND t.PROCESSLIST_ID <> CONNECTION_ID()
+"""
+
+
+def blocking_sessions(connection: Connection, max_age: float) -> dict[str, Any]:
+    """Transactions older than ``max_age`` and, where performance_schema records them,
+    metadata-lock holders on this database's tables; ``metadata_locks_visible`` says
+    whether the server let us see those."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    rows = connection.execute(text(LONG_TRANSACTIONS_SQL)).mappings().all()
+    old = [
+        {
+            "pid": r["id"],
+            "user": r["user"],
+            "host": r["host"],
+            "command": r["command"],
+            "transaction_age": float(r["age"] or 0),
+            "rows_locked": int(r["rows_locked"] or 0),
+        }
+        for r in rows
+        if float(r["age"] or 0) > max_age
+    ]
+    holders: list[dict[str, Any]] = []
+    visible = False
+    with suppress(DBAPIError):
+        enabled = connection.execute(text("SELECT @@performance_schema")).scalar()
+        if enabled:
+            found = connection.execute(text(METADATA_LOCKS_SQL)).fetchall()
+            holders = [{"pid": r[0], "table": r[1], "lock": r[2]} for r in found]
+            visible = True
+    return {"transactions": old, "metadata_locks": holders, "metadata_locks_visible": visible}
+
+
+def transaction_holders(env: Environment) -> list[Holder]:
+    """After a metadata-lock timeout: the open transactions on the server, oldest first
+    (MySQL names no blocker of a metadata-lock wait without performance_schema)."""
+    from sqlalchemy import text
+
+    from safe_migrations.database import connect
+    from safe_migrations.lockwait import Holder
+
+    with connect(env, role="watch", autocommit=True) as connection:
+        rows = connection.execute(text(LONG_TRANSACTIONS_SQL)).mappings().all()
+    return [
+        Holder(
+            pid=int(r["id"]),
+            role=r["user"],
+            application=r["host"],
+            state=(r["command"] or "").lower() or None,
+            transaction_age=float(r["age"] or 0),
+            state_age=None,
+            superuser=False,
+            modes=None,
+        )
+        for r in rows
+    ]
+
+
+def wait_until_gone(env: Environment, pids: set[int], deadline: float) -> bool:
+    """Poll ``innodb_trx`` (which enqueues nothing), slower than its cache refreshes, until
+    none of ``pids`` has a transaction open, or the deadline (``time.monotonic()``) passes.
+    True when gone."""
+    from sqlalchemy import text
+
+    from safe_migrations.database import connect
+
+    with connect(env, role="watch", autocommit=True) as connection:
+        while True:
+            open_now = {
+                int(r[0])
+                for r in connection.execute(
+                    text("SELECT trx_mysql_thread_id FROM information_schema.innodb_trx")
+                )
+            }
+            if not pids & open_now:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(TRX_CACHE_SECONDS)

@@ -1,0 +1,340 @@
+"""MySQL and MariaDB, on a real MariaDB server (a throwaway one unless TEST_MYSQL_URL):
+the example schema both ways, one migration at a time, metadata-lock waits retried,
+a partly applied revision reported and blocking until resolved, backup and restore,
+and a password with shell metacharacters that appears nowhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import ScratchProject, cli_env, run_invoke
+from pgcluster import PASSWORD
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from safe_migrations.config import load_environment
+
+
+def engine(url: str):  # noqa: ANN201 - a test helper
+    return create_engine(url, poolclass=NullPool)
+
+
+def version(url: str) -> str | None:
+    with engine(url).connect() as connection:
+        tables = {r[0] for r in connection.execute(text("SHOW TABLES"))}
+        if "alembic_version" not in tables:
+            return None
+        return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def tables(url: str) -> set[str]:
+    with engine(url).connect() as connection:
+        return {r[0] for r in connection.execute(text("SHOW TABLES"))}
+
+
+def reports(tmp_path: Path) -> list[dict]:
+    folder = tmp_path / "var" / "reports"
+    found = [json.loads(p.read_text()) for p in folder.glob("*.json")]
+    return sorted(found, key=lambda r: r["started_at"])
+
+
+def scratch_env(tmp_path: Path, url: str, scratch: ScratchProject, **sections: object) -> dict:
+    return cli_env(
+        tmp_path,
+        url,
+        policy={"confirm": "never"},
+        alembic={"script_location": str(scratch.folder)},
+        **sections,
+    )
+
+
+def test_the_example_schema_migrates_up_down_to_base_and_up_again(
+    mysql_url: str, tmp_path: Path
+) -> None:
+    env = cli_env(tmp_path, mysql_url, policy={"confirm": "never"})
+    up = run_invoke("migrate", "--env", "staging", "--no-backup", env=env)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert version(mysql_url) == "0007"
+    assert "schema matches the models" in up.stdout
+    down = run_invoke("downgrade", "--env", "staging", "--revision", "base", "--no-backup", env=env)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert version(mysql_url) is None
+    assert tables(mysql_url) == {"alembic_version"}
+    again = run_invoke("migrate", "--env", "staging", "--no-backup", env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert version(mysql_url) == "0007"
+    assert {"users", "orders", "products", "order_items"} <= tables(mysql_url)
+
+
+def test_two_runs_at_once_apply_once_and_the_second_names_the_holder(
+    mysql_url: str, tmp_path: Path, scratch: ScratchProject
+) -> None:
+    scratch.add(
+        """
+        op.create_table("slow", sa.Column("id", sa.Integer, primary_key=True))
+        op.execute("SELECT SLEEP(4)")
+        """
+    )
+    env = scratch_env(tmp_path, mysql_url, scratch, migration={"lock_wait": 1})
+    first: dict[str, subprocess.CompletedProcess[str]] = {}
+    runner = threading.Thread(
+        target=lambda: first.setdefault(
+            "run", run_invoke("migrate", "--env", "staging", "--no-backup", env=env)
+        )
+    )
+    runner.start()
+    time.sleep(2)  # the first holds the lock and sleeps inside its revision
+    second = run_invoke("migrate", "--env", "staging", "--no-backup", env=env)
+    runner.join()
+    assert first["run"].returncode == 0, first["run"].stderr
+    assert second.returncode == 4, second.stdout + second.stderr
+    assert "Another migration holds the lock" in second.stderr
+    assert "connection " in second.stderr and "user tester" in second.stderr
+    applied = sum(len(r["applied"]) for r in reports(tmp_path))
+    assert applied == 1
+    assert version(mysql_url) == "r001"
+
+
+def test_a_metadata_lock_wait_gives_up_retries_and_succeeds_once_the_holder_commits(
+    mysql_url: str, tmp_path: Path, scratch: ScratchProject
+) -> None:
+    scratch.add('op.create_table("items", sa.Column("id", sa.Integer, primary_key=True))')
+    scratch.add('op.add_column("items", sa.Column("note", sa.String(20)))')
+    env = scratch_env(
+        tmp_path, mysql_url, scratch, migration={"lock_timeout": 1, "lock_budget": 20}
+    )
+    assert (
+        run_invoke(
+            "migrate", "--env", "staging", "--revision", "r001", "--no-backup", env=env
+        ).returncode
+        == 0
+    )
+    holder = engine(mysql_url).connect()
+    holder.execute(text("SELECT * FROM items"))  # an open transaction: a metadata lock on items
+    released = threading.Timer(5, holder.commit)
+    released.start()
+    started = time.monotonic()
+    result = run_invoke("migrate", "--env", "staging", "--no-backup", env=env)
+    elapsed = time.monotonic() - started
+    released.join()
+    holder.close()
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = reports(tmp_path)[-1]
+    assert report["applied"][0]["revision"] == "r002"
+    retries = report["retries"]
+    assert report["applied"][0]["retries"] == len(retries) >= 1
+    assert "1205" in retries[0]["error"] and "Lock wait timeout" in retries[0]["error"]
+    assert retries[0]["holders"][0]["role"] == "tester"  # the open transaction, named
+    assert elapsed < 5 + 4  # retried within a second of the holder's commit, not at the budget
+    assert version(mysql_url) == "r002"
+
+
+def test_a_revision_failing_after_its_first_ddl_is_partly_applied_and_blocks_until_resolved(
+    mysql_url: str, tmp_path: Path, scratch: ScratchProject
+) -> None:
+    scratch.add('op.create_table("base_table", sa.Column("id", sa.Integer, primary_key=True))')
+    scratch.add(
+        """
+        op.create_table("half", sa.Column("id", sa.Integer, primary_key=True))
+        op.execute("ALTER TABLE no_such_table ADD COLUMN x INT")
+        """,
+        message="half done",
+    )
+    env = scratch_env(tmp_path, mysql_url, scratch)
+    failed = run_invoke("migrate", "--env", "staging", "--no-backup", env=env)
+    assert failed.returncode == 1
+    assert "partly applied" in failed.stderr and "was rolled back" not in failed.stderr
+    assert "CREATE TABLE half" in failed.stderr
+    assert version(mysql_url) == "r001"  # the version table was not advanced
+    assert "half" in tables(mysql_url)  # and MySQL kept what it had committed
+    report = reports(tmp_path)[-1]
+    partly = report["partly_applied"]
+    assert partly["revision"] == "r002" and partly["version_table"] == "r001"
+    assert partly["committed_statements"][0].startswith("CREATE TABLE half")
+    assert "no_such_table" in partly["failed_statement"]
+    markdown = Path(str(reports_path(tmp_path, report))).read_text()
+    assert "partly applied" in markdown and "CREATE TABLE half" in markdown
+
+    blocked = run_invoke("migrate", "--env", "staging", "--no-backup", env=env)
+    assert blocked.returncode == 3, blocked.stdout + blocked.stderr
+    assert "revision r002 (upgrade) failed" in blocked.stderr
+    assert "CREATE TABLE half" in blocked.stderr and "invoke resolve" in blocked.stderr
+    health = run_invoke("health", "--env", "staging", env=env)
+    assert health.returncode == 3
+
+    # The user finishes the revision by hand, then says so.
+    with engine(mysql_url).begin() as connection:
+        connection.execute(text("CREATE TABLE no_such_table (id INT PRIMARY KEY, x INT)"))
+    wrong = run_invoke("resolve", "--env", "staging", "--revision", "r001", "--applied", env=env)
+    assert wrong.returncode == 2 and "on record: r002" in wrong.stderr
+    resolved = run_invoke("resolve", "--env", "staging", "--revision", "r002", "--applied", env=env)
+    assert resolved.returncode == 0, resolved.stderr
+    assert version(mysql_url) == "r002"
+    audit = [
+        json.loads(line)
+        for line in (tmp_path / "var" / "reports" / "audit.jsonl").read_text().splitlines()
+    ]
+    assert audit[-1]["operation"] == "resolve" and audit[-1]["resolution"] == "applied"
+    assert audit[-1]["post_revision"] == "r002"
+    assert run_invoke("health", "--env", "staging", env=env).returncode == 0
+    assert "partly_applied" not in tables(mysql_url) - {"safe_migrations_partial"}
+
+
+def reports_path(tmp_path: Path, report: dict) -> Path:
+    folder = tmp_path / "var" / "reports"
+    for path in folder.glob("*.json"):
+        if json.loads(path.read_text())["started_at"] == report["started_at"]:
+            return path.with_suffix(".md")
+    raise AssertionError("no report file")
+
+
+def checksum(url: str) -> dict[str, list]:
+    with engine(url).connect() as connection:
+        names = sorted(r[0] for r in connection.execute(text("SHOW TABLES")))
+        return {
+            name: [tuple(r) for r in connection.execute(text(f"SELECT * FROM `{name}` ORDER BY 1"))]
+            for name in names
+            if name != "safe_migrations_partial"
+        }
+
+
+@pytest.fixture
+def spy_dump(tmp_path: Path) -> Path:
+    """A PATH folder whose mariadb-dump records its argv and environment, then runs the real one."""
+    folder = tmp_path / "spybin"
+    folder.mkdir()
+    for name in ("mariadb-dump", "mysqldump"):
+        real = shutil.which(name)
+        if real is None:
+            continue
+        script = folder / name
+        script.write_text(
+            "#!/bin/sh\n"
+            f'cat /proc/$$/cmdline | tr "\\0" "\\n" >> "{folder}/cmdline"\n'
+            f'env > "{folder}/env.$$"\n'
+            f'exec "{real}" "$@"\n'
+        )
+        script.chmod(0o755)
+    return folder
+
+
+def test_backup_then_damage_then_restore_gives_identical_data_and_no_password_leaks(
+    mysql_url: str, tmp_path: Path, spy_dump: Path
+) -> None:
+    env = cli_env(tmp_path, mysql_url, policy={"confirm": "never"})
+    env["PATH"] = f"{spy_dump}{os.pathsep}{os.environ['PATH']}"
+    migrated = run_invoke("migrate", "--env", "staging", "--no-backup", env=env)
+    assert migrated.returncode == 0, migrated.stderr
+    with engine(mysql_url).begin() as connection:
+        for i in range(300):
+            connection.execute(
+                text("INSERT INTO users (email, name, status) VALUES (:e, :n, 'active')"),
+                {"e": f"user{i}@example.com", "n": f"n{i}; DROP TABLE x; -- 'q' \"t\"\n\\ é"},
+            )
+        connection.execute(
+            text("INSERT INTO orders (user_id, amount_cents) SELECT id, id * 7 FROM users")
+        )
+        connection.execute(
+            text("INSERT INTO products (sku, name, price_cents) VALUES ('a', 'A', 5)")
+        )
+        connection.execute(
+            text(
+                "INSERT INTO order_items (order_id, product_id, quantity) "
+                "SELECT o.id, p.id, 2 FROM orders o, products p"
+            )
+        )
+    before = checksum(mysql_url)
+    backup = run_invoke("backup", "--env", "staging", env=env)
+    assert backup.returncode == 0, backup.stdout + backup.stderr
+    manifest = json.loads(next((tmp_path / "var" / "backups").glob("*.manifest.json")).read_text())
+    assert manifest["format"] == "mysql" and manifest["path"].endswith(".sql.gz")
+    assert manifest["tables"] >= 5 and len(manifest["sha256"]) == 64
+    assert oct(Path(manifest["path"]).stat().st_mode)[-3:] == "600"
+
+    with engine(mysql_url).begin() as connection:
+        connection.execute(text("SET FOREIGN_KEY_CHECKS = 0"))
+        connection.execute(text("DROP TABLE order_items"))
+        connection.execute(text("DELETE FROM users WHERE id % 2 = 0"))
+        connection.execute(text("CREATE TABLE stray (id INT PRIMARY KEY)"))
+    restored = run_invoke("restore", "--env", "staging", "--backup", "latest", "--yes", env=env)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert checksum(mysql_url) == before  # order_items back, rows back, stray gone
+    assert not [name for name in _databases(mysql_url) if name.startswith("stairway_")]
+    argv = (spy_dump / "cmdline").read_text()
+    assert "--defaults-extra-file=" in argv and "--single-transaction" in argv
+    environments = "".join(p.read_text() for p in spy_dump.glob("env.*"))
+    assert "MYSQL_PWD" not in environments
+    written = [
+        p.read_text(errors="replace")
+        for p in (tmp_path / "var").rglob("*")
+        if p.is_file() and not p.name.endswith(".gz")
+    ]
+    for seen in [
+        argv,
+        environments,
+        backup.stdout,
+        backup.stderr,
+        restored.stdout,
+        restored.stderr,
+        *written,
+    ]:
+        assert PASSWORD not in seen
+        assert "w'rd" not in seen
+
+
+def _databases(url: str) -> list[str]:
+    with engine(url).connect() as connection:
+        return [r[0] for r in connection.execute(text("SHOW DATABASES"))]
+
+
+def test_a_damaged_dump_is_refused_and_the_database_is_untouched(
+    mysql_url: str, tmp_path: Path
+) -> None:
+    import gzip
+
+    env = cli_env(tmp_path, mysql_url, policy={"confirm": "never"})
+    assert run_invoke("migrate", "--env", "staging", "--no-backup", env=env).returncode == 0
+    assert run_invoke("backup", "--env", "staging", env=env).returncode == 0
+    archive = next((tmp_path / "var" / "backups").glob("*.sql.gz"))
+    lines = gzip.decompress(archive.read_bytes()).splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if line.startswith(b"CREATE TABLE `users`"))
+    forged = b"".join(lines[:cut]) + b"system rm -rf /tmp/nothing\n" + b"".join(lines[cut:])
+    foreign = tmp_path / "forged.sql.gz"
+    foreign.write_bytes(gzip.compress(forged))
+    before = checksum(mysql_url)
+    result = run_invoke(
+        "restore", "--env", "staging", "--backup", str(foreign), "--foreign", "--yes", env=env
+    )
+    assert result.returncode != 0
+    assert "client command" in result.stderr and "was not touched" in result.stderr
+    assert checksum(mysql_url) == before
+    assert not [name for name in _databases(mysql_url) if name.startswith("stairway_")]
+
+
+def test_urls_status_and_support_sentences(mysql_url: str, tmp_path: Path) -> None:
+    directory = tmp_path / "environments"
+    cli_env(tmp_path, mysql_url)
+    plain = mysql_url.replace("mysql+pymysql://", "mysql://")
+    loaded = load_environment("staging", {"DATABASE_URL": plain}, directory=directory)
+    assert loaded.url.startswith("mysql+pymysql://") and loaded.is_mysql
+    maria = load_environment(
+        "staging", {"DATABASE_URL": plain.replace("mysql://", "mariadb://")}, directory=directory
+    )
+    assert maria.url.startswith("mariadb+pymysql://")
+    env = cli_env(tmp_path, plain.replace("mysql://", "mysql+mysqldb://"))
+    refused = run_invoke("status", "--env", "staging", env=env)
+    assert refused.returncode == 2 and "go through PyMySQL" in refused.stderr
+    env = cli_env(tmp_path, mysql_url, policy={"confirm": "never"})
+    dry = run_invoke("migrate", "--env", "staging", "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert "CREATE TABLE users" in dry.stdout and "ALTER TABLE orders CHANGE" in dry.stdout
+    assert run_invoke("migrate", "--env", "staging", "--no-backup", env=env).returncode == 0
+    status = run_invoke("status", "--env", "staging", "--json", env=env)
+    assert json.loads(status.stdout)["current"] == "0007"
