@@ -58,7 +58,9 @@ def check_drift(env: Environment, project: Project) -> StepResult:
 
 
 def check_lint(env: Environment, project: Project) -> StepResult:
-    return lint_pending(project, read_current(env), project.scripts().get_current_head())
+    return lint_pending(
+        project, read_current(env), project.scripts().get_current_head(), env.dialect
+    )
 
 
 def _snapshot(connection: Any) -> dict[str, Any]:
@@ -100,13 +102,21 @@ def scratch_database(env: Environment, folder: Path) -> Iterator[Environment]:
         return
     name = f"{env.settings.check.scratch_prefix}{uuid.uuid4().hex[:12]}"
     with connect(env, role="check", autocommit=True) as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
+        connection.execute(
+            text(f"CREATE DATABASE `{name}`" if env.is_mysql else f'CREATE DATABASE "{name}"')
+        )
     try:
         url = make_url(env.url).set(database=name).render_as_string(hide_password=False)
         yield replace(env, url=url)
     finally:
         with connect(env, role="check", autocommit=True) as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            connection.execute(
+                text(
+                    f"DROP DATABASE IF EXISTS `{name}`"
+                    if env.is_mysql
+                    else f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+                )
+            )
 
 
 def stairway(env: Environment, project: Project) -> StepResult:

@@ -741,7 +741,11 @@ def lint(
     if baseline and (range_ or since):
         raise UsageError("--baseline covers the whole history; drop --range/--since.")
     chosen = selected_revisions(environment, project, range_, all_ or baseline, since)
-    result = lint_revisions(project, chosen, Baseline() if baseline else None)
+    if baseline and environment.is_mysql:
+        raise UsageError("--baseline accepts squawk's findings, and squawk does not run on MySQL.")
+    result = lint_revisions(
+        project, chosen, Baseline() if baseline else None, dialect=environment.dialect
+    )
     _print(json.dumps(result.to_dict(), indent=2) if json_ else result.render())
     if result.nothing_checked:
         raise result.nothing_rendered()

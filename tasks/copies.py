@@ -67,6 +67,10 @@ def database_copy(env: Environment, server: Environment) -> Iterator[Copy]:
         with _sqlite_copy(env, prefix) as made:
             yield made
         return
+    if env.is_mysql:
+        with _mysql_copy(env, server, prefix) as made:
+            yield made
+        return
     from sqlalchemy.engine import make_url
 
     name = new_name(prefix)
@@ -105,7 +109,8 @@ def _create(sql: object, name: str, template: str, server: Environment) -> None:
     from sqlalchemy.exc import DBAPIError
 
     try:
-        sql(f'CREATE DATABASE "{name}"{template}')  # type: ignore[operator]
+        quoted = f"`{name}`" if server.is_mysql else f'"{name}"'
+        sql(f"CREATE DATABASE {quoted}{template}")  # type: ignore[operator]
     except DBAPIError as exc:
         raise CopyError(
             f"The rehearsal could not create its copy on {server.masked_url} "
@@ -119,8 +124,9 @@ class CopyError(ToolError):
 
 
 def check_can_create(server: Environment) -> None:
-    """Before any backup is taken for it: the role may create the copy (CREATEDB)."""
-    if server.is_sqlite:
+    """Before any backup is taken for it: the role may create the copy (CREATEDB).
+    MySQL grants CREATE per database name: the CREATE DATABASE itself tells."""
+    if server.is_sqlite or server.is_mysql:
         return
     with connect(server, role="rehearse", autocommit=True) as connection:
         allowed = connection.exec_driver_sql(
@@ -138,6 +144,14 @@ def copy_exists(server: Environment, name: str) -> bool:
     """Whether a copy is still there (the report says whether it was dropped)."""
     if server.is_sqlite:
         return (copies_folder() / f"{name}.db").exists()
+    if server.is_mysql:
+        with connect(server, role="rehearse", autocommit=True) as connection:
+            return bool(
+                connection.exec_driver_sql(
+                    "SELECT count(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %(n)s",
+                    {"n": name},
+                ).scalar()
+            )
     with connect(server, role="rehearse", autocommit=True) as connection:
         found = connection.exec_driver_sql(
             "SELECT count(*) FROM pg_database WHERE datname = %(name)s", {"name": name}
@@ -147,6 +161,9 @@ def copy_exists(server: Environment, name: str) -> bool:
 
 def drop_database(server: Environment, name: str) -> None:
     with connect(server, role="rehearse", autocommit=True) as connection:
+        if server.is_mysql:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+            return
         version = int(connection.exec_driver_sql("SHOW server_version_num").scalar() or 0)
         force = " WITH (FORCE)" if version >= 130000 else ""
         connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"{force}')
@@ -174,6 +191,43 @@ def drop_stale_copies(server: Environment, prefix: str) -> list[str]:
                 continue
             dropped.append(name)
     return dropped
+
+
+def _owner_lock(name: str) -> str:
+    """MySQL: the named lock a copy's owner holds (server-wide, at most 64 characters)."""
+    return f"safe-migrations-copy:{name}"[:64]
+
+
+@contextlib.contextmanager
+def _mysql_copy(env: Environment, server: Environment, prefix: str) -> Iterator[Copy]:
+    """A new database on ``server`` under its owner's GET_LOCK, taken before it exists;
+    copies whose owner's lock is free (killed runs) are dropped first."""
+    from sqlalchemy.engine import make_url
+
+    name = new_name(prefix)
+    with connect(server, role="rehearse", autocommit=True) as owner:
+        sql = owner.exec_driver_sql
+        sql("SELECT GET_LOCK(%(lock)s, 10)", {"lock": _owner_lock(name)})
+        try:
+            stale = []
+            names = sql(
+                "SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE %(p)s",
+                {"p": prefix.replace("_", "\\_") + "%"},
+            ).scalars()
+            for found in [n for n in names if is_copy_name(n, prefix) and n != name]:
+                if sql("SELECT IS_FREE_LOCK(%(lock)s)", {"lock": _owner_lock(found)}).scalar():
+                    with contextlib.suppress(Exception):
+                        drop_database(server, found)
+                        stale.append(found)
+            _create(sql, name, "", server)
+            try:
+                url = make_url(server.url).set(database=name).render_as_string(False)
+                yield Copy(name, replace(env, url=url), server.masked_url, tuple(stale))
+            finally:
+                drop_database(server, name)
+        finally:
+            with contextlib.suppress(Exception):
+                sql("SELECT RELEASE_LOCK(%(lock)s)", {"lock": _owner_lock(name)})
 
 
 def copies_folder() -> Path:

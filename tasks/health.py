@@ -440,7 +440,7 @@ def run_health(
     if env.settings.health.lint and results[0].ok and results[-1].ok:
         from safe_migrations.lint import lint_pending
 
-        results.append(lint_pending(project, current, results[-1].details["resolved"]))
+        results.append(lint_pending(project, current, results[-1].details["resolved"], env.dialect))
     return results
 
 

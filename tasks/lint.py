@@ -48,6 +48,7 @@ class Finding:
     reason: str | None = None
     fingerprint: str = ""
     baselined: bool = False
+    warning: bool = False  # said, never failing: our own MySQL check
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,10 +59,11 @@ class LintResult:
     findings: list[Finding] = field(default_factory=list)
     unrendered: dict[str, str] = field(default_factory=dict)
     checked: list[str] = field(default_factory=list)
+    note: str | None = None  # what was not checked, and why
 
     @property
     def blocking(self) -> list[Finding]:
-        return [f for f in self.findings if not (f.allowed or f.baselined)]
+        return [f for f in self.findings if not (f.allowed or f.baselined or f.warning)]
 
     @property
     def allowed(self) -> list[Finding]:
@@ -86,10 +88,11 @@ class LintResult:
             "checked": self.checked,
             "findings": [f.to_dict() for f in self.findings],
             "unrendered": self.unrendered,
+            "note": self.note,
         }
 
     def render(self) -> str:
-        lines = []
+        lines = [self.note] if self.note else []
         for revision in self.checked + list(self.unrendered):
             own = [f for f in self.findings if f.revision == revision]
             if revision in self.unrendered:
@@ -104,7 +107,9 @@ class LintResult:
             lines.append(f"{revision} ({own[0].path}):")
             for f in own:
                 state = (
-                    f"allowed: {f.reason}"
+                    "warning"
+                    if f.warning
+                    else f"allowed: {f.reason}"
                     if f.allowed
                     else f"accepted in the baseline: {f.reason or 'no reason given yet'}"
                     if f.baselined
@@ -174,11 +179,60 @@ def squawk(sql: str, path: str, config: Path = DEFAULT_SQUAWK_CONFIG) -> list[di
         raise ToolError(f"squawk printed no JSON for {path}: {result.stdout[:200]}") from None
 
 
+MYSQL_NOTE = (
+    "squawk's rules are PostgreSQL's and do not apply to MySQL/MariaDB: not run. Checked "
+    "instead: revisions with several DDL statements (MySQL commits each on its own)."
+)
+_DDL = re.compile(r"\s*(CREATE|ALTER|DROP|RENAME|TRUNCATE)\b", re.I)
+
+
+def lint_mysql(project: Project, path: list[Revision]) -> LintResult:
+    """Each revision rendered for MySQL: a warning for each one with more than one DDL
+    statement, since a failure after the first leaves it partly applied."""
+    outcome = LintResult(note=MYSQL_NOTE)
+    for item in render_sql(project.config(), project.scripts(), path, "mysql"):
+        if item.error or item.sql is None:
+            outcome.unrendered[item.revision] = item.error or "no SQL"
+            continue
+        outcome.checked.append(item.revision)
+        statements = (
+            " ".join(line for line in chunk.splitlines() if not line.lstrip().startswith("--"))
+            for chunk in item.sql.split(";\n")
+        )
+        ddl = [
+            " ".join(statement.split())
+            for statement in statements
+            if _DDL.match(statement) and "alembic_version" not in statement
+        ]
+        if len(ddl) > 1:
+            outcome.findings.append(
+                Finding(
+                    revision=item.revision,
+                    path=item.path,
+                    rule="several-ddl-statements",
+                    message=f"{len(ddl)} DDL statements: MySQL commits each on its own, so a "
+                    "failure after the first leaves the revision partly applied (the run then "
+                    "blocks until `invoke resolve`); one statement per revision where you can",
+                    line=0,
+                    statement="; ".join(ddl)[:300],
+                    fingerprint=fingerprint(ddl[0]),
+                    warning=True,
+                )
+            )
+    return outcome
+
+
 def lint_revisions(
-    project: Project, path: list[Revision], baseline: Baseline | None = None
+    project: Project,
+    path: list[Revision],
+    baseline: Baseline | None = None,
+    dialect: str = "postgresql",
 ) -> LintResult:
     """Render each revision for PostgreSQL and check it; findings carry allow markers and
-    whether the baseline (the project's own, unless one is given) accepts them."""
+    whether the baseline (the project's own, unless one is given) accepts them. MySQL
+    gets its own check instead (lint_mysql)."""
+    if dialect in ("mysql", "mariadb"):
+        return lint_mysql(project, path)
     cfg = project.config()
     config = squawk_config(project)
     accepted = load_baseline(project) if baseline is None else baseline
@@ -251,11 +305,13 @@ def parse_range(spec: str) -> tuple[str | None, str]:
     return (None if start in ("", "base") else start), (end or "head")
 
 
-def lint_pending(project: Project, current: str | None, target: str | None) -> StepResult:
+def lint_pending(
+    project: Project, current: str | None, target: str | None, dialect: str = "postgresql"
+) -> StepResult:
     """Lint the revisions between ``current`` and ``target`` as one check result."""
     with timed() as clock:
         pending = upgrade_path(project.scripts(), current, target)
-        result = lint_revisions(project, pending)
+        result = lint_revisions(project, pending, dialect=dialect)
     blocking = result.blocking
     message = (
         f"{len(result.checked)} pending revision(s) linted, no finding that is not allowed"
@@ -266,6 +322,11 @@ def lint_pending(project: Project, current: str | None, target: str | None) -> S
         message += f"; allowed: {', '.join(f'{f.revision} {f.rule}' for f in result.allowed)}"
     if result.baselined:
         message += f"; baselined: {', '.join(f'{f.revision} {f.rule}' for f in result.baselined)}"
+    warned = [f for f in result.findings if f.warning]
+    if warned:
+        message += f"; warnings: {', '.join(f'{f.revision} {f.rule}' for f in warned)}"
+    if result.note:
+        message += f"; {result.note}"
     if result.unrendered:
         message += f"; not renderable: {', '.join(result.unrendered)}"
     if result.nothing_checked:  # a warning: a revision that reads rows may be pending

@@ -184,7 +184,7 @@ class RevisionObserver:
         held: frozenset[tuple[int, str]] = frozenset()
         after: Catalog = {}
         rows: dict[int, tuple[int, int]] = {}
-        if not self.env.is_sqlite:
+        if not (self.env.is_sqlite or self.env.is_mysql):  # MySQL and SQLite: timed only
             held, after = own_locks(connection), read_catalog(connection)
             rows = rows_written(connection)
         self.windows.append(Window(revision, self._start, now, self._before, after, held, rows))

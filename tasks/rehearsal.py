@@ -46,6 +46,11 @@ NO_LOCK_DETAILS = (
     "SQLite: each revision is timed on a copy of the file; lock and rewrite details "
     "are PostgreSQL-only"
 )
+NO_MYSQL_LOCK_DETAILS = (
+    "MySQL/MariaDB: each revision is timed on a copy restored from the backup; locks are "
+    "not sampled (metadata locks are visible only with performance_schema), so lock and "
+    "rewrite details are PostgreSQL-only"
+)
 
 
 class RehearsalFailed(ToolError):
@@ -229,7 +234,9 @@ def _rehearse(
     check_can_create(server)
     backup = _backup(env, current, from_backup, console)
     record.backup = {k: backup.get(k) for k in ("path", "remote", "revision", "sha256", "size")}
-    record.lock_details = NO_LOCK_DETAILS if env.is_sqlite else None
+    record.lock_details = (
+        NO_LOCK_DETAILS if env.is_sqlite else NO_MYSQL_LOCK_DETAILS if env.is_mysql else None
+    )
     try:
         observer = _on_copy(env, server, project, target, path, backup, console, record)
     finally:
@@ -329,7 +336,7 @@ def _judge(
     limit = env.settings.policy.max_exclusive_lock_ms
     messages = {r.revision: r.message for r in path}
     statuses = []
-    observed = not env.is_sqlite
+    observed = not (env.is_sqlite or env.is_mysql)
     for item in found:
         status, sentence, broken = verdict(item, limit, observed)
         statuses.append(status)

@@ -76,7 +76,10 @@ def test_database_url_overrides_file() -> None:
         ),
         ("database: {url: ''}\n", "key 'database.url' is required (or describe a fleet)"),
         ("- a\n- b\n", "must be a mapping of settings"),
-        ("database: {url: 'oracle://x@y/z'}\n", "postgresql, sqlite, mysql and mariadb are supported"),
+        (
+            "database: {url: 'oracle://x@y/z'}\n",
+            "postgresql, sqlite, mysql and mariadb are supported",
+        ),
         ("database: {url: 'mysql+mysqldb://x@y/z'}\n", "go through PyMySQL"),
         ("database: [unclosed\n", "not valid YAML"),
     ],

@@ -338,3 +338,56 @@ def test_urls_status_and_support_sentences(mysql_url: str, tmp_path: Path) -> No
     assert run_invoke("migrate", "--env", "staging", "--no-backup", env=env).returncode == 0
     status = run_invoke("status", "--env", "staging", "--json", env=env)
     assert json.loads(status.stdout)["current"] == "0007"
+
+
+def test_lint_skips_squawk_with_a_sentence_and_warns_of_several_ddl_statements(
+    mysql_url: str, tmp_path: Path, scratch: ScratchProject
+) -> None:
+    scratch.add('op.create_table("one", sa.Column("id", sa.Integer, primary_key=True))')
+    scratch.add(
+        """
+        op.create_table("two", sa.Column("id", sa.Integer, primary_key=True))
+        op.add_column("one", sa.Column("note", sa.String(20)))
+        """
+    )
+    env = scratch_env(tmp_path, mysql_url, scratch)
+    result = run_invoke("lint", "--env", "staging", "--all", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr  # warnings do not fail
+    assert "squawk's rules are PostgreSQL's" in result.stdout
+    assert "r001: clean" in result.stdout
+    assert (
+        "several-ddl-statements [warning]" in result.stdout and "2 DDL statements" in result.stdout
+    )
+
+
+def test_check_stairway_runs_every_revision_up_down_up_on_a_scratch_database(
+    mysql_url: str, tmp_path: Path
+) -> None:
+    env = cli_env(tmp_path, mysql_url, policy={"confirm": "never"})
+    assert run_invoke("migrate", "--env", "staging", "--no-backup", env=env).returncode == 0
+    result = run_invoke("check", "--env", "staging", "--stairway", env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "stairway" in result.stdout
+    assert not [name for name in _databases(mysql_url) if name.startswith("stairway_")]
+
+
+def test_rehearse_times_each_revision_on_a_copy_and_says_locks_are_not_sampled(
+    mysql_url: str, tmp_path: Path
+) -> None:
+    env = cli_env(tmp_path, mysql_url, policy={"confirm": "never"})
+    assert (
+        run_invoke(
+            "migrate", "--env", "staging", "--revision", "0003", "--no-backup", env=env
+        ).returncode
+        == 0
+    )
+    result = run_invoke("rehearse", "--env", "staging", "--json", env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    folder = tmp_path / "var" / "reports" / "rehearsals"
+    report = json.loads(next(folder.glob("*.json")).read_text())
+    assert [r["revision"] for r in report["revisions"]] == ["0004", "0005", "0006", "0007"]
+    assert {r["status"] for r in report["revisions"]} == {"timed"}
+    assert "locks are not sampled" in report["lock_details"]
+    assert report["copy"]["dropped"] is True
+    assert version(mysql_url) == "0003"  # the database itself was not migrated
+    assert not [n for n in _databases(mysql_url) if n.startswith("rehearsal_")]
