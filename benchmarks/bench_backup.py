@@ -4,6 +4,8 @@ about 1 GB (scale 70). Goal: ours <= 1.05x raw pg_dump. The remote case: `invoke
 backup` streamed to an S3 store (moto's server on loopback, sharing the 2 cores)
 against raw pg_dump to a local file, with the peak local disk the backup used.
 Goals: ours <= 1.05x; remote <= 1.15x, peak local disk well under the dump's size.
+The MariaDB case: `invoke backup` (mariadb-dump, gzip, read back) against raw
+`mariadb-dump ... | gzip -6` on a pgbench-like accounts table of scale x 100,000 rows.
 
     python benchmarks/bench_backup.py [--scale 70] [--runs 3] [--quick]
 """
@@ -27,6 +29,7 @@ from common import (
     finish,
     invoke,
     libpq_env,
+    mariadb,
     median,
     moto_server,
     postgres,
@@ -72,6 +75,72 @@ class DiskWatcher:
                 with contextlib.suppress(OSError):
                     used += path.stat().st_size if path.is_file() else 0
             self.peak = max(self.peak, used)
+
+
+def mariadb_case(scale: int, runs: int, work: Path) -> dict:
+    """invoke backup against raw mariadb-dump piped through gzip -6, same options."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from safe_migrations.mysqldump import option_file
+
+    envs = environment_file(work / "maria", "bench", backup={"compression": 6})
+    ours, raw = [], []
+    with mariadb() as admin:
+        url = create_database(admin)
+        engine = create_engine(url, poolclass=NullPool)
+        print(f"generating {scale * 100_000:,} MariaDB rows ...", file=sys.stderr)
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "CREATE TABLE accounts (aid INT PRIMARY KEY, bid INT, abalance INT, "
+                    "filler CHAR(84)) ENGINE=InnoDB"
+                )
+            )
+            connection.execute(
+                text(
+                    f"INSERT INTO accounts SELECT seq, seq % {scale}, 0, '' "
+                    f"FROM seq_1_to_{scale * 100_000}"
+                )
+            )
+            connection.execute(text("ANALYZE TABLE accounts"))
+            size = connection.execute(
+                text(
+                    "SELECT SUM(data_length + index_length) FROM information_schema.tables "
+                    "WHERE table_schema = DATABASE()"
+                )
+            ).scalar()
+        engine.dispose()
+        database = url.rsplit("/", 1)[1]
+        target = work / "raw.sql.gz"
+        with option_file(url) as options:
+            dump = (
+                f"{which('mariadb-dump')} --defaults-extra-file={options} --single-transaction "
+                f"--routines --triggers --events --hex-blob --no-tablespaces {database} "
+                f"| gzip -6 > {target}"
+            )
+            for run in range(runs):
+                for side in ("ours", "raw") if run % 2 == 0 else ("raw", "ours"):
+                    if side == "raw":
+                        raw.append(timed_run(["sh", "-c", dump], dict(os.environ)))
+                        target.unlink()
+                        continue
+                    env = os.environ | {"DATABASE_URL": url, "MIGRATE_ENVIRONMENTS_DIR": str(envs)}
+                    ours.append(timed_run(invoke("backup", "--env", "bench"), env))
+                    shutil.rmtree(envs.parent / "backups")
+        drop_database(admin, url)
+    ratio = median(ours) / median(raw)
+    print(
+        f"MariaDB, {int(size) / 1024 / 1024:,.0f} MB: raw mariadb-dump | gzip -6 median "
+        f"{median(raw):.2f} s; invoke backup (gzip, read back) median {median(ours):.2f} s; "
+        f"ratio {ratio:.3f} (goal <= 1.05)"
+    )
+    return {
+        "database_mb": round(int(size) / 1024 / 1024),
+        "raw_s": round(median(raw), 3),
+        "ours_s": round(median(ours), 3),
+        "ratio": round(ratio, 3),
+    }
 
 
 def main() -> None:
@@ -160,6 +229,7 @@ def main() -> None:
                     directory.append(seconds)
                 shutil.rmtree(folder)
         drop_database(admin, url)
+    maria = mariadb_case(scale, runs, work)
     shutil.rmtree(work, ignore_errors=True)
     mb = size / 1024 / 1024
     ratio = median(ours) / median(raw)
@@ -200,6 +270,7 @@ def main() -> None:
             "remote_ratio": round(remote_ratio, 3),
             "remote_peak_local_bytes": max(peaks),
             "dump_bytes": raw_size,
+            "mariadb": maria,
         },
     )
 

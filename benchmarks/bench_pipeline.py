@@ -1,7 +1,8 @@
 """Pipeline overhead: `invoke migrate --yes --no-backup` against bare `alembic upgrade head`.
 
 A generated chain of revisions (tables, columns, indexes) is applied to a fresh
-database each run; both sides run as commands, alternately. Goal: ratio <= 1.3.
+database each run; both sides run as commands, alternately, on PostgreSQL (psycopg2)
+and then on MariaDB (PyMySQL). Goal: ratio <= 1.3.
 
     python benchmarks/bench_pipeline.py [--revisions 40] [--runs 5] [--quick]
 """
@@ -24,6 +25,7 @@ from common import (
     environment_file,
     finish,
     invoke,
+    mariadb,
     median,
     postgres,
     timed_run,
@@ -44,14 +46,14 @@ def generate_project(folder: Path, count: int) -> Path:
             tables[table] = ["name"]
             up = (
                 f'op.create_table("{table}", sa.Column("id", sa.BigInteger, primary_key=True), '
-                f'sa.Column("name", sa.Text))'
+                f'sa.Column("name", sa.String(200)))'
             )
             down = f'op.drop_table("{table}")'
         elif kind == 2:
             table = list(tables)[-1]
             column = f"c{number:04d}"
             tables[table].append(column)
-            up = f'op.add_column("{table}", sa.Column("{column}", sa.Text))'
+            up = f'op.add_column("{table}", sa.Column("{column}", sa.String(200)))'
             down = f'op.drop_column("{table}", "{column}")'
         else:
             table = list(tables)[-1]
@@ -67,7 +69,7 @@ def generate_project(folder: Path, count: int) -> Path:
     lines = ["import sqlalchemy as sa", "metadata = sa.MetaData()"]
     for table, columns in tables.items():
         cols = ", ".join(
-            f'sa.Column("{c}", sa.Text, index={(table, c) in indexes})' for c in columns
+            f'sa.Column("{c}", sa.String(200), index={(table, c) in indexes})' for c in columns
         )
         lines.append(
             f'sa.Table("{table}", metadata, '
@@ -77,65 +79,56 @@ def generate_project(folder: Path, count: int) -> Path:
     return folder
 
 
+def measure(admin: str, work: Path, environments: Path, runs: int) -> dict:
+    """Both sides on fresh databases of one server, alternately; medians and the ratio."""
+    ours, raw, steps = [], [], {}
+    for run in range(runs):
+        for side in ("ours", "raw") if run % 2 == 0 else ("raw", "ours"):
+            url = create_database(admin)
+            env = os.environ | {"DATABASE_URL": url, "MIGRATE_ENVIRONMENTS_DIR": str(environments)}
+            if side == "ours":
+                ours.append(
+                    timed_run(invoke("migrate", "--env", "bench", "--yes", "--no-backup"), env)
+                )
+            else:
+                alembic = [str(BIN / "alembic"), "-c", str(work / "alembic.ini"), "upgrade", "head"]
+                raw.append(timed_run(alembic, env))
+            drop_database(admin, url)
+    for report in (work / "reports").glob("bench-*.json"):
+        for step in json.loads(report.read_text())["steps"]:
+            steps.setdefault(step["name"], []).append(step["duration"])
+        report.unlink()
+    return {
+        "raw_s": round(median(raw), 3),
+        "ours_s": round(median(ours), 3),
+        "ratio": round(median(ours) / median(raw), 3),
+        "steps_s": {k: round(median(v), 4) for k, v in steps.items()},
+    }
+
+
+def show(engine: str, count: int, runs: int, figures: dict) -> None:
+    print(f"{engine}: chain of {count} revisions, {runs} run(s) each side, fresh database each run")
+    print(f"  bare alembic upgrade head:        median {figures['raw_s']:.3f} s")
+    print(f"  invoke migrate --yes --no-backup: median {figures['ours_s']:.3f} s")
+    print(f"  ratio ours/raw: {figures['ratio']:.2f} (goal <= 1.3)")
+    for name, value in figures["steps_s"].items():
+        print(f"    step {name:<10} median {value:.3f} s")
+
+
 def main() -> None:
     args = arguments(__doc__, runs=5, revisions=40)
     runs, count = (1, 6) if args.quick else (args.runs, args.revisions)
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     generate_project(work, count)
-    environments = environment_file(
-        work,
-        "bench",
-        alembic=alembic_settings(work),
-    )
-    ours, raw, steps = [], [], {}
+    environments = environment_file(work, "bench", alembic=alembic_settings(work))
     with postgres() as admin:
-        for run in range(runs):
-            for side in ("ours", "raw") if run % 2 == 0 else ("raw", "ours"):
-                url = create_database(admin)
-                env = os.environ | {
-                    "DATABASE_URL": url,
-                    "MIGRATE_ENVIRONMENTS_DIR": str(environments),
-                }
-                if side == "ours":
-                    ours.append(
-                        timed_run(invoke("migrate", "--env", "bench", "--yes", "--no-backup"), env)
-                    )
-                else:
-                    raw.append(
-                        timed_run(
-                            [
-                                str(BIN / "alembic"),
-                                "-c",
-                                str(work / "alembic.ini"),
-                                "upgrade",
-                                "head",
-                            ],
-                            env,
-                        )
-                    )
-                drop_database(admin, url)
-        for report in (work / "reports").glob("bench-*.json"):
-            for step in json.loads(report.read_text())["steps"]:
-                steps.setdefault(step["name"], []).append(step["duration"])
+        figures = measure(admin, work, environments, runs)
+    show("PostgreSQL", count, runs, figures)
+    with mariadb() as admin:
+        maria = measure(admin, work, environments, runs)
+    show("MariaDB", count, runs, maria)
     shutil.rmtree(work, ignore_errors=True)
-    ratio = median(ours) / median(raw)
-    print(f"chain of {count} revisions, {runs} run(s) each side, fresh database each run")
-    print(f"bare alembic upgrade head:      median {median(raw):.3f} s")
-    print(f"invoke migrate --yes --no-backup: median {median(ours):.3f} s")
-    print(f"ratio ours/raw: {ratio:.2f} (goal <= 1.3)")
-    for name, values in steps.items():
-        print(f"  step {name:<10} median {median(values):.3f} s")
-    finish(
-        "pipeline",
-        {
-            "revisions": count,
-            "runs": runs,
-            "raw_s": round(median(raw), 3),
-            "ours_s": round(median(ours), 3),
-            "ratio": round(ratio, 3),
-            "steps_s": {k: round(median(v), 4) for k, v in steps.items()},
-        },
-    )
+    finish("pipeline", {"revisions": count, "runs": runs, **figures, "mariadb": maria})
 
 
 if __name__ == "__main__":

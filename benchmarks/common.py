@@ -49,6 +49,20 @@ def postgres() -> Iterator[str]:
         yield url
 
 
+@contextmanager
+def mariadb() -> Iterator[str]:
+    """An account that may create databases on a MariaDB: TEST_MYSQL_URL, else the tests'
+    throwaway server."""
+    from mariadbserver import mysql_admin_url
+
+    with mysql_admin_url(sys.exit) as url:
+        yield url
+
+
+def is_mysql(url: str) -> bool:
+    return url.startswith(("mysql", "mariadb"))
+
+
 def _admin(url: str) -> Any:
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
@@ -63,7 +77,8 @@ def create_database(admin_url: str, prefix: str = "bench") -> str:
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     engine = _admin(admin_url)
     with engine.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
+        quoted = f"`{name}`" if is_mysql(admin_url) else f'"{name}"'
+        connection.execute(text(f"CREATE DATABASE {quoted}"))
     engine.dispose()
     return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
@@ -74,7 +89,11 @@ def drop_database(admin_url: str, url: str) -> None:
 
     engine = _admin(admin_url)
     with engine.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+        name = make_url(url).database
+        if is_mysql(admin_url):
+            connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        else:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
 
 
