@@ -533,7 +533,7 @@ def take_backup(
         elif env.is_mysql:
             from safe_migrations import mysqldump
 
-            stored = mysqldump.dump_mysql(env, target, mysqldump.table_count(env), progress)
+            stored = mysqldump.dump_mysql(env, target, table_count(env), progress)
             verify_started = time.perf_counter()  # read back inside dump_mysql
             tables = stored.tables
         else:
@@ -572,22 +572,23 @@ def take_backup(
     return info
 
 
+TABLE_COUNT_SQL = {
+    "postgresql": "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = "
+    "c.relnamespace WHERE c.relkind IN ('r','p') AND n.nspname NOT IN "
+    "('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'",
+    "mysql": "SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()",
+}
+
+
 def table_count(env: Environment) -> int:
-    """Tables pg_dump will dump: the denominator of the progress line."""
+    """Tables the dump will hold: the denominator of the progress line."""
     from sqlalchemy import text
 
     from safe_migrations.database import connect
 
+    sql = TABLE_COUNT_SQL["mysql" if env.is_mysql else "postgresql"]
     with connect(env, role="backup") as connection:
-        return int(
-            connection.execute(
-                text(
-                    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = "
-                    "c.relnamespace WHERE c.relkind IN ('r','p') AND n.nspname NOT IN "
-                    "('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'"
-                )
-            ).scalar_one()
-        )
+        return int(connection.execute(text(sql)).scalar_one())
 
 
 def take_remote_backup(

@@ -380,7 +380,7 @@ def restore_mysql(env: Environment, path: Path) -> None:
                 cursor.execute("SET FOREIGN_KEY_CHECKS = 1")
             target.commit()
         except (MySQLError, ScriptError, UnicodeDecodeError) as exc:
-            _note_failure(env, path.name, first_line(exc))
+            partial.note_error(env, "restore", path.name, first_line(exc))
             raise BackupError(
                 f"Restoring {path.name} into {env.name} failed midway: {first_line(exc)}. Some "
                 "tables may be from the backup and others not; the backup itself is intact. "
@@ -393,23 +393,6 @@ def restore_mysql(env: Environment, path: Path) -> None:
         admin.close()
 
 
-def _note_failure(env: Environment, name: str, error: str) -> None:
-    """The in-progress record becomes the failure's (best effort: it is already there)."""
-    from sqlalchemy import text
-
-    from safe_migrations.database import connect
-
-    with contextlib.suppress(Exception), connect(env, role="record") as connection:
-        connection.execute(
-            text(
-                "UPDATE safe_migrations_partial SET error = :e "
-                "WHERE kind = 'restore' AND revision = :n AND resolved_at IS NULL"
-            ),
-            {"e": error[:2000], "n": name},
-        )
-        connection.commit()
-
-
 def _close_restores(env: Environment) -> None:
     """A restore that completed makes every earlier unfinished one moot."""
     from safe_migrations.database import connect
@@ -420,18 +403,3 @@ def _close_restores(env: Environment) -> None:
         for row in unresolved(connection, kind="restore"):
             close(connection, row["id"], "restored", current_user())
         connection.commit()
-
-
-def table_count(env: Environment) -> int:
-    from sqlalchemy import text
-
-    from safe_migrations.database import connect
-
-    with connect(env, role="backup") as connection:
-        return int(
-            connection.execute(
-                text(
-                    "SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()"
-                )
-            ).scalar_one()
-        )

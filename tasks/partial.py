@@ -134,6 +134,30 @@ def record(
         connection.commit()
 
 
+def note_error(env: Environment, kind: str, revision: str, error: str) -> None:
+    """Put the failure's error on an open record (best effort: the record is there)."""
+    import contextlib
+
+    from safe_migrations.database import connect
+    from safe_migrations.masking import redact
+
+    table = _table()
+    with contextlib.suppress(Exception), connect(env, role="record") as connection:
+        connection.execute(
+            table.update()
+            .where(
+                table.c.kind == kind, table.c.revision == revision, table.c.resolved_at.is_(None)
+            )
+            .values(error=redact(error, [env.password])[:2000])
+        )
+        connection.commit()
+
+
+def summary(statements: list[str], most: int = 5) -> str:
+    """The statements a message names: the first few, then an ellipsis."""
+    return "; ".join(statements[:most]) + ("; ..." if len(statements) > most else "")
+
+
 def unresolved(connection: Connection, kind: str | None = None) -> list[dict[str, Any]]:
     from sqlalchemy import inspect
 
@@ -156,7 +180,7 @@ def describe(row: dict[str, Any], environment: str) -> str:
     """The one sentence health blocks with: what ran, where the version table is, how to
     go on."""
     statements = row["statements"]
-    ran = "; ".join(statements[:5]) + ("; ..." if len(statements) > 5 else "")
+    ran = summary(statements)
     if row["kind"] == "restore":
         return (
             f"a restore of {row['revision']} stopped midway at {row['recorded_at']} UTC, so "

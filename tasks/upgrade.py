@@ -206,16 +206,17 @@ def run_migrations(
         while True:
             with engine.connect() as connection:
                 current = current_revision(connection)
-                pid = (
-                    connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-                    if postgres
-                    else None
+                # The session's id: PostgreSQL's is watched from the side; MySQL's is
+                # left out of the holders named after a lock timeout.
+                session = (
+                    None
+                    if env.is_sqlite
+                    else connection.exec_driver_sql(
+                        "SELECT CONNECTION_ID()" if env.is_mysql else "SELECT pg_backend_pid()"
+                    ).scalar()
                 )
-                own = (
-                    connection.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
-                    if env.is_mysql
-                    else None
-                )
+                pid = session if postgres else None
+                own = session if env.is_mysql else None
                 if observer is not None:
                     observer.begin(connection, pid)
                 connection.rollback()
@@ -386,7 +387,7 @@ def _partly_applied(
     except Exception as problem:  # noqa: BLE001 - the report must still say what happened
         details["recorded"] = False
         details["record_error"] = redact(_short(problem), [env.password])
-    ran = "; ".join(statements[:5]) + ("; ..." if len(statements) > 5 else "")
+    ran = partial.summary(statements)
     message = (
         f"Revision {failed.revision} ({failed.message}) failed: {error}. It is partly applied: "
         f"MySQL commits DDL as it runs, so {len(statements)} statement(s) stay applied and "

@@ -26,16 +26,18 @@ from sqlalchemy.pool import NullPool
 from safe_migrations.config import Environment, load_environment
 
 
+def _missing_server(message: str) -> None:
+    """No server for a test session: a failure under CI (``CI`` set), a skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str]:
     """A superuser URL on a server the tests may create databases in."""
 
-    def missing(message: str) -> None:
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-
-    with admin_url(missing) as url:
+    with admin_url(_missing_server) as url:
         yield url
 
 
@@ -51,12 +53,7 @@ def mysql_admin() -> Iterator[str]:
     """An account on a MariaDB (or MySQL) server that may create databases: TEST_MYSQL_URL,
     else a throwaway server for the session."""
 
-    def missing(message: str) -> None:
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-
-    with mysql_admin_url(missing) as url:
+    with mysql_admin_url(_missing_server) as url:
         yield url
 
 
