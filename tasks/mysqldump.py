@@ -295,7 +295,10 @@ def _raw(env: Environment, database: str | None = None) -> Any:
 
         url = make_url(env.url).set(database=database).render_as_string(hide_password=False)
         target = replace(env, url=url)
-    return make_engine(target, role="restore").raw_connection()
+    # Lock waits obey migration.lock_timeout (whole seconds on MySQL): an application
+    # holding a table makes the restore fail instead of queueing traffic behind it.
+    lock_timeout = env.settings.migration.lock_timeout or None
+    return make_engine(target, role="restore", lock_timeout=lock_timeout).raw_connection()
 
 
 INVENTORY_SQL = """

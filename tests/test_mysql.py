@@ -391,3 +391,30 @@ def test_rehearse_times_each_revision_on_a_copy_and_says_locks_are_not_sampled(
     assert report["copy"]["dropped"] is True
     assert version(mysql_url) == "0003"  # the database itself was not migrated
     assert not [n for n in _databases(mysql_url) if n.startswith("rehearsal_")]
+
+
+def test_a_restore_stopped_midway_blocks_the_next_run_until_a_restore_completes(
+    mysql_url: str, tmp_path: Path
+) -> None:
+    env = cli_env(tmp_path, mysql_url, policy={"confirm": "never"})
+    assert run_invoke("migrate", "--env", "staging", "--no-backup", env=env).returncode == 0
+    with engine(mysql_url).begin() as connection:
+        connection.execute(text("INSERT INTO users (email, name) VALUES ('a@x', 'A')"))
+    before = checksum(mysql_url)
+    assert run_invoke("backup", "--env", "staging", env=env).returncode == 0
+    holder = engine(mysql_url).connect()
+    holder.execute(text("SELECT * FROM users"))  # an application's open transaction on users
+    try:
+        stopped = run_invoke("restore", "--env", "staging", "--backup", "latest", "--yes", env=env)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    assert "failed midway" in stopped.stderr and "the backup itself is intact" in stopped.stderr
+    blocked = run_invoke("migrate", "--env", "staging", "--no-backup", env=env)
+    assert blocked.returncode == 3
+    assert "stopped midway" in blocked.stderr and "invoke restore" in blocked.stderr
+    again = run_invoke("restore", "--env", "staging", "--backup", "latest", "--yes", env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert checksum(mysql_url) == before
+    assert run_invoke("health", "--env", "staging", env=env).returncode == 0
