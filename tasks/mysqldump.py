@@ -38,6 +38,7 @@ from safe_migrations.backup import (
 )
 from safe_migrations.config import Environment
 from safe_migrations.errors import BackupError, first_line
+from safe_migrations.partial import shorten
 
 COMPLETION_MARKER = b"-- Dump completed"
 TOOL_TABLES = ("safe_migrations_partial", "safe_migrations_rehearsals")  # never dumped nor dropped
@@ -275,12 +276,30 @@ def statements(lines: Iterable[bytes]) -> Iterator[str]:
         raise ScriptError("an unterminated statement at its end")
 
 
-def _replay(connection: Any, path: Path) -> int:
-    """Every statement of the dump on a PyMySQL connection; returns how many ran."""
+def checked(statement: str, database: str) -> str:
+    """The statement, unless it reaches past ``database``: another database named, or a
+    file written on the server. Checked before it runs, so nothing beyond it is touched."""
+    from safe_migrations.mysqlnames import other_databases, writes_server_file
+
+    others = other_databases(statement, database)
+    if others:
+        names = ", ".join(f"`{name}`" for name in sorted(others))
+        raise ScriptError(
+            f"a statement naming the database {names}, not the one being restored into "
+            f"({shorten(statement, 80)})"
+        )
+    if writes_server_file(statement):
+        raise ScriptError(f"a statement writing a file on the server ({shorten(statement, 80)})")
+    return statement
+
+
+def _replay(connection: Any, path: Path, database: str) -> int:
+    """Every statement of the dump on a PyMySQL connection whose database is
+    ``database``; returns how many ran."""
     count = 0
     with connection.cursor() as cursor:
         for statement in statements(dump_lines(path)):
-            cursor.execute(statement)
+            cursor.execute(checked(statement, database))
             count += 1
     connection.commit()
     return count
@@ -351,7 +370,7 @@ def restore_mysql(env: Environment, path: Path) -> None:
         try:
             proof = _raw(env, scratch)
             try:
-                _replay(proof, path)
+                _replay(proof, path, scratch)
                 with proof.cursor() as cursor:
                     held = _inventory(cursor, scratch)
             finally:
@@ -372,7 +391,7 @@ def restore_mysql(env: Environment, path: Path) -> None:
         partial.record(env, "restore", path.name, [], "restore in progress", None)
         target = _raw(env)
         try:
-            _replay(target, path)
+            _replay(target, path, database)
             with target.cursor() as cursor:
                 cursor.execute("SET FOREIGN_KEY_CHECKS = 0")
                 for kind, name, kind_of in sorted(_inventory(cursor, database) - held):

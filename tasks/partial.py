@@ -44,9 +44,9 @@ def commits(statement: str) -> bool:
     return _IMPLICIT_COMMIT.match(statement) is not None
 
 
-def shorten(statement: str) -> str:
+def shorten(statement: str, limit: int = MAX_STATEMENT) -> str:
     flat = " ".join(statement.split())
-    return flat if len(flat) <= MAX_STATEMENT else flat[: MAX_STATEMENT - 3] + "..."
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 @dataclass

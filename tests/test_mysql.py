@@ -418,3 +418,61 @@ def test_a_restore_stopped_midway_blocks_the_next_run_until_a_restore_completes(
     assert again.returncode == 0, again.stdout + again.stderr
     assert checksum(mysql_url) == before
     assert run_invoke("health", "--env", "staging", env=env).returncode == 0
+
+
+def test_a_dump_naming_another_database_is_refused_and_that_database_is_untouched(
+    mysql_url: str, tmp_path: Path
+) -> None:
+    """Database-qualified statements would reach the real database from the scratch
+    proof: the whole dump is refused before any of them runs, and the sentence is true.
+    A dump with a view, a trigger, a procedure and an event restores as before."""
+    import gzip
+
+    env = cli_env(tmp_path, mysql_url, policy={"confirm": "never"})
+    assert run_invoke("migrate", "--env", "staging", "--no-backup", env=env).returncode == 0
+    with engine(mysql_url).begin() as connection:
+        connection.execute(text("INSERT INTO products (sku, name, price_cents) VALUES ('a','A',5)"))
+        connection.execute(
+            text(
+                "CREATE VIEW cheap AS SELECT p.sku, p.name FROM products p WHERE p.price_cents < 9"
+            )
+        )
+        connection.execute(
+            text(
+                "CREATE TRIGGER stamp BEFORE INSERT ON products FOR EACH ROW "
+                "SET NEW.name = CONCAT(NEW.name, '')"
+            )
+        )
+        connection.execute(
+            text("CREATE PROCEDURE total() SELECT COUNT(*) FROM products, users u WHERE u.id > 0")
+        )
+        connection.execute(
+            text("CREATE EVENT tidy ON SCHEDULE EVERY 1 DAY DISABLE DO DELETE FROM products")
+        )
+    assert run_invoke("backup", "--env", "staging", env=env).returncode == 0
+    archive = next((tmp_path / "var" / "backups").glob("*.sql.gz"))
+    with engine(mysql_url).begin() as connection:
+        connection.execute(text("DROP VIEW cheap"))
+    restored = run_invoke("restore", "--env", "staging", "--backup", "latest", "--yes", env=env)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert "cheap" in tables(mysql_url)
+
+    database = mysql_url.rsplit("/", 1)[1].split("?")[0]
+    lines = gzip.decompress(archive.read_bytes()).splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if line.startswith(b"CREATE TABLE `users`"))
+    hostile = (
+        f"CREATE TABLE `{database}`.`planted` (id INT);\n"
+        f"/*!40000 DROP TABLE IF EXISTS `{database}`.`order_items` */;\n"
+    ).encode()
+    forged = tmp_path / "forged.sql.gz"
+    forged.write_bytes(gzip.compress(b"".join(lines[:cut]) + hostile + b"".join(lines[cut:])))
+    before = checksum(mysql_url)
+    result = run_invoke(
+        "restore", "--env", "staging", "--backup", str(forged), "--foreign", "--yes", env=env
+    )
+    assert result.returncode != 0
+    assert f"naming the database `{database}`" in result.stderr
+    assert "was not touched" in result.stderr
+    assert checksum(mysql_url) == before
+    assert "planted" not in tables(mysql_url) and "order_items" in tables(mysql_url)
+    assert not [name for name in _databases(mysql_url) if name.startswith("stairway_")]
