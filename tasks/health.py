@@ -391,6 +391,19 @@ def check_mysql_sessions(env: Environment, connection: Any) -> list[StepResult]:
     return results
 
 
+def check_earlier_run(connection: Any) -> StepResult:
+    """MySQL goes on executing a killed runner's statement; nothing may start beside it."""
+    from safe_migrations.mysql import earlier_run
+
+    with timed() as clock:
+        found = earlier_run(connection)
+    if found is None:
+        return StepResult(
+            "earlier_run", True, "no earlier migration still executing", duration=clock.seconds
+        )
+    return StepResult("earlier_run", False, found, duration=clock.seconds)
+
+
 def check_partly_applied(env: Environment, connection: Any) -> StepResult:
     """A revision (or restore) that MySQL left half done blocks until the user resolves it."""
     from safe_migrations.partial import describe, unresolved
@@ -420,6 +433,10 @@ def run_health(
     current: str | None = None
     if results[0].ok:
         with connect(env, role="health") as connection:
+            if env.is_mysql:  # first: the catalog queries below would queue behind it
+                results.append(check_earlier_run(connection))
+                if not results[-1].ok:
+                    return results
             db_size = database_size(env, connection)
             results.append(check_version_table(connection, project))
             current = results[-1].details["current"]

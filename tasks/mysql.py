@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 LOCK_WAIT_TIMEOUT = 1205  # ER_LOCK_WAIT_TIMEOUT: a metadata lock or a row lock not granted
 LOCK_PREFIX = "safe-migrations:"
+# Held by the migration's own session: a killed runner's statement keeps running on the
+# server after its lock connection is gone, and this lock goes only with that session.
+RUN_PREFIX = "safe-migrations-run:"
 # InnoDB refreshes its information_schema copy of the transaction list only when it
 # has not been read for 0.1 s: a faster poll would read a stale list forever.
 TRX_CACHE_SECONDS = 0.25
@@ -71,13 +74,38 @@ def is_lock_timeout(exc: BaseException) -> bool:
     return bool(args) and args[0] == LOCK_WAIT_TIMEOUT
 
 
-def lock_name(database: str) -> str:
+def lock_name(database: str, prefix: str = LOCK_PREFIX) -> str:
     """GET_LOCK names are server-wide and at most 64 characters: prefix plus database,
     or a digest of a long database name."""
-    name = LOCK_PREFIX + database
+    name = prefix + database
     if len(name) <= 64:
         return name
-    return LOCK_PREFIX + hashlib.sha256(database.encode()).hexdigest()[:40]
+    return prefix + hashlib.sha256(database.encode()).hexdigest()[:40]
+
+
+def hold_session(connection: Connection, wait: float) -> None:
+    """Mark the migration's session as the one applying revisions, on the session itself.
+
+    The run lock (``named_lock``) lives on a connection of its own, which a SIGKILL
+    closes at once while the server goes on executing the killed runner's statement on
+    its migration session. That session still holds this lock, so a new runner waits
+    for its statement to end (up to ``wait`` seconds) instead of applying the same
+    revision beside it. Released when the session ends.
+    """
+    from sqlalchemy import text
+
+    database = connection.execute(text("SELECT DATABASE()")).scalar_one()
+    name = lock_name(database, RUN_PREFIX)
+    deadline = time.monotonic() + wait
+    while True:
+        left = max(0.0, deadline - time.monotonic())
+        got = connection.execute(
+            text("SELECT GET_LOCK(:name, :wait)"), {"name": name, "wait": min(left, 1.0)}
+        ).scalar()
+        if got == 1:
+            return
+        if time.monotonic() >= deadline:
+            raise LockHeldError(_still_executing(connection, database, name, wait))
 
 
 @contextmanager
@@ -108,10 +136,49 @@ def named_lock(env: Environment, wait: float) -> Iterator[None]:
                     "or raise migration.lock_wait."
                 )
         try:
+            _earlier_run_ended(connection, database, deadline, wait)
             yield
         finally:
             with suppress(DBAPIError):
                 connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+
+
+def _earlier_run_ended(connection: Connection, database: str, deadline: float, wait: float) -> None:
+    """Wait until no earlier runner's migration session is alive (its statement still
+    executing after the runner was killed), reading the lock only: health's catalog
+    queries would queue behind that statement's metadata lock."""
+    from sqlalchemy import text
+
+    name = lock_name(database, RUN_PREFIX)
+    while connection.execute(text("SELECT IS_USED_LOCK(:name)"), {"name": name}).scalar():
+        if time.monotonic() >= deadline:
+            raise LockHeldError(_still_executing(connection, database, name, wait))
+        time.sleep(TRX_CACHE_SECONDS)
+
+
+def earlier_run(connection: Connection) -> str | None:
+    """The sentence for a killed runner's migration session still executing, else None.
+    A live runner (the run lock held too) is the lock step's to wait for. Reads locks
+    only, so it never queues behind that session's metadata lock."""
+    from sqlalchemy import text
+
+    database = connection.execute(text("SELECT DATABASE()")).scalar_one()
+    name = lock_name(database, RUN_PREFIX)
+    used = text("SELECT IS_USED_LOCK(:name)")
+    if not connection.execute(used, {"name": name}).scalar():
+        return None
+    if connection.execute(used, {"name": lock_name(database)}).scalar():
+        return None  # a runner alive: the lock step names it and waits
+    return _still_executing(connection, database, name, None)
+
+
+def _still_executing(connection: Connection, database: str, name: str, wait: float | None) -> str:
+    waited = f" Waited {wait:g}s;" if wait is not None else ""
+    return (
+        f"Statements of an earlier migration are still executing on database '{database}' "
+        f"({lock_holder(connection, name)}): a killed runner's statement goes on on the "
+        f"server until it ends.{waited} Let it finish (or KILL QUERY it), then run again."
+    )
 
 
 def lock_holder(connection: Connection, name: str) -> str:

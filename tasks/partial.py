@@ -87,6 +87,19 @@ class StatementLog:
         return shorten(self.running) if self.running else None
 
 
+# A DDL statement refused because its object exists already: the table, column, index,
+# foreign key, routine, trigger or event. A revision meeting its own objects was partly
+# applied by an earlier attempt (a killed runner's statement that ran on), not new.
+ALREADY_EXISTS = frozenset({1050, 1060, 1061, 1304, 1359, 1537, 1826})
+
+
+def met_own_objects(log: StatementLog, exc: BaseException) -> bool:
+    """The revision failed on a DDL statement whose object exists already."""
+    orig = getattr(exc, "orig", None)
+    code = next(iter(getattr(orig, "args", ())), None)
+    return code in ALREADY_EXISTS and log.running is not None and commits(log.running)
+
+
 def _table() -> Table:
     from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text
 

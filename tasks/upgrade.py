@@ -34,7 +34,7 @@ from safe_migrations.lockwait import (
     watching,
 )
 from safe_migrations.masking import redact
-from safe_migrations.partial import StatementLog
+from safe_migrations.partial import StatementLog, met_own_objects
 
 Direction = Literal["upgrade", "downgrade"]
 LOCK_NOT_AVAILABLE = "55P03"
@@ -217,6 +217,10 @@ def run_migrations(
                 )
                 pid = session if postgres else None
                 own = session if env.is_mysql else None
+                if env.is_mysql:
+                    from safe_migrations.mysql import hold_session
+
+                    hold_session(connection, settings.lock_wait)
                 if observer is not None:
                     observer.begin(connection, pid)
                 connection.rollback()
@@ -247,7 +251,7 @@ def run_migrations(
                         failed = clock.running()
                         began = time.monotonic() - (time.perf_counter() - clock.mark)
                         started.setdefault(failed.revision, began)
-                        if log is not None and log.committed():
+                        if log is not None and (log.committed() or met_own_objects(log, exc)):
                             raise _partly_applied(
                                 env, failed, direction, log, exc, applied
                             ) from exc
@@ -388,11 +392,16 @@ def _partly_applied(
         details["recorded"] = False
         details["record_error"] = redact(_short(problem), [env.password])
     ran = partial.summary(statements)
+    kept = (
+        f"MySQL commits DDL as it runs, so {len(statements)} statement(s) stay applied and "
+        f"could not be rolled back: {ran}."
+        if statements
+        else "its own objects are already there: an earlier attempt (a killed runner whose "
+        "statements ran on) applied part of it."
+    )
     message = (
         f"Revision {failed.revision} ({failed.message}) failed: {error}. It is partly applied: "
-        f"MySQL commits DDL as it runs, so {len(statements)} statement(s) stay applied and "
-        f"could not be rolled back: {ran}. The version table was not advanced, it is at "
-        f"{version or 'base'}. "
+        f"{kept} The version table was not advanced, it is at {version or 'base'}. "
         + (
             "The next run blocks until you fix the schema by hand and run "
             f"`invoke resolve --env {env.name} --revision {failed.revision} --applied` "

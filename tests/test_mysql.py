@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -476,3 +477,70 @@ def test_a_dump_naming_another_database_is_refused_and_that_database_is_untouche
     assert checksum(mysql_url) == before
     assert "planted" not in tables(mysql_url) and "order_items" in tables(mysql_url)
     assert not [name for name in _databases(mysql_url) if name.startswith("stairway_")]
+
+
+def _statement_running(url: str, like: str, wanted: bool, within: float = 30) -> bool:
+    """Wait until a statement matching ``like`` is (or is no longer) on the processlist."""
+    deadline = time.monotonic() + within
+    with engine(url).connect() as watch:
+        while time.monotonic() < deadline:
+            running = watch.execute(
+                text("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE :p"),
+                {"p": like},
+            ).scalar()
+            if bool(running) == wanted:
+                return True
+            time.sleep(0.1)
+    return False
+
+
+# A statement the server goes on executing after its client died (CPU-bound: SLEEP()
+# and lock waits end early when their client is gone or their lock is wanted).
+LONG_CTAS = (
+    "CREATE TABLE slow AS SELECT COUNT(*) AS n "
+    "FROM seq_1_to_12000 a, seq_1_to_12000 b WHERE a.seq + b.seq > 3"
+)
+
+
+def test_a_killed_runners_statement_still_running_blocks_the_next_run_then_is_partly_applied(
+    mysql_url: str, tmp_path: Path, scratch: ScratchProject
+) -> None:
+    """SIGKILL frees the lock connection at once while the server goes on executing the
+    killed runner's DDL: the next runner must not start the same revision beside it, and
+    once that statement has ended the revision it left behind is partly applied."""
+    import signal
+
+    from helpers import ROOT
+
+    scratch.add(f'op.execute("{LONG_CTAS}")')
+    env = scratch_env(tmp_path, mysql_url, scratch, migration={"lock_wait": 1})
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "invoke"), "migrate", "--env", "staging", "--no-backup"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert _statement_running(mysql_url, "CREATE TABLE slow%", True), "it never started"
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+
+    second = run_invoke("migrate", "--env", "staging", "--no-backup", env=env)
+    assert second.returncode == 3, second.stdout + second.stderr  # health blocks
+    assert "still executing" in second.stderr and "rolled back" not in second.stderr
+    assert version(mysql_url) is None
+    # Past health (skipped), the lock step itself waits for it, then gives up.
+    forced = run_invoke(
+        "migrate", "--env", "staging", "--no-backup", "--skip-health-checks", env=env
+    )
+    assert forced.returncode == 4, forced.stdout + forced.stderr
+    assert "still executing" in forced.stderr and version(mysql_url) is None
+
+    # The killed runner's statement ends on its own, and MySQL commits it.
+    assert _statement_running(mysql_url, "CREATE TABLE slow%", False, within=60)
+    third = run_invoke("migrate", "--env", "staging", "--no-backup", env=env)
+    assert third.returncode == 1, third.stdout + third.stderr
+    assert "partly applied" in third.stderr and "rolled back" not in third.stderr
+    assert "already there" in third.stderr
+    assert reports(tmp_path)[-1]["partly_applied"]["revision"] == "r001"
+    assert run_invoke("health", "--env", "staging", env=env).returncode == 3
