@@ -27,6 +27,7 @@ from safe_migrations.config import Environment
 from safe_migrations.database import sqlite_path
 from safe_migrations.errors import BackupError
 from safe_migrations.files import private_folder
+from safe_migrations.leftovers import claimed, sweep
 
 CHUNK = 1024 * 1024
 
@@ -140,6 +141,8 @@ def size_of(path: Path) -> int:
 
 
 def prepare_folder(folder: Path) -> None:
+    """The folder made private and writable, and what killed runs left in it removed
+    (leftovers.py: half-written dumps, decrypted copies, downloads)."""
     try:
         private_folder(folder)  # made 0700; an existing folder (or symlink) is left as it is
     except OSError as exc:
@@ -152,6 +155,7 @@ def prepare_folder(folder: Path) -> None:
             f"The backup folder {folder} is not writable; fix its permissions "
             "or choose another backup.folder."
         )
+    sweep(folder)
 
 
 class Progress:
@@ -521,27 +525,11 @@ def take_backup(
     encrypted = env.settings.backup.encrypt_to is not None
     target = folder / (backup_name(env, revision, created, fmt) + (".age" if encrypted else ""))
     started = time.perf_counter()
-    stored: Stored | None = None
     try:
-        if env.is_sqlite:
-            if encrypted:
-                stored = backup_sqlite_encrypted(env, target, progress)
-                tables = stored.tables
-            else:
-                tables = backup_sqlite(env, target, progress)
-            verify_started = time.perf_counter()
-        elif env.is_mysql:
-            from safe_migrations import mysqldump
-
-            stored = mysqldump.dump_mysql(env, target, table_count(env), progress)
-            verify_started = time.perf_counter()  # read back inside dump_mysql
-            tables = stored.tables
-        else:
-            stored = dump_postgres(env, target, table_count(env), progress)
-            verify_started = time.perf_counter()
-            tables = stored.tables if stored else verify_postgres(env, target)
-        _restrict(target)
-        digest = stored.sha256 if stored else sha256_of(target)  # custom: hashed on the way
+        with claimed(target):  # a SIGKILL leaves it to the next run's sweep
+            stored, tables, verify_started = _dump_into(env, target, encrypted, progress)
+            _restrict(target)
+            digest = stored.sha256 if stored else sha256_of(target)  # custom: hashed on the way
     except OSError as exc:
         _remove(target)
         raise BackupError(
@@ -570,6 +558,32 @@ def take_backup(
     write_manifest(info, env.masked_url)
     prune_backups(env, keep_path=target, now=created)
     return info
+
+
+def _dump_into(
+    env: Environment, target: Path, encrypted: bool, progress: Progress
+) -> tuple[Stored | None, int, float]:
+    """The engine's dump into ``target``: what was stored (None when hashed afterwards),
+    its table count and when verification began."""
+    stored: Stored | None = None
+    if env.is_sqlite:
+        if encrypted:
+            stored = backup_sqlite_encrypted(env, target, progress)
+            tables = stored.tables
+        else:
+            tables = backup_sqlite(env, target, progress)
+        verify_started = time.perf_counter()
+    elif env.is_mysql:
+        from safe_migrations import mysqldump
+
+        stored = mysqldump.dump_mysql(env, target, table_count(env), progress)
+        verify_started = time.perf_counter()  # read back inside dump_mysql
+        tables = stored.tables
+    else:
+        stored = dump_postgres(env, target, table_count(env), progress)
+        verify_started = time.perf_counter()
+        tables = stored.tables if stored else verify_postgres(env, target)
+    return stored, tables, verify_started
 
 
 TABLE_COUNT_SQL = {

@@ -4,7 +4,8 @@ Backup: ``mariadb-dump`` (or ``mysqldump`` for a MySQL server) with
 ``--single-transaction --routines --triggers --events``, gzip-compressed on the way
 into a new 0600 file, hashed as it is written, then read back: it must decompress
 and end with the dump's completion marker. The password reaches the child through a
-0600 option file passed with ``--defaults-extra-file``, never argv or MYSQL_PWD.
+option file read through a pipe (``--defaults-extra-file=/dev/fd/N``): never argv,
+MYSQL_PWD or a file on disk.
 
 Restore: the dump is replayed on our own connection, statement by statement (no
 ``mariadb`` client, so nothing in a dump runs as a client command), first into a
@@ -20,7 +21,6 @@ import contextlib
 import gzip
 import re
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -60,9 +60,12 @@ def _option_value(value: str) -> str:
 
 
 @contextlib.contextmanager
-def option_file(url: str) -> Iterator[Path]:
-    """[client] host, port, user and password in a 0600 file of a private folder, for
-    ``--defaults-extra-file``; removed afterwards."""
+def option_file(url: str) -> Iterator[tuple[str, int]]:
+    """[client] host, port, user and password for ``--defaults-extra-file``, handed over
+    through a pipe: no file holds the password, so a SIGKILL leaves none behind.
+    Yields the path the child opens (``/dev/fd/N``) and the descriptor to pass it."""
+    import os
+
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
@@ -76,11 +79,17 @@ def option_file(url: str) -> Iterator[Path]:
     ):
         if value:
             lines.append(f"{key}={_option_value(str(value))}")
-    with tempfile.TemporaryDirectory(prefix="safe-migrations-") as folder:  # 0700
-        path = Path(folder) / "client.cnf"
-        path.touch(mode=0o600)
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        yield path
+    content = ("\n".join(lines) + "\n").encode("utf-8")
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, content)  # far below a pipe's buffer: never blocks
+        os.close(write_end)
+        write_end = -1
+        yield f"/dev/fd/{read_end}", read_end
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
 
 
 def dump_program(env: Environment) -> str:
@@ -130,7 +139,7 @@ def dump_mysql(env: Environment, target: Path, tables_total: int, progress: Prog
     errors: list[str] = []
     done = [0]
     try:
-        with option_file(env.url) as options:
+        with option_file(env.url) as (options, descriptor):
             argv = [
                 program,
                 f"--defaults-extra-file={options}",  # must come first
@@ -149,6 +158,7 @@ def dump_mysql(env: Environment, target: Path, tables_total: int, progress: Prog
             process = subprocess.Popen(
                 argv,
                 env=child_environment(),
+                pass_fds=(descriptor,),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

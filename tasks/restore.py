@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import shutil
 import subprocess
 import tempfile
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +43,7 @@ from safe_migrations.config import Environment
 from safe_migrations.database import make_engine, sqlite_path
 from safe_migrations.encryption import SUFFIX
 from safe_migrations.errors import BackupError, ConfigError
+from safe_migrations.leftovers import DECRYPTED_PREFIX, claimed, sweep
 
 
 def find_backup(env: Environment, spec: str, foreign: bool = False) -> dict[str, Any]:
@@ -220,10 +224,16 @@ def readable_archive(env: Environment, backup: dict[str, Any]) -> Iterator[Path]
     from safe_migrations.encryption import decrypt_file, identities
 
     keys = identities()
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".decrypted-") as folder:
-        plain = Path(folder) / path.name[: -len(SUFFIX)]
-        decrypt_file(path, plain, keys)
-        yield plain
+    sweep(path.parent)  # a killed restore's plaintext goes before any new one is made
+    folder = path.parent / f"{DECRYPTED_PREFIX}{uuid.uuid4().hex[:12]}"
+    with claimed(folder):
+        os.mkdir(folder, 0o700)
+        try:
+            plain = folder / path.name[: -len(SUFFIX)]
+            decrypt_file(path, plain, keys)
+            yield plain
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def restore_backup(env: Environment, backup: dict[str, Any]) -> None:

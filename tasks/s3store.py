@@ -239,17 +239,19 @@ def downloaded(env: Environment, backup: dict[str, Any]) -> Iterator[dict[str, A
     name = backup["name"]
     local = env.backup_dir / name
     from safe_migrations.backup import prepare_folder
+    from safe_migrations.leftovers import claimed
 
-    prepare_folder(env.backup_dir)
-    try:
-        store.download(store.key(name), local)
-    except FileExistsError:
-        raise BackupError(
-            f"{local} is in the way of the download; remove it and restore again."
-        ) from None
-    except Exception as exc:
-        raise BackupError(f"Downloading {backup['path']} failed: {exc}") from None
-    try:
-        yield backup | {"path": str(local), "remote": backup["path"]}
-    finally:
-        local.unlink(missing_ok=True)
+    prepare_folder(env.backup_dir)  # sweeps a killed restore's download
+    with claimed(local):
+        try:
+            store.download(store.key(name), local)
+        except FileExistsError:
+            raise BackupError(
+                f"{local} is in the way of the download; remove it and restore again."
+            ) from None
+        except Exception as exc:
+            raise BackupError(f"Downloading {backup['path']} failed: {exc}") from None
+        try:
+            yield backup | {"path": str(local), "remote": backup["path"]}
+        finally:
+            local.unlink(missing_ok=True)

@@ -9,8 +9,9 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,56 @@ def run_invoke(
         timeout=timeout,
         check=False,
     )
+
+
+def start_invoke(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """The real CLI in the background, for a test that signals it midway."""
+    invoke = shutil.which("invoke", path=str(Path(sys.executable).parent)) or "invoke"
+    full_env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)}
+    return subprocess.Popen(
+        [invoke, *args],
+        cwd=ROOT,
+        env=full_env | env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+class HangingTool:
+    """A PATH folder whose ``names`` hang at their first call (until ``release``) and
+    then run the real tool: a point to SIGKILL the runner at."""
+
+    def __init__(self, folder: Path, *names: str) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.flag = folder / "hung"
+        for name in names:
+            real = shutil.which(name)
+            if real is None:
+                continue
+            (folder / name).write_text(
+                "#!/bin/sh\n"
+                f'if [ ! -e "{self.flag}" ]; then echo $$ > "{self.flag}"; sleep 60; fi\n'
+                f'exec "{real}" "$@"\n'
+            )
+            (folder / name).chmod(0o755)
+
+    def path(self) -> str:
+        return f"{self.folder}{os.pathsep}{os.environ['PATH']}"
+
+    def wait_until_hung(self, within: float = 30) -> bool:
+        deadline = time.monotonic() + within
+        while not self.flag.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.1)  # the pid is written
+        return self.flag.exists()
+
+    def release(self) -> None:
+        import signal
+
+        with suppress(ProcessLookupError, ValueError):
+            os.kill(int(self.flag.read_text()), signal.SIGKILL)
 
 
 @contextmanager

@@ -97,3 +97,45 @@ def test_encryption_settings_are_checked_when_loaded(
         make_env(sqlite_url, backup={"encrypt_to": age_key[0], "format": "directory"})
     unset = make_env(sqlite_url, backup={"encrypt_to": "${BACKUP_AGE_RECIPIENT:-}"})
     assert unset.settings.backup.encrypt_to is None
+
+
+def test_a_restore_killed_mid_replay_leaves_its_plaintext_to_the_next_runs_sweep(
+    pg_url: str, tmp_path: Path, age_key: tuple[str, str]
+) -> None:
+    """SIGKILL during the restore of an encrypted backup runs no cleanup: the decrypted
+    copy it was replaying from is removed by the next run that uses the backup folder,
+    and does not stand in the way of the next restore."""
+    import signal
+
+    from helpers import HangingTool, cli_env, run_invoke, start_invoke
+
+    recipient, identity = age_key
+    key_file = tmp_path / "team.key"
+    key_file.write_text(f"{identity}\n")
+    env = cli_env(tmp_path, pg_url, policy={"confirm": "never"}, backup={"encrypt_to": recipient})
+    env["SAFE_MIGRATIONS_AGE_IDENTITY"] = str(key_file)
+    assert run_invoke("migrate", "--env", "staging", "--no-backup", env=env).returncode == 0
+    assert run_invoke("backup", "--env", "staging", env=env).returncode == 0
+    backups = tmp_path / "var" / "backups"
+    kept = sorted(p.name for p in backups.iterdir())
+
+    hanging = HangingTool(tmp_path / "spybin", "pg_restore")
+    process = start_invoke(
+        "restore",
+        "--env",
+        "staging",
+        "--backup",
+        "latest",
+        "--yes",
+        env=env | {"PATH": hanging.path()},
+    )
+    assert hanging.wait_until_hung(), "the restore never started"
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+    hanging.release()
+    left = [p for p in backups.glob(".decrypted-*") if p.is_dir()]
+    assert left and any(f.read_bytes().startswith(b"PGDMP") for f in left[0].iterdir())
+
+    again = run_invoke("restore", "--env", "staging", "--backup", "latest", "--yes", env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert sorted(p.name for p in backups.iterdir()) == kept  # nothing in clear is left

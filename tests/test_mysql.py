@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ScratchProject, cli_env, run_invoke
+from helpers import HangingTool, ScratchProject, cli_env, run_invoke, start_invoke
 from pgcluster import PASSWORD
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
@@ -544,3 +544,39 @@ def test_a_killed_runners_statement_still_running_blocks_the_next_run_then_is_pa
     assert "already there" in third.stderr
     assert reports(tmp_path)[-1]["partly_applied"]["revision"] == "r001"
     assert run_invoke("health", "--env", "staging", env=env).returncode == 3
+
+
+def test_a_backup_killed_mid_dump_leaves_no_password_on_disk_and_the_next_run_removes_its_partial(
+    mysql_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL runs no cleanup: the dump's options reach it through a pipe, so no file
+    ever held the password, and the half-written archive (no manifest) is swept by the
+    next run that uses the backup folder."""
+    import signal
+
+    env = cli_env(tmp_path, mysql_url, policy={"confirm": "never"})
+    assert run_invoke("migrate", "--env", "staging", "--no-backup", env=env).returncode == 0
+    hanging = HangingTool(tmp_path / "spybin", "mariadb-dump", "mysqldump")
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env |= {"PATH": hanging.path(), "TMPDIR": str(temporary)}
+    process = start_invoke("backup", "--env", "staging", env=env)
+    assert hanging.wait_until_hung(), "the dump never started"
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+    hanging.release()
+
+    backups = tmp_path / "var" / "backups"
+    partial = list(backups.glob("*.sql.gz"))
+    assert len(partial) == 1 and not list(backups.glob("*.manifest.json"))
+    for path in [*tmp_path.rglob("*"), *Path("/tmp").glob("safe-migrations-*/*")]:
+        if path.is_file() and not path.is_symlink():
+            content = path.read_bytes()
+            assert b"w'rd" not in content and b"p@ss" not in content, path
+
+    again = run_invoke("backup", "--env", "staging", env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    archives = list(backups.glob("*.sql.gz"))
+    assert partial[0] not in archives and len(archives) == 1
+    assert len(list(backups.glob("*.manifest.json"))) == 1
+    assert not list(backups.glob(".*.inuse"))
