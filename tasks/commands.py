@@ -869,12 +869,12 @@ def fleet_report(
     """Merge the shards' fleet summaries into one; Markdown, JSON or a GitHub issue body."""
     from pathlib import Path
 
-    from safe_migrations import fleet
+    from safe_migrations.fleet_merge import merge_summaries
     from safe_migrations.report import render
 
     environment = _environment(env, need_database=False)  # reads files only: no secrets
     folder = Path(input) if input else environment.report_dir / "fleets"
-    merged = fleet.merge_summaries(environment, folder)
+    merged = merge_summaries(environment, folder)
     if merged is None:
         raise UsageError(
             f"No fleet summary for {environment.name} under {folder}; the shards wrote none "
@@ -882,8 +882,15 @@ def fleet_report(
         )
     if json_:
         _emit(json.dumps(merged, indent=2), output)
-        return
-    _emit(render(merged, "fleet_issue.md.j2" if issue_body else "fleet.md.j2"), output)
+    else:
+        _emit(render(merged, "fleet_issue.md.j2" if issue_body else "fleet.md.j2"), output)
+    if merged["problems"] and not issue_body:  # the issue body's job is to say so
+        problems = merged["problems"]
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise ToolError(
+            f"The shards' summaries do not add up to the fleet run: {problems[0]}{more}. "
+            "The merged summary says so; do not read it as the fleet's outcome."
+        )
 
 
 ns = Collection(

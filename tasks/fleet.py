@@ -444,33 +444,6 @@ def last_summary(env: Environment, operations: tuple[str, ...]) -> dict[str, Any
     return found[0] if found else None
 
 
-def merge_summaries(env: Environment, folder: Path) -> dict[str, Any] | None:
-    """One summary from the shards' (the newest upgrade summary of each shard found under
-    ``folder``, as a workflow downloads them): every member once, the worst exit code."""
-    newest: dict[str, dict[str, Any]] = {}
-    for data in summaries(env, folder.rglob(f"{env.name}-fleet-*.json"), ("upgrade",)):
-        newest.setdefault(str(data.get("shard") or "all"), data)
-    if not newest:
-        return None
-    parts = list(reversed(newest.values()))  # oldest first, as the shards ran
-    merged_members = sorted(
-        (m for part in parts for m in part.get("members", [])), key=lambda m: m["member"]
-    )
-    counts = dict(Counter(member["outcome"] for member in merged_members))
-    return {
-        **parts[0],
-        "shard": None,
-        "shards": sorted(newest),
-        "started_at": min(p["started_at"] for p in parts),
-        "finished_at": max(str(p.get("finished_at")) for p in parts),
-        "duration": max(p.get("duration", 0) for p in parts),
-        "exit_code": worst([int(p.get("exit_code", 1)) for p in parts]),
-        "interrupted": any(p.get("interrupted") for p in parts),
-        "members": merged_members,
-        "counts": counts,
-    }
-
-
 def to_roll_back(env: Environment, candidates: list[Member]) -> list[Member]:
     """Members the newest fleet run changed and that failed with exit code 1 (a member
     whose revision after the run is unknown is included: its own rollback then decides)."""

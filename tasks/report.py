@@ -121,7 +121,9 @@ def jinja_environment(autoescape: bool = False) -> Any:
     environment.filters["md"] = escaping.markdown_inline
     environment.filters["code"] = lambda text: escaping.markdown_code(text).replace("|", "\\|")
     environment.filters["codeblock"] = escaping.markdown_block
-    environment.filters["shell"] = lambda text: shlex.quote(escaping.terminal(str(text)))
+    environment.filters["shell"] = lambda text: shlex.quote(
+        escaping.terminal(str(text)).replace("\n", " ")  # one shell word on one line
+    )
     return environment
 
 

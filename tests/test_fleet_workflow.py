@@ -177,3 +177,32 @@ def test_the_fleet_path_plays_plan_shards_summary_issue_and_rollback(
         assert run.status == "success", run.logs
     assert revision_of(fleet.url(failing)) == "0003"  # only the failed member, undone
     assert all(revision_of(fleet.url(n)) == HEAD for n in fleet.names if n != failing)
+
+
+def test_a_shard_that_wrote_no_summary_fails_the_summary_job_and_opens_the_issue(
+    tmp_path: Path,
+    checkout: Path,  # noqa: F811
+    fake_gh: Path,  # noqa: F811
+) -> None:
+    """Every shard reported success, but shard 2 of 2 left no summary (it died before
+    writing one): the merged summary fails and the issue says which shard is missing."""
+    from helpers import write_environment
+    from test_fleet_merge import shard_summary
+
+    write_environment(checkout / "environments", "tenants", checkout / "var")
+    shard_summary(checkout / "var" / "shards" / "shard-1", "1/2", ["tenant_a", "tenant_b"])
+    context: dict[str, Any] = {
+        "inputs": {"environment": "tenants", "target_revision": "head", "shards": "2"},
+        "github": {"event": {}, "token": "fake-token", "run_id": "4242"},
+        "secrets": {},
+        "vars": {},
+        "needs": {"migrate": {"result": "success"}},
+    }
+    summary = play_job(
+        load(), "summary", context, checkout, runner_env(tmp_path, fake_gh), skip_run=("pip",)
+    )
+    assert summary.status == "failure"
+    assert summary.outcomes["Merged summary"] == "failure"
+    assert summary.outcomes["Open an issue"] == "success"
+    body = (fake_gh / "body.md").read_text()
+    assert "shard 2/2 wrote no summary" in body and "`tenant_a`" not in body.split("|")[0]

@@ -244,3 +244,34 @@ def test_terminal_never_gets_escape_sequences_from_a_message(
         confirm(env, text, ask=lambda prompt: shown.append(prompt) or "no", say=shown.append)
     assert "\x1b" not in "".join(shown) and "\r" not in "".join(shown)
     assert "innocent" in "".join(shown)
+
+
+def test_every_field_a_report_file_carries_is_escaped_in_the_issue_and_the_shell_quoted(
+    sqlite_url: str, scratch: ScratchProject, make_env: Callable[..., Environment]
+) -> None:
+    """A forged report file (environment, operation, started_at, step names, exit code):
+    nothing renders as HTML, a heading or a mention, and the recovery commands hold the
+    environment as one quoted shell word."""
+    import shlex
+
+    env = make_env(sqlite_url)
+    scratch.add("pass")
+    scratch.add("raise RuntimeError('boom')")
+    with pytest.raises(MigrationError):
+        migrate(env, RunOptions(yes=True), scratch.project(), QUIET)
+    data = find_report(env, None)
+    forged = "x; rm -rf ~ #\n## Injected <img src=x> @octocat"
+    data |= {"environment": forged, "operation": HOSTILE, "started_at": HOSTILE}
+    data["exit_code"] = HOSTILE
+    data["post_revision"], data["pre_revision"] = "r001", None
+    data["steps"] = [dict(step, name=HOSTILE, ok=False) for step in data["steps"]]
+    markdown = show(data, "issue", [])
+    headings, html, text = _rendered(markdown)
+    assert headings[1:] == ["What failed", "Error", "How to recover"], headings
+    assert html == [] and "@octocat" not in text
+    data["pre_revision"] = "base-ish"
+    block = show(data, "issue", []).split("```bash\n", 1)[1].split("```", 1)[0]
+    for line in block.splitlines():
+        if line.startswith("invoke "):
+            words = shlex.split(line)
+            assert words[words.index("--env") + 1] == forged.replace("\n", " ")
