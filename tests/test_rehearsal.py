@@ -482,3 +482,81 @@ def test_a_lock_held_through_a_slow_commit_belongs_to_its_own_revision(
     }
     assert (locks["r003"][("t", "ACCESS EXCLUSIVE")] or 0) >= 300
     assert ("t", "ACCESS EXCLUSIVE") not in locks["r004"]
+
+
+def test_a_forged_proof_does_not_count(
+    small_env: Callable[..., tuple[Environment, ScratchProject]],
+    role_url: str,
+    pg_admin_url: str,
+    pg_url: str,
+) -> None:
+    """A row dated in the future, a row inserted by hand, and a proof table made first by
+    a role with only CREATE on the database: none lets `migrate` through."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy.engine import make_url
+
+    from safe_migrations.proof import _table, record_proof, require_rehearsal, scripts_digest
+    from safe_migrations.upgrade import plan
+
+    env, scratch = small_env(policy={"require_rehearsal_hours": 2})
+    scratch.add('op.add_column("t", sa.Column("n", sa.Integer))')
+    project = scratch.project()
+    path = plan(project, "r001", "r002", "upgrade")
+    digest = scripts_digest(project, path)
+
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    assert record_proof(env, "r001", "r002", digest, True, "future.json", now=tomorrow) is None
+    with pytest.raises(BlockedError, match="in the future"):
+        require_rehearsal(env, project, "r001", "r002", path)
+    assert record_proof(env, "r001", "r002", digest, False, "failed.json") is None
+    with pytest.raises(BlockedError, match="failed"):  # the newest written, not the latest date
+        require_rehearsal(env, project, "r001", "r002", path)
+
+    table = _table(env)
+    engine = create_engine(pg_url, poolclass=NullPool)
+    with engine.begin() as connection:
+        connection.execute(
+            table.insert().values(
+                finished_at=datetime.now(UTC),
+                environment=env.name,
+                from_revision="r001",
+                to_revision="r002",
+                scripts_sha256=digest,
+                passed=True,
+                report="by-hand.json",
+                signature="0" * 64,
+            )
+        )
+    with pytest.raises(BlockedError, match="not signed with this machine's proof key"):
+        require_rehearsal(env, project, "r001", "r002", path)
+
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA safe_migrations CASCADE"))
+    engine.dispose()
+    intruder = make_url(role_url).username
+    admin = create_engine(pg_admin_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        database = make_url(pg_url).database
+        connection.execute(text(f'GRANT CREATE ON DATABASE "{database}" TO {intruder}'))
+    admin.dispose()
+    forger = create_engine(role_url, poolclass=NullPool)
+    with forger.begin() as connection:  # only CREATE on the database: makes the table first
+        connection.execute(text("CREATE SCHEMA safe_migrations"))
+        table.create(connection)
+        connection.execute(
+            table.insert().values(
+                finished_at=datetime.now(UTC),
+                environment=env.name,
+                from_revision="r001",
+                to_revision="r002",
+                scripts_sha256=digest,
+                passed=True,
+                report="forged.json",
+            )
+        )
+    forger.dispose()
+    with pytest.raises(BlockedError, match=f"belongs to role {intruder}"):
+        require_rehearsal(env, project, "r001", "r002", path)
+    why = record_proof(env, "r001", "r002", digest, True, "real.json")
+    assert why is not None and f"belongs to role {intruder}" in why
