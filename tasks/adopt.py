@@ -98,15 +98,28 @@ def template_of(text: str) -> str:
     return "unknown"
 
 
-def adapted_env_py(text: str) -> str:
-    """env.py with the cookbook block first in ``run_migrations_online``."""
+def adapted_env_py(text: str, path: Path = Path("env.py")) -> str | None:
+    """env.py with the cookbook block first in ``run_migrations_online``; None when it
+    has no such function. ConfigError when it is not valid Python."""
     kind = template_of(text)
     block = ASYNC_BLOCK if kind == "async" else SYNC_BLOCK
+    try:
+        tree = ast.parse(text)
+    except SyntaxError as exc:
+        raise ConfigError(
+            f"{path} is not valid Python (line {exc.lineno}: {exc.msg}); fix it so that "
+            "`alembic upgrade` runs, then run `safe-migrations init` again. Nothing was written."
+        ) from None
     function = next(
-        node
-        for node in ast.parse(text).body
-        if isinstance(node, ast.FunctionDef) and node.name == "run_migrations_online"
+        (
+            node
+            for node in tree.body
+            if isinstance(node, ast.FunctionDef) and node.name == "run_migrations_online"
+        ),
+        None,
     )
+    if function is None:
+        return None
     first = function.body[0]
     is_docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
     after = (first.end_lineno or first.lineno) if is_docstring else first.lineno - 1
@@ -160,8 +173,15 @@ def planned(root: Path) -> tuple[list[Change], list[str], int]:
             f"{env_py} follows Alembic's multidb template, which migrates several "
             "databases in one run; safe-migrations runs one database per environment."
         )
-    if kind in ("generic", "async"):
-        changes.append(Change(env_py, adapted_env_py(text), "takes the connection it is handed"))
+    adapted = adapted_env_py(text, env_py) if kind in ("generic", "async") else None
+    if adapted is not None:
+        changes.append(Change(env_py, adapted, "takes the connection it is handed"))
+    elif kind in ("generic", "async"):
+        notes.append(
+            f"{env_py} has no run_migrations_online() function, so it was not edited. Define "
+            "it (as `alembic init` does) and start it with:\n" + SYNC_BLOCK
+        )
+        code = 1
     elif kind == "unknown":
         notes.append(
             f"{env_py} matches none of the templates safe-migrations knows, so it was not "
@@ -171,9 +191,31 @@ def planned(root: Path) -> tuple[list[Change], list[str], int]:
     return changes, notes, code
 
 
+def inside_project(root: Path, path: Path) -> None:
+    """RefusedError unless ``path`` stays inside ``root`` with no symlink on the way: init
+    writes only the project's own files, never through a link to somewhere else."""
+    base = root.resolve()
+    current = path
+    while current != root and current != current.parent:
+        if current.is_symlink():
+            raise RefusedError(
+                f"{current} is a symbolic link (to {current.readlink()}); safe-migrations init "
+                "never writes through a link. Replace it with a real file or folder, or move "
+                "it aside, and run init again. Nothing was written."
+            )
+        current = current.parent
+    resolved = path.resolve()
+    if resolved != base and base not in resolved.parents:
+        raise RefusedError(
+            f"{path} resolves to {resolved}, outside the project {base}; nothing was written."
+        )
+
+
 def init(root: Path, force: bool = False, say: Callable[[str], None] = print) -> int:
     """Write the planned files (existing ones only with ``force``), showing each diff."""
     changes, notes, code = planned(root)
+    for change in changes:  # every path checked before the first file is written
+        inside_project(root, change.path)
     for change in changes:
         old = change.path.read_text(encoding="utf-8") if change.path.exists() else ""
         if old == change.text:

@@ -460,6 +460,7 @@ def _encryption(settings: EnvironmentFile, environ: dict[str, str], path: Path) 
 
 
 MAX_YAML_NODES = 10_000  # an environment file has about a hundred
+MAX_YAML_DEPTH = 32  # an environment file nests three or four levels
 
 
 def read_yaml(path: Path) -> Any:
@@ -471,6 +472,17 @@ def read_yaml(path: Path) -> Any:
     import yaml
 
     text = path.read_text(encoding="utf-8")
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):  # iterative: no recursion yet
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise ConfigError(
+                    f"{_relative(path)} nests its settings more than {MAX_YAML_DEPTH} levels "
+                    f"deep (line {event.start_mark.line + 1}); an environment file needs a few."
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
     node = yaml.compose(text, Loader=yaml.SafeLoader)
     if node is not None and _expanded_size(node, {}) > MAX_YAML_NODES:
         raise ConfigError(

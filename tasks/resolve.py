@@ -27,7 +27,12 @@ def resolve(env: Environment, project: Project, revision: str, applied: bool) ->
             f"{env.name} is not a MySQL or MariaDB database; only those leave a revision partly "
             "applied (PostgreSQL and SQLite roll a failed revision back whole)."
         )
-    script = project.scripts().get_revision(revision) if revision else None
+    from alembic.util import CommandError
+
+    try:
+        script = project.scripts().get_revision(revision) if revision else None
+    except CommandError:  # unknown, or an ambiguous prefix
+        script = None
     if script is None:
         raise ConfigError(f"Revision {revision!r} is not in the scripts; pass the revision id.")
     user = current_user()

@@ -304,3 +304,64 @@ def test_readme_adopt_commands_install_this_package_and_init_works_as_written(
     )
     assert adopted.returncode == 0, adopted.stdout + adopted.stderr
     assert (project / "tasks.py").is_file() and (project / "environments" / "local.yml").is_file()
+
+
+def _plain_project(tmp_path: Path, bin_dir: Path, name: str) -> tuple[Path, dict[str, str]]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "MIGRATE_"))}
+    project = tmp_path / name
+    project.mkdir()
+    made = run(project, str(bin_dir / "alembic"), "init", "migrations", env=base)
+    assert made.returncode == 0, made.stderr
+    return project, base
+
+
+def test_init_says_in_one_sentence_what_is_wrong_with_env_py(tmp_path: Path, bin_dir: Path) -> None:
+    broken, base = _plain_project(tmp_path, bin_dir, "broken")
+    env_py = broken / "migrations" / "env.py"
+    env_py.write_text(env_py.read_text() + "\ndef oops(:\n")
+    refused = run(broken, str(bin_dir / "safe-migrations"), "init", env=base)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "is not valid Python (line" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (broken / "tasks.py").exists()
+
+    offline, _ = _plain_project(tmp_path, bin_dir, "offline")
+    env_py = offline / "migrations" / "env.py"
+    text = env_py.read_text().replace("def run_migrations_online", "def run_online")
+    text = text.replace("    run_migrations_online()", "    run_online()")
+    env_py.write_text(text)
+    noted = run(offline, str(bin_dir / "safe-migrations"), "init", env=base)
+    assert noted.returncode == 1 and "Traceback" not in noted.stderr
+    assert "has no run_migrations_online() function" in noted.stdout
+    assert env_py.read_text() == text
+
+
+@pytest.mark.parametrize("link", ["environments", "tasks.py", "env.py", "forced"])
+def test_init_never_writes_through_a_symlink_or_outside_the_project(
+    tmp_path: Path, bin_dir: Path, link: str
+) -> None:
+    project, base = _plain_project(tmp_path, bin_dir, "service")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    victim = outside / "victim.py"
+    victim.write_text("precious\n")
+    argv = [str(bin_dir / "safe-migrations"), "init"]
+    if link == "environments":
+        (project / "environments").symlink_to(outside, target_is_directory=True)
+    elif link == "tasks.py":
+        (project / "tasks.py").symlink_to(outside / "planted.py")  # dangling
+    elif link == "env.py":
+        env_py = project / "migrations" / "env.py"
+        victim.write_text(env_py.read_text())
+        env_py.unlink()
+        env_py.symlink_to(victim)
+    else:
+        (project / "tasks.py").symlink_to(victim)
+        (project / "environments").mkdir()
+        (project / "environments" / "local.yml").symlink_to(victim)
+        argv.append("--force")
+    before = victim.read_text()
+    refused = run(project, *argv, env=base)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "symbolic link" in refused.stderr and "Traceback" not in refused.stderr
+    assert victim.read_text() == before
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.py"]

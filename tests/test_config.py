@@ -143,6 +143,26 @@ def test_alias_bomb_is_refused_quickly_in_one_sentence(tmp_path: Path) -> None:
     assert len(refused.value.message) < 300
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "database: " + "[" * 3000 + "]" * 3000 + "\n",
+        "database:\n"
+        + "".join("  " * i + f"a{i}:\n" for i in range(1, 1500))
+        + "  " * 1500
+        + "x: 1\n",
+    ],
+    ids=["flow", "block"],
+)
+def test_a_deeply_nested_file_is_refused_in_one_sentence_not_a_recursion_error(
+    tmp_path: Path, text: str
+) -> None:
+    folder = write_file(tmp_path, "deep", text.encode())
+    with pytest.raises(ConfigError, match="nests its settings more than 32 levels") as refused:
+        load_environment("deep", environ={}, directory=folder)
+    assert len(refused.value.message) < 300
+
+
 def test_a_few_aliases_still_work(tmp_path: Path) -> None:
     text = b"database: &db {url: 'sqlite:///x.db', connect_timeout: 3}\nreports: {folder: var/r}\n"
     folder = write_file(tmp_path, "fine", text)

@@ -173,6 +173,9 @@ def test_a_revision_failing_after_its_first_ddl_is_partly_applied_and_blocks_unt
     # The user finishes the revision by hand, then says so.
     with engine(mysql_url).begin() as connection:
         connection.execute(text("CREATE TABLE no_such_table (id INT PRIMARY KEY, x INT)"))
+    unknown = run_invoke("resolve", "--env", "staging", "--revision", "zzz", "--applied", env=env)
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+    assert "Revision 'zzz' is not in the scripts" in unknown.stderr
     wrong = run_invoke("resolve", "--env", "staging", "--revision", "r001", "--applied", env=env)
     assert wrong.returncode == 2 and "on record: r002" in wrong.stderr
     resolved = run_invoke("resolve", "--env", "staging", "--revision", "r002", "--applied", env=env)
