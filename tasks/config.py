@@ -479,7 +479,7 @@ def read_yaml(path: Path) -> Any:
             if depth > MAX_YAML_DEPTH:
                 raise ConfigError(
                     f"{_relative(path)} nests its settings more than {MAX_YAML_DEPTH} levels "
-                    f"deep (line {event.start_mark.line + 1}); an environment file needs a few."
+                    f"deep{_line(event.start_mark)}; an environment file needs a few."
                 )
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
@@ -490,6 +490,10 @@ def read_yaml(path: Path) -> Any:
             "values; write the settings out instead of nesting aliases."
         )
     return yaml.safe_load(text)
+
+
+def _line(mark: Any) -> str:
+    return f" (line {mark.line + 1})" if mark is not None else ""
 
 
 def _expanded_size(node: Any, sizes: dict[int, int]) -> int:

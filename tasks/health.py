@@ -338,7 +338,7 @@ def _blockers_result(sessions: list[dict[str, Any]], seconds: float) -> StepResu
 def check_mysql_sessions(env: Environment, connection: Any) -> list[StepResult]:
     """Long transactions (InnoDB) and, where performance_schema records them, metadata-lock
     holders: either makes DDL wait, and traffic queue behind that DDL."""
-    from safe_migrations.mysql import blocking_sessions
+    from safe_migrations.mysql import PROCESS_GRANT, blocking_sessions
 
     age = env.settings.health.max_transaction_age
     with timed() as clock:
@@ -375,6 +375,16 @@ def check_mysql_sessions(env: Environment, connection: Any) -> list[StepResult]:
                 duration=clock.seconds,
                 details=found,
             )
+        )
+    if not found["transactions_visible"]:
+        results[0] = StepResult(
+            "blocking_sessions",
+            True,
+            "open transactions cannot be seen: the role lacks the PROCESS privilege, so a "
+            "long transaction that would make DDL wait goes unnoticed here; the migration's "
+            f"lock_wait_timeout still bounds the wait ({PROCESS_GRANT})",
+            duration=clock.seconds,
+            severity="warning",
         )
     if not found["metadata_locks_visible"]:
         results.append(

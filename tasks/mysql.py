@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from safe_migrations.lockwait import Holder
 
 LOCK_WAIT_TIMEOUT = 1205  # ER_LOCK_WAIT_TIMEOUT: a metadata lock or a row lock not granted
+SPECIFIC_ACCESS_DENIED = 1227  # the global PROCESS privilege, for innodb_trx
+PROCESS_GRANT = (
+    "GRANT PROCESS ON *.* TO the migration role shows them (a global privilege; it reveals "
+    "no data, only who is connected and what runs)"
+)
 LOCK_PREFIX = "safe-migrations:"
 # Held by the migration's own session: a killed runner's statement keeps running on the
 # server after its lock connection is gone, and this lock goes only with that session.
@@ -233,14 +238,36 @@ WHERE m.OBJECT_SCHEMA = DATABASE() AND m.OBJECT_TYPE = 'TABLE'
 """
 
 
-def blocking_sessions(connection: Connection, max_age: float) -> dict[str, Any]:
-    """Transactions older than ``max_age`` and, where performance_schema records them,
-    metadata-lock holders on this database's tables; ``metadata_locks_visible`` says
-    whether the server let us see those."""
+def denied_process(exc: BaseException) -> bool:
+    """The server refused ``innodb_trx`` to a role without the PROCESS privilege."""
+    args = tuple(getattr(getattr(exc, "orig", None), "args", ()))
+    return bool(args) and args[0] == SPECIFIC_ACCESS_DENIED
+
+
+def open_transactions(connection: Connection) -> list[Any] | None:
+    """The server's open InnoDB transactions, oldest first; None when the role may not
+    see them (no PROCESS privilege)."""
     from sqlalchemy import text
     from sqlalchemy.exc import DBAPIError
 
-    rows = connection.execute(text(LONG_TRANSACTIONS_SQL)).mappings().all()
+    try:
+        return list(connection.execute(text(LONG_TRANSACTIONS_SQL)).mappings().all())
+    except DBAPIError as exc:
+        if not denied_process(exc):
+            raise
+        connection.rollback()
+        return None
+
+
+def blocking_sessions(connection: Connection, max_age: float) -> dict[str, Any]:
+    """Transactions older than ``max_age`` and, where performance_schema records them,
+    metadata-lock holders on this database's tables; ``transactions_visible`` and
+    ``metadata_locks_visible`` say whether the server let us see those."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    found = open_transactions(connection)
+    rows = found or []
     old = [
         {
             "pid": r["id"],
@@ -258,22 +285,26 @@ def blocking_sessions(connection: Connection, max_age: float) -> dict[str, Any]:
     with suppress(DBAPIError):
         enabled = connection.execute(text("SELECT @@performance_schema")).scalar()
         if enabled:
-            found = connection.execute(text(METADATA_LOCKS_SQL)).fetchall()
-            holders = [{"pid": r[0], "table": r[1], "lock": r[2]} for r in found]
+            locks = connection.execute(text(METADATA_LOCKS_SQL)).fetchall()
+            holders = [{"pid": r[0], "table": r[1], "lock": r[2]} for r in locks]
             visible = True
-    return {"transactions": old, "metadata_locks": holders, "metadata_locks_visible": visible}
+    return {
+        "transactions": old,
+        "transactions_visible": found is not None,
+        "metadata_locks": holders,
+        "metadata_locks_visible": visible,
+    }
 
 
 def transaction_holders(env: Environment) -> list[Holder]:
     """After a metadata-lock timeout: the open transactions on the server, oldest first
     (MySQL names no blocker of a metadata-lock wait without performance_schema)."""
-    from sqlalchemy import text
 
     from safe_migrations.database import connect
     from safe_migrations.lockwait import Holder
 
     with connect(env, role="watch", autocommit=True) as connection:
-        rows = connection.execute(text(LONG_TRANSACTIONS_SQL)).mappings().all()
+        rows = open_transactions(connection) or []  # unseen without PROCESS: none named
     return [
         Holder(
             pid=int(r["id"]),
@@ -293,18 +324,15 @@ def wait_until_gone(env: Environment, pids: set[int], deadline: float) -> bool:
     """Poll ``innodb_trx`` (which enqueues nothing), slower than its cache refreshes, until
     none of ``pids`` has a transaction open, or the deadline (``time.monotonic()``) passes.
     True when gone."""
-    from sqlalchemy import text
 
     from safe_migrations.database import connect
 
     with connect(env, role="watch", autocommit=True) as connection:
         while True:
-            open_now = {
-                int(r[0])
-                for r in connection.execute(
-                    text("SELECT trx_mysql_thread_id FROM information_schema.innodb_trx")
-                )
-            }
+            rows = open_transactions(connection)
+            if rows is None:  # not visible: the caller's lock-timeout retry paces itself
+                return False
+            open_now = {int(r["id"]) for r in rows}
             if not pids & open_now:
                 return True
             if time.monotonic() >= deadline:

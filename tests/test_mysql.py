@@ -583,3 +583,34 @@ def test_a_backup_killed_mid_dump_leaves_no_password_on_disk_and_the_next_run_re
     assert partial[0] not in archives and len(archives) == 1
     assert len(list(backups.glob("*.manifest.json"))) == 1
     assert not list(backups.glob(".*.inuse"))
+
+
+def test_a_role_without_the_process_privilege_gets_a_warning_naming_the_grant_not_a_failure(
+    mysql_url: str, mysql_admin: str, tmp_path: Path
+) -> None:
+    """innodb_trx needs the global PROCESS privilege, which a migration role often lacks:
+    health warns and names the grant, and the migration (its lock-timeout retry too) runs."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    database = make_url(mysql_url).database
+    user = f"noproc_{uuid.uuid4().hex[:8]}"
+    with engine(mysql_admin).begin() as connection:
+        connection.execute(text(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw-{user}'"))
+        connection.execute(text(f"GRANT ALL PRIVILEGES ON `{database}`.* TO '{user}'@'%'"))
+    try:
+        url = make_url(mysql_url).set(username=user, password=f"pw-{user}")
+        role = url.render_as_string(hide_password=False)
+        with engine(role).connect() as connection, pytest.raises(Exception, match="PROCESS"):
+            connection.execute(text("SELECT * FROM information_schema.innodb_trx"))
+        env = cli_env(tmp_path, role, policy={"confirm": "never"})
+        health = run_invoke("health", "--env", "staging", env=env)
+        assert health.returncode == 0, health.stdout + health.stderr
+        assert "lacks the PROCESS privilege" in health.stdout and "GRANT PROCESS" in health.stdout
+        migrated = run_invoke("migrate", "--env", "staging", "--no-backup", env=env)
+        assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+        assert version(mysql_url) == "0007"
+    finally:
+        with engine(mysql_admin).begin() as connection:
+            connection.execute(text(f"DROP USER IF EXISTS '{user}'@'%'"))
