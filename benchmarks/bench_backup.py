@@ -113,21 +113,23 @@ def mariadb_case(scale: int, runs: int, work: Path) -> dict:
         engine.dispose()
         database = url.rsplit("/", 1)[1]
         target = work / "raw.sql.gz"
-        with option_file(url) as options:
-            dump = (
-                f"{which('mariadb-dump')} --defaults-extra-file={options} --single-transaction "
-                f"--routines --triggers --events --hex-blob --no-tablespaces {database} "
-                f"| gzip -6 > {target}"
-            )
-            for run in range(runs):
-                for side in ("ours", "raw") if run % 2 == 0 else ("raw", "ours"):
-                    if side == "raw":
-                        raw.append(timed_run(["sh", "-c", dump], dict(os.environ)))
-                        target.unlink()
-                        continue
-                    env = os.environ | {"DATABASE_URL": url, "MIGRATE_ENVIRONMENTS_DIR": str(envs)}
-                    ours.append(timed_run(invoke("backup", "--env", "bench"), env))
-                    shutil.rmtree(envs.parent / "backups")
+        for run in range(runs):
+            for side in ("ours", "raw") if run % 2 == 0 else ("raw", "ours"):
+                if side == "raw":
+                    with option_file(url) as (options, descriptor):  # a pipe: read once
+                        dump = (
+                            f"{which('mariadb-dump')} --defaults-extra-file={options} "
+                            "--single-transaction --routines --triggers --events --hex-blob "
+                            f"--no-tablespaces {database} | gzip -6 > {target}"
+                        )
+                        raw.append(
+                            timed_run(["sh", "-c", dump], dict(os.environ), pass_fds=(descriptor,))
+                        )
+                    target.unlink()
+                    continue
+                env = os.environ | {"DATABASE_URL": url, "MIGRATE_ENVIRONMENTS_DIR": str(envs)}
+                ours.append(timed_run(invoke("backup", "--env", "bench"), env))
+                shutil.rmtree(envs.parent / "backups")
         drop_database(admin, url)
     ratio = median(ours) / median(raw)
     print(

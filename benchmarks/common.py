@@ -104,10 +104,14 @@ def libpq_env(url: str) -> dict[str, str]:
     return pg_environment(url)
 
 
-def timed_run(argv: list[str], env: dict[str, str], cwd: Path = ROOT) -> float:
+def timed_run(
+    argv: list[str], env: dict[str, str], cwd: Path = ROOT, pass_fds: tuple[int, ...] = ()
+) -> float:
     """Wall time of one command; a failure stops the benchmark with its output."""
     started = time.perf_counter()
-    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        argv, env=env, cwd=cwd, capture_output=True, text=True, check=False, pass_fds=pass_fds
+    )
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"{' '.join(argv[:3])} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")

@@ -184,6 +184,14 @@ def _fleet(
         shard or None,
         reports=reports,
     )
+    for run in summary.orphaned:
+        _print(
+            f"warning: an earlier fleet {run['operation']} (pid {run['pid']}, started "
+            f"{run['started_at']}) was killed before writing its summary; its members were "
+            f"stopped with it: {', '.join(run['members'][:10])}"
+            + (" ..." if len(run["members"]) > 10 else "")
+            + ". Their own reports say where each stands."
+        )
     path = fleet.write_summary(environment, summary, found) if reports else None
     secrets = [environment.password, *(url_password(m.url) for m in found)]
     if json_:

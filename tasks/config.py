@@ -155,7 +155,8 @@ class DiscoverSettings:
     """Every database on a server whose name matches ``like`` (SQL LIKE), templates excluded."""
 
     server: str = setting(min_length=1)
-    like: str = setting("%", min_length=1)
+    # Required: a default of '%' would take in every database on the server.
+    like: str = setting(min_length=1)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ from safe_migrations.errors import (
     UsageError,
     first_line,
 )
+from safe_migrations.files import write_atomic
+from safe_migrations.leftovers import claimed
 from safe_migrations.masking import redact, url_password
 
 SUMMARY_SCHEMA_VERSION = 1
@@ -67,6 +69,19 @@ def members(env: Environment, environ: dict[str, str] | None = None) -> list[Mem
     return [Member(name, url) for name, url in sorted(found.items())]
 
 
+MAINTENANCE_DATABASES = frozenset(
+    {
+        "postgres",
+        "template0",
+        "template1",
+        "rdsadmin",
+        "azure_maintenance",
+        "azure_sys",
+        "cloudsqladmin",
+    }
+)
+
+
 def discover(env: Environment, server: str, like: str) -> list[str]:
     """Databases on ``server`` whose name matches ``like``, templates and databases that
     refuse connections excluded; names that cannot be a member's are refused by name."""
@@ -78,7 +93,9 @@ def discover(env: Environment, server: str, like: str) -> list[str]:
             "AND datname LIKE %(like)s ORDER BY datname",
             {"like": like},
         ).scalars()
-        found = list(names)
+        # The server's own databases and the tool's temporary copies are never members.
+        ours = (env.settings.check.scratch_prefix, env.settings.rehearsal.prefix)
+        found = [n for n in names if n not in MAINTENANCE_DATABASES and not n.startswith(ours)]
     bad = [n for n in found if not MEMBER_NAME.match(n)]
     if bad:
         raise ConfigError(
@@ -116,7 +133,14 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def select(found: list[Member], only: str = "", exclude: str = "", shard: str = "") -> list[Member]:
-    """--only / --exclude (comma-separated shell-style patterns) and --shard I/K."""
+    """--only / --exclude (comma-separated shell-style patterns) and --shard I/K. A choice
+    of no member is refused (exit 2), except a shard that happens to be empty: another
+    shard of the same split has its members."""
+    if not found:
+        raise UsageError(
+            "No member matched: the fleet has no database (check fleet.databases and "
+            "fleet.discover)."
+        )
     chosen = found
     if only:
         patterns = [p.strip() for p in only.split(",") if p.strip()]
@@ -130,6 +154,11 @@ def select(found: list[Member], only: str = "", exclude: str = "", shard: str = 
     if exclude:
         patterns = [p.strip() for p in exclude.split(",") if p.strip()]
         chosen = [m for m in chosen if not any(fnmatch.fnmatchcase(m.name, p) for p in patterns)]
+    if not chosen:
+        raise UsageError(
+            f"No member matched: --exclude {exclude!r} leaves none of the fleet's "
+            f"{len(found)} member(s); `invoke status` lists them."
+        )
     if shard:
         index, total = parse_shard(shard)
         chosen = [m for m in chosen if shard_of(m.name, total) == index]
@@ -185,6 +214,7 @@ class FleetSummary:
     interrupted: bool = False
     members: list[MemberResult] = field(default_factory=list)
     schema_version: int = SUMMARY_SCHEMA_VERSION
+    orphaned: list[dict[str, Any]] = field(default_factory=list)  # killed runs found at start
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(result.outcome for result in self.members))
@@ -198,7 +228,23 @@ class FleetSummary:
 Work = Callable[[Environment], dict[str, Any]]
 
 
-def _child(env: Environment, work: Work, reports: bool, sender: Connection, log: Path) -> None:
+def _die_with(parent: int) -> None:
+    """SIGTERM this member when the runner dies, however it dies (Linux's
+    PR_SET_PDEATHSIG): a SIGKILLed fleet never leaves members migrating on their own."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: members finish on their own
+        return
+    if os.getppid() != parent:  # the runner died before the prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _child(
+    env: Environment, work: Work, reports: bool, sender: Connection, log: Path, parent: int
+) -> None:
     """One member, in its own process: its output to its log, its outcome to the parent."""
     from safe_migrations import database
 
@@ -214,6 +260,7 @@ def _child(env: Environment, work: Work, reports: bool, sender: Connection, log:
 
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, interrupt)
+    _die_with(parent)
     database._ENGINES.clear()  # engines are per process; none is shared across a fork
     code, message, details = EXIT_OK, "", {}
     try:
@@ -305,35 +352,60 @@ def run_fleet(
                 os.kill(process.pid, signal.SIGTERM)
 
     warm(env)
+    parent = os.getpid()
+    summary.orphaned = killed_runs(env)
+    record = logs.parent / f".run-{operation}-{stamp}-{parent}.json"
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     started = time.perf_counter()
-    try:
-        while running or (waiting and not stopping[0]):
-            while waiting and len(running) < jobs and not stopping[0]:
-                member = waiting.pop(0)
-                log = logs / f"{env.name}.{member.name}-{operation}-{stamp}.log"
-                receiver, sender = context.Pipe(duplex=False)
-                process = context.Process(
-                    target=_child,
-                    args=(member_environment(env, member), work, reports, sender, log),
-                )
-                process.start()
-                sender.close()
-                running[process.sentinel] = (member, process, receiver, time.perf_counter(), log)
-            failed = sum(r.exit_code not in (0, None) for r in results.values())
-            progress.show(len(results), len(running), failed, len(waiting))
-            for sentinel in wait(list(running), timeout=0.5):
-                member, process, receiver, began, log = running.pop(int(sentinel))  # type: ignore[arg-type]
-                process.join()
-                result = _collect(member, process.exitcode, receiver, time.perf_counter() - began)
-                result.log = str(log)
-                results[member.name] = result
-                if result.exit_code != EXIT_OK and not keep_going:
-                    stopping[0] = True
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        progress.end()
+    with claimed(record):  # a SIGKILL leaves it for the next run to report
+        write_atomic(
+            record,
+            json.dumps(
+                {
+                    "operation": operation,
+                    "shard": shard,
+                    "started_at": summary.started_at,
+                    "pid": parent,
+                    "members": [m.name for m in chosen],
+                }
+            ),
+        )
+        try:
+            while running or (waiting and not stopping[0]):
+                while waiting and len(running) < jobs and not stopping[0]:
+                    member = waiting.pop(0)
+                    log = logs / f"{env.name}.{member.name}-{operation}-{stamp}.log"
+                    receiver, sender = context.Pipe(duplex=False)
+                    process = context.Process(
+                        target=_child,
+                        args=(member_environment(env, member), work, reports, sender, log, parent),
+                    )
+                    process.start()
+                    sender.close()
+                    running[process.sentinel] = (
+                        member,
+                        process,
+                        receiver,
+                        time.perf_counter(),
+                        log,
+                    )
+                failed = sum(r.exit_code not in (0, None) for r in results.values())
+                progress.show(len(results), len(running), failed, len(waiting))
+                for sentinel in wait(list(running), timeout=0.5):
+                    member, process, receiver, began, log = running.pop(int(sentinel))  # type: ignore[arg-type]
+                    process.join()
+                    result = _collect(
+                        member, process.exitcode, receiver, time.perf_counter() - began
+                    )
+                    result.log = str(log)
+                    results[member.name] = result
+                    if result.exit_code != EXIT_OK and not keep_going:
+                        stopping[0] = True
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            progress.end()
+            record.unlink(missing_ok=True)
     for member in chosen:
         summary.members.append(
             results.get(member.name)
@@ -344,6 +416,32 @@ def run_fleet(
     summary.duration = round(time.perf_counter() - started, 3)
     summary.finished_at = datetime.now(UTC).isoformat()
     return summary
+
+
+def killed_runs(env: Environment) -> list[dict[str, Any]]:
+    """Fleet runs of this environment that were killed before their summary (their record
+    left claimed by a dead process): what they had started, removed once read. Their
+    members had been told to stop (``_die_with``); each wrote its own report."""
+    from safe_migrations.leftovers import abandoned, sweep
+
+    folder = env.report_dir / "fleets"
+    found = []
+    for path in abandoned(folder, ".run-*.json"):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        found.append(
+            {
+                "operation": str(data.get("operation", "?")),
+                "started_at": str(data.get("started_at", "?")),
+                "pid": data.get("pid"),
+                "members": [str(m) for m in data.get("members", [])][:1000],
+            }
+        )
+    if found:
+        sweep(folder)
+    return found
 
 
 def warm(env: Environment) -> None:

@@ -71,6 +71,14 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def abandoned(folder: Path, pattern: str) -> list[Path]:
+    """The claimed files matching ``pattern`` in ``folder`` whose claimer died (left in
+    place: the caller reads them first, then sweeps)."""
+    return sorted(
+        path for path in folder.glob(pattern) if _marker(path).exists() and _free(_marker(path))
+    )
+
+
 def sweep(folder: Path) -> list[str]:
     """Remove what dead runs claimed in ``folder``, and any unclaimed decrypted copy;
     returns the names removed."""

@@ -92,7 +92,7 @@ class Fleet:
 
     def summaries(self) -> list[dict[str, Any]]:
         folder = self.folder / "var" / "reports" / "fleets"
-        found = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
+        found = sorted(folder.glob("[!.]*.json"), key=lambda p: p.stat().st_mtime)
         return [json.loads(p.read_text()) for p in found]
 
     def drop(self) -> None:
@@ -402,3 +402,87 @@ def test_the_fleet_is_confirmed_once_for_the_chosen_members_on_a_terminal(fleet:
     assert fleet.names[0] not in out
     assert all(revision_of(fleet.url(n)) is None for n in fleet.names)
     assert fleet.summaries() == []  # refused before any member started
+
+
+def _running_backends(fleet: Fleet, names: list[str]) -> int:
+    engine = create_engine(fleet.admin_url, poolclass=NullPool)
+    with engine.connect() as connection:
+        count = connection.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY(:names) "
+                "AND query LIKE '%pg_sleep%' AND state = 'active'"
+            ),
+            {"names": names},
+        ).scalar()
+    engine.dispose()
+    return int(count or 0)
+
+
+def test_a_sigkilled_fleet_takes_its_members_with_it_and_the_next_run_reports_them(
+    fleet: Fleet,
+) -> None:
+    """SIGKILL runs no handler of the runner: its members get SIGTERM from the kernel
+    (PR_SET_PDEATHSIG), roll their revision back and stop; the next run names them."""
+    import signal
+    import time
+
+    from helpers import ScratchProject, start_invoke
+
+    scratch = ScratchProject(fleet.folder / "slow")
+    scratch.add('op.create_table("t", sa.Column("id", sa.Integer, primary_key=True))')
+    scratch.add('op.execute("SELECT pg_sleep(60)")')
+    fleet.write(alembic={"script_location": str(scratch.folder)})
+    process = start_invoke("migrate", "--env", "fleet", "--yes", "--jobs", "2", env=fleet.variables)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _running_backends(fleet, fleet.names[:2]) < 2:
+        time.sleep(0.2)
+    assert _running_backends(fleet, fleet.names[:2]) == 2
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _running_backends(fleet, fleet.names[:2]) > 0:
+        time.sleep(0.2)
+    assert _running_backends(fleet, fleet.names[:2]) == 0  # the members stopped with it
+    assert [revision_of(fleet.url(n)) for n in fleet.names[:2]] == ["r001", "r001"]
+    assert fleet.summaries() == []  # the runner wrote none
+
+    slow = scratch.folder / "versions" / "r002.py"
+    slow.write_text(slow.read_text().replace("pg_sleep(60)", "pg_sleep(0)"))
+    again = fleet.invoke("migrate", "--yes", "--jobs", "4")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "was killed before writing its summary" in again.stdout
+    assert fleet.names[0] in again.stdout
+    (summary,) = fleet.summaries()
+    assert summary["orphaned"][0]["members"] == fleet.names
+    assert all(revision_of(fleet.url(n)) == "r002" for n in fleet.names)
+
+
+def test_a_fleet_choice_of_no_member_is_refused(fleet: Fleet) -> None:
+    result = fleet.invoke("migrate", "--yes", "--exclude", "*")
+    assert result.returncode == 2 and "No member matched" in result.stderr
+
+
+def test_discovery_needs_a_pattern_and_never_takes_the_servers_own_databases(
+    fleet: Fleet, pg_admin_url: str
+) -> None:
+    data = yaml.safe_load((fleet.folder / "environments" / "fleet.yml").read_text())
+    del data["fleet"]["discover"]["like"]
+    (fleet.folder / "environments" / "fleet.yml").write_text(yaml.safe_dump(data))
+    refused = fleet.invoke("status")
+    assert refused.returncode == 2 and "fleet.discover.like" in refused.stderr
+    data["fleet"]["discover"]["like"] = "%"
+    (fleet.folder / "environments" / "fleet.yml").write_text(yaml.safe_dump(data))
+    engine = create_engine(pg_admin_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        names = set(connection.execute(text("SELECT datname FROM pg_database")).scalars())
+    engine.dispose()
+    from safe_migrations.config import load_environment
+    from safe_migrations.fleet import members
+
+    env = load_environment(
+        "fleet", environ=fleet.variables, directory=fleet.folder / "environments"
+    )
+    found = {m.name for m in members(env, fleet.variables)}
+    assert "postgres" in names and "postgres" not in found
+    assert set(fleet.names) <= found
+    assert not any(n.startswith(("stairway_", "rehearsal_")) for n in found)
