@@ -285,22 +285,24 @@ def analyse(
     samples: list[tuple[int, float, int, str]],
     ignore: frozenset[str] = frozenset({"alembic_version"}),
 ) -> list[Findings]:
-    """Findings per revision. A run of consecutive samples of one lock on one relation is a
-    hold, given to the revision whose window (from its transaction's start to the next
-    one's) it was first seen in; a lock the revision still
-    held at its end lasted until its commit. Only relations that existed before the
-    revision count: nobody else can be waiting for a table the revision created."""
-    runs = _runs(samples)
+    """Findings per revision. Each sample belongs to the revision whose window (from its
+    transaction's start to the next one's) it was taken in, and a run of consecutive
+    samples of one lock on one relation within a window is that revision's hold: when
+    consecutive revisions lock the same table, the hold is split at each revision's
+    commit, never charged whole to the first. A lock the revision still held at its end
+    lasted until its commit. Only relations that existed before the revision count:
+    nobody else can be waiting for a table the revision created."""
     found = []
     for number, window in enumerate(windows):
         counted = _counted(window.before, ignore)
         later = windows[number + 1].start if number + 1 < len(windows) else float("inf")
         holds: dict[tuple[int, str], float | None] = {}
-        for (relation, mode), first, last in runs:
-            if window.start <= first < later:
-                held_at_end = (relation, mode) in window.held_at_end
-                end = max(last, window.end) if held_at_end else last
-                holds[(relation, mode)] = max(holds.get((relation, mode)) or 0.0, end - first)
+        for (relation, mode), first, last in _runs(
+            [sample for sample in samples if window.start <= sample[1] < later]
+        ):
+            held_at_end = (relation, mode) in window.held_at_end
+            end = max(last, window.end) if held_at_end else last
+            holds[(relation, mode)] = max(holds.get((relation, mode)) or 0.0, end - first)
         for key in window.held_at_end:
             holds.setdefault(key, None)
         locks = tuple(

@@ -560,3 +560,27 @@ def test_a_forged_proof_does_not_count(
         require_rehearsal(env, project, "r001", "r002", path)
     why = record_proof(env, "r001", "r002", digest, True, "real.json")
     assert why is not None and f"belongs to role {intruder}" in why
+
+
+def test_consecutive_revisions_locking_the_same_table_each_get_their_own_hold(
+    small_env: Callable[..., tuple[Environment, ScratchProject]],
+) -> None:
+    """r002 and r003 each hold ACCESS EXCLUSIVE on t for about 0.5 s, back to back: the
+    sampler sees one unbroken run, which is split at r002's commit."""
+    env, scratch = small_env()
+    for column in ("a", "b"):
+        scratch.add(
+            f'op.add_column("t", sa.Column("{column}", sa.Integer))\n'
+            'op.execute("SELECT pg_sleep(0.5)")'
+        )
+    record = rehearse(env, project=scratch.project(), console=QUIET)
+    held = {
+        r["revision"]: next(
+            h["held_ms"]
+            for h in r["locks"]
+            if (h["relation"], h["mode"]) == ("t", "ACCESS EXCLUSIVE")
+        )
+        for r in record.revisions
+    }
+    assert 400 <= (held["r002"] or 0) < 800, held
+    assert 400 <= (held["r003"] or 0) < 800, held
