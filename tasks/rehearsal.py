@@ -180,7 +180,7 @@ def rehearse(
         _rehearse(env, server, revision, from_backup, project, console, record)
         record.success, record.exit_code = True, 0
     except ToolError as exc:
-        exc.message = redact(exc.message, secrets)
+        exc.message = redact(exc.message + _copy_left(record), secrets)
         record.error, record.exit_code = exc.message, exc.exit_code
         raise
     except KeyboardInterrupt as exc:
@@ -188,6 +188,10 @@ def rehearse(
         raise
     except Exception as exc:  # the driver's, say: reported, then re-raised for the exit code
         record.error = redact(f"{type(exc).__name__}: {first_line(exc)}", secrets)
+        left = _copy_left(record)
+        if left:  # a server lost midway: say where its copy is, in the message users see
+            record.exit_code = 1
+            raise ToolError(redact(record.error + "." + left, secrets)) from exc
         raise
     finally:
         record.duration = round(time.perf_counter() - started, 4)
@@ -264,6 +268,18 @@ def _rehearse(
     broken = [b for r in record.revisions for b in r["limits_broken"]]
     if broken:
         raise RehearsalFailed(f"Rehearsal broke the environment's limits: {'; '.join(broken)}.")
+
+
+def _copy_left(record: RehearsalRecord) -> str:
+    """The sentence for a copy that could not be dropped (its server lost midway)."""
+    copy = record.copy
+    if copy is None or copy.get("dropped") is True:
+        return ""
+    return (
+        f" The copy {copy['name']} on {copy['server']} could not be dropped and may still be "
+        "there; its owner lock went with this run, so the next rehearsal drops it (or drop it "
+        "by hand)."
+    )
 
 
 def _dropped(server: Environment, name: str) -> bool | None:

@@ -584,3 +584,66 @@ def test_consecutive_revisions_locking_the_same_table_each_get_their_own_hold(
     }
     assert 400 <= (held["r002"] or 0) < 800, held
     assert 400 <= (held["r003"] or 0) < 800, held
+
+
+def test_a_server_lost_mid_rehearsal_names_the_copy_left_and_the_next_rehearsal_drops_it(
+    small_env: Callable[..., tuple[Environment, ScratchProject]],
+    pg_admin_url: str,
+    pg_url: str,
+) -> None:
+    """As a restart would: every session ends while the copy's revision sleeps, and the
+    server takes no connection until it is back."""
+    import threading
+    import time
+
+    from sqlalchemy.engine import make_url
+
+    from safe_migrations.errors import ToolError
+
+    env, scratch = small_env()
+    sleeping = scratch.add('op.execute("SELECT pg_sleep(30)")')
+    database = make_url(pg_url).database
+    admin = create_engine(pg_admin_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+
+    def restart() -> None:
+        with admin.connect() as connection:
+            for _ in range(300):
+                copy = connection.execute(
+                    text(
+                        "SELECT datname FROM pg_stat_activity WHERE datname LIKE 'rehearsal_%' "
+                        "AND query LIKE '%pg_sleep(30)%' AND state = 'active'"
+                    )
+                ).scalar()
+                if copy:
+                    break
+                time.sleep(0.1)
+            for name in (database, copy):
+                connection.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname IN (:a, :b) AND pid <> pg_backend_pid()"
+                ),
+                {"a": database, "b": copy},
+            )
+
+    killer = threading.Thread(target=restart, daemon=True)
+    killer.start()
+    with pytest.raises(ToolError) as lost:
+        rehearse(env, project=scratch.project(), console=QUIET)
+    killer.join(10)
+    left = copies_on(pg_admin_url)
+    assert len(left) == 1
+    (name,) = left
+    assert (
+        f"The copy {name}" in lost.value.message and "next rehearsal drops it" in lost.value.message
+    )
+
+    with admin.connect() as connection:  # the server is back
+        for each in (database, name):
+            connection.execute(text(f'ALTER DATABASE "{each}" ALLOW_CONNECTIONS true'))
+    admin.dispose()
+    path = scratch.folder / "versions" / f"{sleeping}.py"
+    path.write_text(path.read_text().replace("pg_sleep(30)", "pg_sleep(0)"))
+    again = rehearse(env, project=scratch.project(), console=QUIET)
+    assert again.success and copies_on(pg_admin_url) == set()
