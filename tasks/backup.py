@@ -613,7 +613,7 @@ def take_remote_backup(
     folder (what the workflow keeps as an artifact); then the store is pruned."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from safe_migrations.s3store import ObjectSink, store_for
+    from safe_migrations.s3store import ObjectSink, abort_stale_uploads, store_for
 
     if env.is_sqlite:
         raise BackupError(
@@ -623,42 +623,86 @@ def take_remote_backup(
     store = store_for(env)
     encrypted = env.settings.backup.encrypt_to is not None
     name = backup_name(env, revision, created, "custom") + (".age" if encrypted else "")
+    where = f"s3://{store.bucket}/{store.prefix}"
     started = time.perf_counter()
     try:
+        abort_stale_uploads(env, store)
         total = table_count(env)
         sink = ObjectSink(store, name)
         stored = dump_postgres(env, Path(name), total, progress, sink)
         assert stored is not None
-        info = BackupInfo(
-            path=sink.path,
-            manifest=sink.path + MANIFEST_SUFFIX,
-            environment=env.name,
-            format="custom",
-            revision=revision,
-            size=stored.size,
-            sha256=stored.sha256,
-            created_at=created.isoformat(),
-            duration=round(time.perf_counter() - started, 4),
-            verify_seconds=0.0,  # read back on the way, while it was uploaded
-            tables=stored.tables,
-            target=database_identity(env),
-            encrypted_to=env.settings.backup.encrypt_to,
-        )
-        store.put_json(sink.key + MANIFEST_SUFFIX, info.to_dict() | {"database": env.masked_url})
+    except (BotoCoreError, ClientError) as exc:
+        raise BackupError(
+            f"Storing the backup in {where} failed: {exc}; "
+            "the upload was aborted, so nothing was left in the store."
+        ) from None
+    info = BackupInfo(
+        path=sink.path,
+        manifest=sink.path + MANIFEST_SUFFIX,
+        environment=env.name,
+        format="custom",
+        revision=revision,
+        size=stored.size,
+        sha256=stored.sha256,
+        created_at=created.isoformat(),
+        duration=round(time.perf_counter() - started, 4),
+        verify_seconds=0.0,  # read back on the way, while it was uploaded
+        tables=stored.tables,
+        target=database_identity(env),
+        encrypted_to=env.settings.backup.encrypt_to,
+    )
+    try:
         store.tag(
             sink.key,
             {"sha256": stored.sha256, "environment": env.name, "revision": revision or "base"},
         )
+        store.put_json(sink.key + MANIFEST_SUFFIX, info.to_dict() | {"database": env.masked_url})
     except (BotoCoreError, ClientError) as exc:
         raise BackupError(
-            f"Storing the backup in s3://{store.bucket}/{store.prefix} failed: {exc}; "
-            "the upload was aborted, so nothing was left in the store."
+            f"The backup was stored as {sink.path}, but writing its manifest failed: {exc}; "
+            + _unlisted_removed(store, sink.key)
         ) from None
-    copy = env.backup_dir / "remote"
-    prepare_folder(copy)
-    write_manifest(replace(info, manifest=str(copy / (name + MANIFEST_SUFFIX))), env.masked_url)
-    prune_remote(env, store, keep=name, now=created)
+    try:
+        copy = env.backup_dir / "remote"
+        prepare_folder(copy)
+        write_manifest(replace(info, manifest=str(copy / (name + MANIFEST_SUFFIX))), env.masked_url)
+    except (OSError, BackupError) as exc:
+        _warn(
+            f"warning: the backup is stored and verified in {sink.path}, but the local copy of "
+            f"its manifest could not be written ({getattr(exc, 'strerror', None) or exc}); "
+            "the workflow's artifact will lack it. Free space in the backup folder."
+        )
+    try:
+        prune_remote(env, store, keep=name, now=created)
+    except (BotoCoreError, ClientError) as exc:
+        _warn(
+            f"warning: the backup is stored and verified in {sink.path}, but pruning the older "
+            f"ones in {where} failed ({exc}); they were kept and the next backup prunes them."
+        )
     return info
+
+
+def _unlisted_removed(store: Any, key: str) -> str:
+    """Delete a dump whose manifest could not be written (nothing would list or prune it);
+    the end of the sentence saying what is left."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        store.delete(key + MANIFEST_SUFFIX)
+        store.delete(key)
+    except (BotoCoreError, ClientError) as exc:
+        return (
+            f"deleting the dump again failed too ({exc}), so {store.url(key)} is left without "
+            "a manifest: nothing lists or prunes it; delete it by hand."
+        )
+    return "the dump was deleted again, so nothing was left in the store."
+
+
+def _warn(text: str) -> None:
+    """A warning on stderr: the backup it concerns is good, the run goes on."""
+    from safe_migrations.escaping import terminal
+
+    print(terminal(text), file=sys.stderr)
 
 
 def is_backup_name(env: Environment, name: str) -> bool:

@@ -88,7 +88,7 @@ def find_remote_backup(env: Environment, spec: str) -> dict[str, Any]:
     """``latest``, or an object (s3:// URL, key or name) under the environment's prefix,
     with its manifest object; ``path`` is where it will be downloaded to."""
     from safe_migrations.s3store import MANIFEST_SUFFIX as SUFFIX_
-    from safe_migrations.s3store import remote_manifests, store_for
+    from safe_migrations.s3store import check_provenance, remote_manifests, store_for
 
     store = store_for(env)
     if spec == "latest":
@@ -116,6 +116,7 @@ def find_remote_backup(env: Environment, spec: str) -> dict[str, Any]:
     reason = foreign_reason(env, Path(data["path"]), data)
     if reason:
         raise ConfigError(f"{data['remote']} is not one of {env.name}'s own backups ({reason}).")
+    check_provenance(env, store, data)
     data["own"], data["foreign_reason"] = True, None
     return data
 

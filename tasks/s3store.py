@@ -88,6 +88,24 @@ class Store:
             Tagging={"TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]},
         )
 
+    def tags(self, key: str) -> dict[str, str]:
+        answer = self.client.get_object_tagging(Bucket=self.bucket, Key=key)
+        return {t["Key"]: t["Value"] for t in answer.get("TagSet", [])}
+
+    def stale_uploads(self, older_than: float) -> list[tuple[str, str]]:
+        """(key, upload id) of the multipart uploads under the prefix begun more than
+        ``older_than`` seconds ago."""
+        from datetime import UTC, datetime, timedelta
+
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+        found = []
+        pages = self.client.get_paginator("list_multipart_uploads")
+        for page in pages.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] < cutoff:
+                    found.append((upload["Key"], upload["UploadId"]))
+        return found
+
     def names(self) -> list[str]:
         """Object names directly under the prefix."""
         found = []
@@ -210,6 +228,52 @@ def store_for(env: Environment) -> Store:
             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile (AWS_PROFILE), or a role."
         )
     return Store(env)
+
+
+def abort_stale_uploads(env: Environment, store: Store) -> list[str]:
+    """Abort the uploads of this environment's backups that a killed run left open (a
+    SIGKILL aborts nothing): begun longer ago than ``backup.timeout``, past which a live
+    run has stopped its dump and aborted its own upload. Returns their keys."""
+    from safe_migrations.backup import is_backup_name
+
+    aborted = []
+    for key, upload in store.stale_uploads(env.settings.backup.timeout):
+        name = key[len(store.prefix) :]
+        if "/" not in name and is_backup_name(env, name):
+            store.client.abort_multipart_upload(Bucket=store.bucket, Key=key, UploadId=upload)
+            aborted.append(key)
+    return aborted
+
+
+def check_provenance(env: Environment, store: Store, backup: dict[str, Any]) -> None:
+    """Before a download: the object's sha256 tag and the manifest copy this tool keeps in
+    the backup folder (when this machine has it) both agree with the manifest object, so
+    a dump and a manifest put under the prefix by someone else are not restored."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    name, claimed = backup["name"], str(backup.get("sha256") or "")
+    try:
+        tagged = store.tags(store.key(name)).get("sha256", "")
+    except (BotoCoreError, ClientError) as exc:
+        raise BackupError(f"Reading the tags of {backup['remote']} failed: {exc}") from None
+    if tagged != claimed:
+        raise BackupError(
+            f"{backup['remote']} carries the sha256 tag {tagged[:12] or '(none)'}..., not its "
+            f"manifest's {claimed[:12]}...: the object or its manifest was replaced in the "
+            "store; it will not be restored."
+        )
+    local = env.backup_dir / "remote" / (name + MANIFEST_SUFFIX)
+    if local.is_file():
+        try:
+            kept = json.loads(local.read_text(encoding="utf-8")).get("sha256")
+        except (OSError, ValueError):
+            kept = None
+        if kept != claimed:
+            raise BackupError(
+                f"{backup['remote']}'s manifest says sha256 {claimed[:12]}..., but the copy "
+                f"this tool kept when it stored the backup ({local}) says {str(kept)[:12]}...: "
+                "the manifest was replaced in the store; it will not be restored."
+            )
 
 
 def remote_manifests(env: Environment, store: Store) -> list[dict[str, Any]]:

@@ -81,7 +81,11 @@ def test_an_object_altered_in_the_store_is_refused_and_the_database_untouched(
     key = info.path.split("/", 3)[3]
     stored = client(bucket).get_object(Bucket=bucket["bucket"], Key=key)["Body"].read()
     altered = stored[:-10] + bytes(b ^ 0xFF for b in stored[-10:])
+    tagging = client(bucket).get_object_tagging(Bucket=bucket["bucket"], Key=key)
     client(bucket).put_object(Bucket=bucket["bucket"], Key=key, Body=altered)
+    client(bucket).put_object_tagging(  # the tags kept: only the content check can tell
+        Bucket=bucket["bucket"], Key=key, Tagging={"TagSet": tagging["TagSet"]}
+    )
     damage(pg_url)
     damaged = table_fingerprints(pg_url)
     with pytest.raises(BackupError, match="does not match its manifest's sha256"):
@@ -240,3 +244,128 @@ def test_a_run_that_takes_no_backup_is_not_blocked_by_the_store(
     assert "backup_store" not in {c["name"] for c in record.health}
     with pytest.raises(BlockedError, match="backup_store"):
         migrate(env, RunOptions(yes=True, backup=True, revision="0007"), DEFAULT_PROJECT, QUIET)
+
+
+def test_a_manifest_that_cannot_be_written_leaves_no_unlisted_dump_and_says_so(
+    pg_url: str,
+    make_env: Callable[..., Environment],
+    bucket: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from botocore.exceptions import ClientError
+
+    from safe_migrations.s3store import Store
+
+    env = make_env(pg_url, backup={"storage": bucket})
+    seed(env, rows=5)
+
+    def refused(*_args: object, **_kwargs: object) -> None:  # the store refuses this one PUT
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "denied"}}, "PutObject")
+
+    monkeypatch.setattr(Store, "put_json", refused)
+    with pytest.raises(BackupError, match="writing its manifest failed") as failed:
+        take_backup(env, "0007")
+    assert "the dump was deleted again, so nothing was left" in failed.value.message
+    assert keys(bucket) == []
+
+
+def test_an_upload_left_open_by_a_killed_run_is_aborted_by_the_next_backup(
+    pg_url: str, tmp_path: Path, bucket: dict[str, str]
+) -> None:
+    """SIGKILL while pg_dump streams: the multipart upload stays open (nothing aborts
+    it); the next backup, once it is older than backup.timeout, aborts it."""
+    import signal
+    import time
+
+    from helpers import HangingTool, start_invoke
+
+    env = cli_env(
+        tmp_path, pg_url, policy={"confirm": "never"}, backup={"storage": bucket, "timeout": 1}
+    )
+    assert run_invoke("migrate", "--env", "staging", "--no-backup", env=env).returncode == 0
+    s3 = client(bucket)
+    theirs = "staging/notes-upload.bin"  # not a name this tool gives: never touched
+    s3.create_multipart_upload(Bucket=bucket["bucket"], Key=theirs)
+    hanging = HangingTool(tmp_path / "spybin", "pg_dump")
+    process = start_invoke("backup", "--env", "staging", env=env | {"PATH": hanging.path()})
+    assert hanging.wait_until_hung(), "pg_dump never started"
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+    hanging.release()
+    uploads = s3.list_multipart_uploads(Bucket=bucket["bucket"]).get("Uploads", [])
+    mine = [u["Key"] for u in uploads if u["Key"] != theirs]
+    assert len(mine) == 1 and mine[0].startswith("staging/staging-")
+    time.sleep(1.5)  # older than backup.timeout: no live run can still be writing it
+    again = run_invoke("backup", "--env", "staging", env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    left = [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket["bucket"]).get("Uploads", [])]
+    assert left == [theirs]
+
+
+def test_a_dump_and_manifest_put_in_the_store_by_someone_else_are_not_restored(
+    pg_url: str, make_env: Callable[..., Environment], bucket: dict[str, str]
+) -> None:
+    """A forged dump with a forged manifest that matches it: the sha256 tag (missing, or
+    forged too) and the manifest copy this tool kept locally give it away."""
+    env = make_env(pg_url, backup={"storage": bucket})
+    seed(env, rows=20)
+    real = take_backup(env, "0007")
+    name = real.path.rsplit("/", 1)[1]
+    s3 = client(bucket)
+    forged = b"PGDMP forged dump"
+    digest = hashlib.sha256(forged).hexdigest()
+    manifest = json.loads(
+        s3.get_object(Bucket=bucket["bucket"], Key=f"staging/{name}.manifest.json")["Body"].read()
+    )
+    s3.put_object(Bucket=bucket["bucket"], Key=f"staging/{name}", Body=forged)
+    s3.put_object(
+        Bucket=bucket["bucket"],
+        Key=f"staging/{name}.manifest.json",
+        Body=json.dumps(manifest | {"sha256": digest, "size": len(forged)}).encode(),
+    )
+    before = table_fingerprints(pg_url)
+    with pytest.raises(BackupError, match="sha256 tag"):
+        restore(env, "latest", yes=True, interactive=False, console=QUIET)
+    s3.put_object_tagging(
+        Bucket=bucket["bucket"],
+        Key=f"staging/{name}",
+        Tagging={"TagSet": [{"Key": "sha256", "Value": digest}]},
+    )
+    with pytest.raises(BackupError, match="the copy this tool kept"):
+        restore(env, "latest", yes=True, interactive=False, console=QUIET)
+    assert table_fingerprints(pg_url) == before
+
+
+def test_pruning_or_a_full_local_folder_after_the_dump_is_stored_only_warns(
+    pg_url: str,
+    make_env: Callable[..., Environment],
+    bucket: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The backup is stored and verified: a failed listing at pruning time or no space for
+    the local manifest copy is a warning, and the migration goes on."""
+    import errno
+
+    from botocore.exceptions import ClientError
+
+    from safe_migrations import backup as backup_module
+    from safe_migrations.s3store import Store
+
+    env = make_env(pg_url, backup={"storage": bucket, "required": True})
+
+    def no_listing(*_args: object, **_kwargs: object) -> list[str]:
+        raise ClientError({"Error": {"Code": "InternalError", "Message": "boom"}}, "ListObjectsV2")
+
+    def disk_full(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Store, "names", no_listing)
+    monkeypatch.setattr(backup_module, "write_manifest", disk_full)
+    record = migrate(env, RunOptions(yes=True), DEFAULT_PROJECT, QUIET)
+    assert record.success and read_current(env) == "0007"
+    err = capsys.readouterr().err
+    assert "pruning the older ones" in err and "ListObjectsV2" in err
+    assert "No space left on device" in err and "Traceback" not in err
+    stored = record.backup["path"].split("/", 3)[3]
+    assert stored in keys(bucket) and stored + ".manifest.json" in keys(bucket)
