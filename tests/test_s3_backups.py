@@ -369,3 +369,36 @@ def test_pruning_or_a_full_local_folder_after_the_dump_is_stored_only_warns(
     assert "No space left on device" in err and "Traceback" not in err
     stored = record.backup["path"].split("/", 3)[3]
     assert stored in keys(bucket) and stored + ".manifest.json" in keys(bucket)
+
+
+def test_a_restore_from_the_store_killed_midway_does_not_block_the_next_restore(
+    pg_url: str, tmp_path: Path, bucket: dict[str, str]
+) -> None:
+    """SIGKILL while pg_restore replays the downloaded object: the download stays in the
+    backup folder, and the next restore sweeps it instead of finding it in the way."""
+    import signal
+
+    from helpers import HangingTool, start_invoke
+
+    env = cli_env(tmp_path, pg_url, policy={"confirm": "never"}, backup={"storage": bucket})
+    assert run_invoke("migrate", "--env", "staging", "--no-backup", env=env).returncode == 0
+    assert run_invoke("backup", "--env", "staging", env=env).returncode == 0
+    hanging = HangingTool(tmp_path / "spybin", "pg_restore")
+    process = start_invoke(
+        "restore",
+        "--env",
+        "staging",
+        "--backup",
+        "latest",
+        "--yes",
+        env=env | {"PATH": hanging.path()},
+    )
+    assert hanging.wait_until_hung(), "pg_restore never started"
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=30)
+    hanging.release()
+    backups = tmp_path / "var" / "backups"
+    assert list(backups.glob("staging-*.dump"))  # the download, left by the killed run
+    again = run_invoke("restore", "--env", "staging", "--backup", "latest", "--yes", env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert not list(backups.glob("staging-*.dump")) and not list(backups.glob(".*.inuse"))
