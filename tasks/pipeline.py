@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from typing import Any
 
 from safe_migrations import alembic_api, confirm, health, proof, upgrade, validate
 from safe_migrations.alembic_api import Project
@@ -174,18 +175,24 @@ def dry_run_step(run: Run) -> None:
         raise NothingRenderedError.first("pending revision", first.revision, first.error or "")
 
 
-def rehearsed_step(run: Run) -> None:
-    """Where policy.require_rehearsal_hours is set: a passing rehearsal of this very range
-    and these scripts, recently, or no change at all (exit 3)."""
+def rehearsal_proof(run: Run) -> dict[str, Any] | None:
+    """The proof policy.require_rehearsal_hours asks for (None when it asks for none);
+    BlockedError (exit 3) without one."""
     if (
         run.options.direction != "upgrade"
         or run.env.settings.policy.require_rehearsal_hours is None
     ):
-        return
+        return None
+    return proof.require_rehearsal(
+        run.env, run.project, reported(run.current), reported(run.target), run.pending
+    )
+
+
+def rehearsed_step(run: Run) -> None:
+    """Where policy.require_rehearsal_hours is set: a passing rehearsal of this very range
+    and these scripts, recently, or no change at all (exit 3)."""
     with timed() as clock:
-        found = proof.require_rehearsal(
-            run.env, run.project, reported(run.current), reported(run.target), run.pending
-        )
+        found = rehearsal_proof(run)
     if found is not None:
         message = f"rehearsed at {found['finished_at']:%Y-%m-%d %H:%M} UTC ({found['report']})"
         run.step(StepResult("rehearsal", True, message, duration=clock.seconds))
@@ -217,6 +224,7 @@ def lock_step(run: Run) -> Iterator[None]:
             rehearsed_step(run)
         else:
             check_expected(run)
+            rehearsal_proof(run)  # again under the lock: a rehearsal may have failed since
         yield
 
 

@@ -647,3 +647,32 @@ def test_a_server_lost_mid_rehearsal_names_the_copy_left_and_the_next_rehearsal_
     path.write_text(path.read_text().replace("pg_sleep(30)", "pg_sleep(0)"))
     again = rehearse(env, project=scratch.project(), console=QUIET)
     assert again.success and copies_on(pg_admin_url) == set()
+
+
+def test_a_rehearsal_that_fails_while_migrate_waits_for_the_lock_stops_it(
+    small_env: Callable[..., tuple[Environment, ScratchProject]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The proof is read again under the migration lock: a failed rehearsal recorded
+    between the first check and the lock is the newest, and it refuses."""
+    from helpers import UNATTENDED
+
+    from safe_migrations import pipeline
+    from safe_migrations.proof import record_proof, scripts_digest
+    from safe_migrations.upgrade import plan
+
+    env, scratch = small_env(policy={"require_rehearsal_hours": 1, "confirm": "never"})
+    scratch.add('op.add_column("t", sa.Column("n", sa.Integer))')
+    project = scratch.project()
+    rehearse(env, project=project, console=QUIET)
+    digest = scripts_digest(project, plan(project, "r001", "r002", "upgrade"))
+    checked = pipeline.rehearsed_step
+
+    def then_a_failed_rehearsal(run: Any) -> None:
+        checked(run)
+        assert record_proof(env, "r001", "r002", digest, False, "failed.json") is None
+
+    monkeypatch.setattr(pipeline, "rehearsed_step", then_a_failed_rehearsal)
+    with pytest.raises(BlockedError, match="failed"):
+        migrate(env, UNATTENDED, project, QUIET)
+    assert read_current(env) == "r001"
