@@ -101,16 +101,24 @@ def hold_session(connection: Connection, wait: float) -> None:
 
     database = connection.execute(text("SELECT DATABASE()")).scalar_one()
     name = lock_name(database, RUN_PREFIX)
-    deadline = time.monotonic() + wait
+    if not _get_lock(connection, name, time.monotonic() + wait):
+        raise LockHeldError(_still_executing(connection, database, name, wait))
+
+
+def _get_lock(connection: Connection, name: str, deadline: float) -> bool:
+    """``GET_LOCK`` until ``deadline`` (``time.monotonic()``); the server waits in slices
+    of a second, so a Ctrl-C is seen between them. True when taken."""
+    from sqlalchemy import text
+
     while True:
         left = max(0.0, deadline - time.monotonic())
         got = connection.execute(
             text("SELECT GET_LOCK(:name, :wait)"), {"name": name, "wait": min(left, 1.0)}
         ).scalar()
         if got == 1:
-            return
+            return True
         if time.monotonic() >= deadline:
-            raise LockHeldError(_still_executing(connection, database, name, wait))
+            return False
 
 
 @contextmanager
@@ -127,19 +135,12 @@ def named_lock(env: Environment, wait: float) -> Iterator[None]:
         database = connection.execute(text("SELECT DATABASE()")).scalar_one()
         name = lock_name(database)
         deadline = time.monotonic() + wait
-        while True:
-            left = max(0.0, deadline - time.monotonic())
-            got = connection.execute(
-                text("SELECT GET_LOCK(:name, :wait)"), {"name": name, "wait": min(left, 1.0)}
-            ).scalar()
-            if got == 1:
-                break
-            if time.monotonic() >= deadline:
-                raise LockHeldError(
-                    f"Another migration holds the lock on database '{database}' "
-                    f"({lock_holder(connection, name)}); waited {wait:g}s. Let it finish, "
-                    "or raise migration.lock_wait."
-                )
+        if not _get_lock(connection, name, deadline):
+            raise LockHeldError(
+                f"Another migration holds the lock on database '{database}' "
+                f"({lock_holder(connection, name)}); waited {wait:g}s. Let it finish, "
+                "or raise migration.lock_wait."
+            )
         try:
             _earlier_run_ended(connection, database, deadline, wait)
             yield

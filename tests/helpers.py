@@ -169,6 +169,18 @@ class HangingTool:
         with suppress(ProcessLookupError, ValueError):
             os.kill(int(self.flag.read_text()), signal.SIGKILL)
 
+    def kill_runner_at_it(self, *args: str, env: dict[str, str]) -> None:
+        """``invoke ARGS`` with this folder first on PATH, SIGKILLed once it hangs here."""
+        import signal
+
+        process = start_invoke(*args, env=env | {"PATH": self.path()})
+        try:
+            assert self.wait_until_hung(), f"{args[0]} never reached {self.folder.name}"
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.communicate(timeout=30)
+            self.release()
+
 
 @contextmanager
 def fresh_database(admin_url: str) -> Iterator[str]:

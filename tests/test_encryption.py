@@ -105,9 +105,7 @@ def test_a_restore_killed_mid_replay_leaves_its_plaintext_to_the_next_runs_sweep
     """SIGKILL during the restore of an encrypted backup runs no cleanup: the decrypted
     copy it was replaying from is removed by the next run that uses the backup folder,
     and does not stand in the way of the next restore."""
-    import signal
-
-    from helpers import HangingTool, cli_env, run_invoke, start_invoke
+    from helpers import HangingTool, cli_env, run_invoke
 
     recipient, identity = age_key
     key_file = tmp_path / "team.key"
@@ -120,19 +118,7 @@ def test_a_restore_killed_mid_replay_leaves_its_plaintext_to_the_next_runs_sweep
     kept = sorted(p.name for p in backups.iterdir())
 
     hanging = HangingTool(tmp_path / "spybin", "pg_restore")
-    process = start_invoke(
-        "restore",
-        "--env",
-        "staging",
-        "--backup",
-        "latest",
-        "--yes",
-        env=env | {"PATH": hanging.path()},
-    )
-    assert hanging.wait_until_hung(), "the restore never started"
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=30)
-    hanging.release()
+    hanging.kill_runner_at_it("restore", "--env", "staging", "--backup", "latest", "--yes", env=env)
     left = [p for p in backups.glob(".decrypted-*") if p.is_dir()]
     assert left and any(f.read_bytes().startswith(b"PGDMP") for f in left[0].iterdir())
 

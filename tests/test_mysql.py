@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import HangingTool, ScratchProject, cli_env, run_invoke, start_invoke
+from helpers import HangingTool, ScratchProject, cli_env, run_invoke
 from pgcluster import PASSWORD
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
@@ -555,19 +555,14 @@ def test_a_backup_killed_mid_dump_leaves_no_password_on_disk_and_the_next_run_re
     """SIGKILL runs no cleanup: the dump's options reach it through a pipe, so no file
     ever held the password, and the half-written archive (no manifest) is swept by the
     next run that uses the backup folder."""
-    import signal
 
     env = cli_env(tmp_path, mysql_url, policy={"confirm": "never"})
     assert run_invoke("migrate", "--env", "staging", "--no-backup", env=env).returncode == 0
     hanging = HangingTool(tmp_path / "spybin", "mariadb-dump", "mysqldump")
     temporary = tmp_path / "tmp"
     temporary.mkdir()
-    env |= {"PATH": hanging.path(), "TMPDIR": str(temporary)}
-    process = start_invoke("backup", "--env", "staging", env=env)
-    assert hanging.wait_until_hung(), "the dump never started"
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=30)
-    hanging.release()
+    env["TMPDIR"] = str(temporary)
+    hanging.kill_runner_at_it("backup", "--env", "staging", env=env)
 
     backups = tmp_path / "var" / "backups"
     partial = list(backups.glob("*.sql.gz"))

@@ -514,20 +514,22 @@ def test_a_forged_proof_does_not_count(
         require_rehearsal(env, project, "r001", "r002", path)
 
     table = _table(env)
+
+    def a_pass(report: str, **signed: str) -> Any:  # a row as someone writes it by hand
+        return table.insert().values(
+            finished_at=datetime.now(UTC),
+            environment=env.name,
+            from_revision="r001",
+            to_revision="r002",
+            scripts_sha256=digest,
+            passed=True,
+            report=report,
+            **signed,
+        )
+
     engine = create_engine(pg_url, poolclass=NullPool)
     with engine.begin() as connection:
-        connection.execute(
-            table.insert().values(
-                finished_at=datetime.now(UTC),
-                environment=env.name,
-                from_revision="r001",
-                to_revision="r002",
-                scripts_sha256=digest,
-                passed=True,
-                report="by-hand.json",
-                signature="0" * 64,
-            )
-        )
+        connection.execute(a_pass("by-hand.json", signature="0" * 64))
     with pytest.raises(BlockedError, match="not signed with this machine's proof key"):
         require_rehearsal(env, project, "r001", "r002", path)
 
@@ -544,17 +546,7 @@ def test_a_forged_proof_does_not_count(
     with forger.begin() as connection:  # only CREATE on the database: makes the table first
         connection.execute(text("CREATE SCHEMA safe_migrations"))
         table.create(connection)
-        connection.execute(
-            table.insert().values(
-                finished_at=datetime.now(UTC),
-                environment=env.name,
-                from_revision="r001",
-                to_revision="r002",
-                scripts_sha256=digest,
-                passed=True,
-                report="forged.json",
-            )
-        )
+        connection.execute(a_pass("forged.json"))
     forger.dispose()
     with pytest.raises(BlockedError, match=f"belongs to role {intruder}"):
         require_rehearsal(env, project, "r001", "r002", path)

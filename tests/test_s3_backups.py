@@ -274,10 +274,9 @@ def test_an_upload_left_open_by_a_killed_run_is_aborted_by_the_next_backup(
 ) -> None:
     """SIGKILL while pg_dump streams: the multipart upload stays open (nothing aborts
     it); the next backup, once it is older than backup.timeout, aborts it."""
-    import signal
     import time
 
-    from helpers import HangingTool, start_invoke
+    from helpers import HangingTool
 
     env = cli_env(
         tmp_path, pg_url, policy={"confirm": "never"}, backup={"storage": bucket, "timeout": 1}
@@ -286,12 +285,9 @@ def test_an_upload_left_open_by_a_killed_run_is_aborted_by_the_next_backup(
     s3 = client(bucket)
     theirs = "staging/notes-upload.bin"  # not a name this tool gives: never touched
     s3.create_multipart_upload(Bucket=bucket["bucket"], Key=theirs)
-    hanging = HangingTool(tmp_path / "spybin", "pg_dump")
-    process = start_invoke("backup", "--env", "staging", env=env | {"PATH": hanging.path()})
-    assert hanging.wait_until_hung(), "pg_dump never started"
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=30)
-    hanging.release()
+    HangingTool(tmp_path / "spybin", "pg_dump").kill_runner_at_it(
+        "backup", "--env", "staging", env=env
+    )
     uploads = s3.list_multipart_uploads(Bucket=bucket["bucket"]).get("Uploads", [])
     mine = [u["Key"] for u in uploads if u["Key"] != theirs]
     assert len(mine) == 1 and mine[0].startswith("staging/staging-")
@@ -376,27 +372,13 @@ def test_a_restore_from_the_store_killed_midway_does_not_block_the_next_restore(
 ) -> None:
     """SIGKILL while pg_restore replays the downloaded object: the download stays in the
     backup folder, and the next restore sweeps it instead of finding it in the way."""
-    import signal
-
-    from helpers import HangingTool, start_invoke
+    from helpers import HangingTool
 
     env = cli_env(tmp_path, pg_url, policy={"confirm": "never"}, backup={"storage": bucket})
     assert run_invoke("migrate", "--env", "staging", "--no-backup", env=env).returncode == 0
     assert run_invoke("backup", "--env", "staging", env=env).returncode == 0
     hanging = HangingTool(tmp_path / "spybin", "pg_restore")
-    process = start_invoke(
-        "restore",
-        "--env",
-        "staging",
-        "--backup",
-        "latest",
-        "--yes",
-        env=env | {"PATH": hanging.path()},
-    )
-    assert hanging.wait_until_hung(), "pg_restore never started"
-    process.send_signal(signal.SIGKILL)
-    process.communicate(timeout=30)
-    hanging.release()
+    hanging.kill_runner_at_it("restore", "--env", "staging", "--backup", "latest", "--yes", env=env)
     backups = tmp_path / "var" / "backups"
     assert list(backups.glob("staging-*.dump"))  # the download, left by the killed run
     again = run_invoke("restore", "--env", "staging", "--backup", "latest", "--yes", env=env)
