@@ -11,15 +11,34 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from safe_migrations.errors import ConfigError
 
 if TYPE_CHECKING:
     from safe_migrations.alembic_api import Project
-    from safe_migrations.lint import LintResult
+
+
+class LintFinding(Protocol):
+    """What the baseline needs of a lint finding (lint.Finding; lint imports this module,
+    so it is described here, not imported)."""
+
+    @property
+    def revision(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def rule(self) -> str: ...
+    @property
+    def statement(self) -> str: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def allowed(self) -> bool: ...
+
 
 BASELINE_FILE = "lint-baseline.yml"
 HEADER = """\
@@ -106,16 +125,18 @@ def load_baseline(project: Project) -> Baseline:
 _FIX = "fix it, or write it anew with `invoke lint --baseline`"
 
 
-def write_baseline(project: Project, result: LintResult, root: Path) -> tuple[Path, int]:
-    """Accept every finding of ``result`` that no marker allows, keeping the reasons
-    already written for the same revision, rule and statement. Returns (file, entries)."""
+def write_baseline(
+    project: Project, findings: Iterable[LintFinding], root: Path
+) -> tuple[Path, int]:
+    """Accept every finding that no marker allows, keeping the reasons already written
+    for the same revision, rule and statement. Returns (file, entries)."""
     import yaml
 
     path = baseline_path(project)
     old = load_baseline(project) if path.is_file() else Baseline(path)
     reasons = {(e.revision, e.rule, e.fingerprint): e.reason for e in old.entries}
     entries: list[dict[str, Any]] = []
-    for finding in result.findings:
+    for finding in findings:
         if finding.allowed:
             continue
         file = Path(finding.path) if Path(finding.path).is_absolute() else root / finding.path

@@ -758,7 +758,7 @@ def lint(
     if result.nothing_checked:
         raise result.nothing_rendered()
     if baseline:
-        path, count = write_baseline(project, result, PROJECT_ROOT)
+        path, count = write_baseline(project, result.findings, PROJECT_ROOT)
         _print(f"wrote {path}: {count} finding(s) accepted; fill in each reason there.")
         return
     if result.blocking:

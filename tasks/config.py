@@ -333,7 +333,7 @@ def parse_environment(name: str, path: Path, data: object) -> EnvironmentFile:
 
 def _check_lock_limit(limit: int | None, where: str) -> None:
     """A limit below two sampling intervals cannot be told from no hold at all."""
-    from safe_migrations.lockwait import SAMPLE_INTERVAL
+    from safe_migrations.sampling import SAMPLE_INTERVAL
 
     floor = round(2 * SAMPLE_INTERVAL * 1000)
     if limit is not None and limit < floor:

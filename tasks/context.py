@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from safe_migrations import report
 from safe_migrations.alembic_api import Project, Revision, project_for
-from safe_migrations.backup import Progress
+from safe_migrations.backupfiles import Progress
 from safe_migrations.config import Environment
 from safe_migrations.errors import EXIT_BLOCKED, EXIT_OK, ToolError
 from safe_migrations.escaping import terminal

@@ -123,7 +123,7 @@ def _build_engine(
     if env.is_sqlite:
         event.listen(engine, "connect", _sqlite_foreign_keys)
     elif env.is_mysql:
-        from safe_migrations.mysql import session_timeouts
+        from safe_migrations.mysqlsession import session_timeouts
 
         event.listen(engine, "connect", session_timeouts(lock_timeout, statement_timeout))
     else:

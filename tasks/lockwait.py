@@ -21,8 +21,7 @@ from typing import Any
 
 from safe_migrations.config import Environment
 from safe_migrations.database import connect
-
-SAMPLE_INTERVAL = 0.02  # seconds between looks; a lock wait shorter than this may be missed
+from safe_migrations.sampling import SAMPLE_INTERVAL
 
 _WAITING_SQL = "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %(pid)s"
 _WAIT_SQL = """

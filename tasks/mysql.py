@@ -1,18 +1,16 @@
-"""MySQL and MariaDB: session timeouts, the migration lock, and what health can see.
+"""MySQL and MariaDB: the migration lock, the session that applies revisions, and what
+health can see. Each session's limits are set in mysqlsession.py as it connects.
 
-MySQL has no transactional DDL and no ``lock_timeout`` below a second: a DDL
-statement waits for its metadata lock at most ``lock_wait_timeout`` seconds (whole
-seconds, at least 1), and every later query on that table queues behind it for as
-long. MariaDB ends any statement after ``max_statement_time``; MySQL's
-``max_execution_time`` covers SELECT only, so a DDL statement there has no limit.
+MySQL has no transactional DDL: a DDL statement waits for its metadata lock at most
+``lock_wait_timeout`` seconds, and every later query on that table queues behind it
+for as long.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
@@ -37,40 +35,6 @@ RUN_PREFIX = "safe-migrations-run:"
 # InnoDB refreshes its information_schema copy of the transaction list only when it
 # has not been read for 0.1 s: a faster poll would read a stale list forever.
 TRX_CACHE_SECONDS = 0.25
-
-
-def lock_wait_seconds(lock_timeout: float) -> int:
-    """PostgreSQL's sub-second lock_timeout as MySQL's lock_wait_timeout: whole seconds,
-    at least 1 (0 would mean 'fail at once' on MySQL and never wait at all)."""
-    return max(1, math.ceil(lock_timeout))
-
-
-def is_mariadb(dbapi_connection: Any) -> bool:
-    return "mariadb" in str(dbapi_connection.get_server_info()).lower()
-
-
-def session_timeouts(
-    lock_timeout: float | None, statement_timeout: float | None
-) -> Callable[[Any, Any], None]:
-    """A connect listener giving each session its metadata- and row-lock waits and, on
-    MariaDB, its statement limit."""
-
-    def apply(dbapi_connection: Any, _record: Any) -> None:
-        settings = []
-        if lock_timeout is not None:
-            seconds = lock_wait_seconds(lock_timeout)
-            settings += [f"lock_wait_timeout = {seconds}", f"innodb_lock_wait_timeout = {seconds}"]
-        if statement_timeout:
-            if is_mariadb(dbapi_connection):
-                settings.append(f"max_statement_time = {float(statement_timeout):g}")
-            else:  # SELECT only on MySQL: README says so
-                settings.append(f"max_execution_time = {int(statement_timeout * 1000)}")
-        if settings:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("SET SESSION " + ", ".join(settings))
-            cursor.close()
-
-    return apply
 
 
 def is_lock_timeout(exc: BaseException) -> bool:

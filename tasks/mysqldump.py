@@ -29,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from safe_migrations.backup import (
+from safe_migrations.backupfiles import (
     CHUNK,
     FileSink,
     Progress,

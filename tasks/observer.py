@@ -19,7 +19,7 @@ from typing import Any
 
 from safe_migrations.config import Environment
 from safe_migrations.database import connect
-from safe_migrations.lockwait import SAMPLE_INTERVAL
+from safe_migrations.sampling import SAMPLE_INTERVAL
 
 # Modes that stop the application: reads and writes, or writes only.
 BLOCKS_ALL = frozenset({"AccessExclusiveLock"})

@@ -26,7 +26,6 @@ from safe_migrations.config import Environment, resolve_url
 from safe_migrations.context import Console
 from safe_migrations.copies import check_can_create, copy_exists, database_copy
 from safe_migrations.errors import ConfigError, ToolError, first_line
-from safe_migrations.lockwait import SAMPLE_INTERVAL
 from safe_migrations.masking import redact, redact_data, url_password
 from safe_migrations.observer import BLOCKS_ALL, Findings, RevisionObserver, analyse
 from safe_migrations.report import (
@@ -39,6 +38,7 @@ from safe_migrations.report import (
 )
 from safe_migrations.restore import find_backup, local_copy, restore_backup
 from safe_migrations.revisions import resolve_revision
+from safe_migrations.sampling import SAMPLE_INTERVAL
 from safe_migrations.status import read_current
 
 SCHEMA_VERSION = 1

@@ -32,13 +32,13 @@ from safe_migrations.backup import (
     MANIFEST_SUFFIX,
     archive_listing,
     archive_of,
-    child_environment,
     database_identity,
     find_binary,
     is_own_backup,
     list_backups,
     sha256_of,
 )
+from safe_migrations.backupfiles import child_environment
 from safe_migrations.config import Environment
 from safe_migrations.database import make_engine, sqlite_path
 from safe_migrations.encryption import SUFFIX

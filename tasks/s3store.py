@@ -234,7 +234,7 @@ def abort_stale_uploads(env: Environment, store: Store) -> list[str]:
     """Abort the uploads of this environment's backups that a killed run left open (a
     SIGKILL aborts nothing): begun longer ago than ``backup.timeout``, past which a live
     run has stopped its dump and aborted its own upload. Returns their keys."""
-    from safe_migrations.backup import is_backup_name
+    from safe_migrations.backupfiles import is_backup_name
 
     aborted = []
     for key, upload in store.stale_uploads(env.settings.backup.timeout):
@@ -278,7 +278,7 @@ def check_provenance(env: Environment, store: Store, backup: dict[str, Any]) -> 
 
 def remote_manifests(env: Environment, store: Store) -> list[dict[str, Any]]:
     """Manifests of this environment's backups in the store, newest first."""
-    from safe_migrations.backup import is_backup_name
+    from safe_migrations.backupfiles import is_backup_name
 
     found = []
     for name in store.names():
@@ -302,7 +302,7 @@ def downloaded(env: Environment, backup: dict[str, Any]) -> Iterator[dict[str, A
     store = store_for(env)
     name = backup["name"]
     local = env.backup_dir / name
-    from safe_migrations.backup import prepare_folder
+    from safe_migrations.backupfiles import prepare_folder
     from safe_migrations.leftovers import claimed
 
     prepare_folder(env.backup_dir)  # sweeps a killed restore's download

@@ -314,7 +314,7 @@ def test_progress_shows_on_a_terminal_and_stays_quiet_otherwise(
 ) -> None:
     import io
 
-    from safe_migrations.backup import Progress
+    from safe_migrations.backupfiles import Progress
 
     env = make_env(pg_url)
     seed(env, rows=20000)

@@ -1,0 +1,48 @@
+"""A MySQL or MariaDB session's limits, set as each connection opens.
+
+MySQL has no ``lock_timeout`` below a second: a DDL statement waits for its metadata
+lock at most ``lock_wait_timeout`` seconds (whole seconds, at least 1). MariaDB ends
+any statement after ``max_statement_time``; MySQL's ``max_execution_time`` covers
+SELECT only. Imports nothing of the package: ``database.py`` builds engines with it,
+and ``mysql.py`` (which connects through ``database.py``) sits above both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+
+def lock_wait_seconds(lock_timeout: float) -> int:
+    """PostgreSQL's sub-second lock_timeout as MySQL's lock_wait_timeout: whole seconds,
+    at least 1 (0 would mean 'fail at once' on MySQL and never wait at all)."""
+    return max(1, math.ceil(lock_timeout))
+
+
+def is_mariadb(dbapi_connection: Any) -> bool:
+    return "mariadb" in str(dbapi_connection.get_server_info()).lower()
+
+
+def session_timeouts(
+    lock_timeout: float | None, statement_timeout: float | None
+) -> Callable[[Any, Any], None]:
+    """A connect listener giving each session its metadata- and row-lock waits and, on
+    MariaDB, its statement limit."""
+
+    def apply(dbapi_connection: Any, _record: Any) -> None:
+        settings = []
+        if lock_timeout is not None:
+            seconds = lock_wait_seconds(lock_timeout)
+            settings += [f"lock_wait_timeout = {seconds}", f"innodb_lock_wait_timeout = {seconds}"]
+        if statement_timeout:
+            if is_mariadb(dbapi_connection):
+                settings.append(f"max_statement_time = {float(statement_timeout):g}")
+            else:  # SELECT only on MySQL: README says so
+                settings.append(f"max_execution_time = {int(statement_timeout * 1000)}")
+        if settings:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SET SESSION " + ", ".join(settings))
+            cursor.close()
+
+    return apply
