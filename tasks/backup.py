@@ -144,7 +144,7 @@ def dump_postgres(
     """
     settings = env.settings.backup
     streamed = settings.format == "custom"  # (and encrypted when configured)
-    from safe_migrations.database import keepalive_options
+    from safe_migrations.engines.postgresql import keepalive_options
 
     keepalives = " ".join(
         f"{k}={v}" for k, v in keepalive_options(env.settings.database.network_timeout).items()
@@ -486,23 +486,13 @@ def _dump_into(
     return stored, tables, verify_started
 
 
-TABLE_COUNT_SQL = {
-    "postgresql": "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = "
-    "c.relnamespace WHERE c.relkind IN ('r','p') AND n.nspname NOT IN "
-    "('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'",
-    "mysql": "SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()",
-}
-
-
 def table_count(env: Environment) -> int:
     """Tables the dump will hold: the denominator of the progress line."""
-    from sqlalchemy import text
-
     from safe_migrations.database import connect
+    from safe_migrations.engines import engine_for
 
-    sql = TABLE_COUNT_SQL["mysql" if env.is_mysql else "postgresql"]
     with connect(env, role="backup") as connection:
-        return int(connection.execute(text(sql)).scalar_one())
+        return engine_for(env.dialect).table_count(connection)
 
 
 def take_remote_backup(

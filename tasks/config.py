@@ -575,10 +575,12 @@ def _check_url(url: str, path: Path) -> None:
             f"The database URL for {_relative(path)} is not a valid URL ({mask_url(url)}); "
             "write it as dialect://user:password@host:port/name."
         ) from None
-    if parsed.get_backend_name() not in {"postgresql", "sqlite", *MYSQL_DIALECTS}:
+    from safe_migrations.engines.registry import supported, supported_sentence
+
+    if parsed.get_backend_name() not in supported():
         raise ConfigError(
             f"The database URL for {_relative(path)} uses '{parsed.get_backend_name()}'; "
-            "postgresql, sqlite, mysql and mariadb are supported."
+            f"{supported_sentence()} are supported."
         )
     if parsed.get_backend_name() in MYSQL_DIALECTS and parsed.get_driver_name() != "pymysql":
         raise ConfigError(

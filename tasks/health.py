@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import shutil
 import threading
-from pathlib import Path
 from typing import Any
 
 from safe_migrations.alembic_api import Project, current_revision, heads
 from safe_migrations.config import Environment
-from safe_migrations.database import connect, make_engine, sqlite_path
+from safe_migrations.database import connect, make_engine
 from safe_migrations.errors import ConfigError, first_line
 from safe_migrations.results import StepResult, timed
 from safe_migrations.revisions import resolve_revision
@@ -93,16 +92,9 @@ def connection_message(env: Environment, exc: BaseException) -> str:
 
 
 def database_size(env: Environment, connection: Any) -> int:
-    from sqlalchemy import text
+    from safe_migrations.engines import engine_for
 
-    if env.is_sqlite:
-        path = sqlite_path(env.url)
-        return Path(path).stat().st_size if path and Path(path).exists() else 0
-    if env.is_mysql:
-        from safe_migrations.mysql import database_size as mysql_size
-
-        return mysql_size(connection)
-    return int(connection.execute(text("SELECT pg_database_size(current_database())")).scalar())
+    return engine_for(env.dialect).database_size(env, connection)
 
 
 def check_disk(env: Environment, db_size: int | None) -> StepResult:

@@ -22,6 +22,7 @@ from safe_migrations.alembic_api import (
 )
 from safe_migrations.config import Environment
 from safe_migrations.database import make_engine
+from safe_migrations.engines import engine_for
 from safe_migrations.errors import ToolError, first_line
 from safe_migrations.lockwait import (
     Cancelled,
@@ -37,7 +38,6 @@ from safe_migrations.masking import redact
 from safe_migrations.partial import StatementLog, met_own_objects
 
 Direction = Literal["upgrade", "downgrade"]
-LOCK_NOT_AVAILABLE = "55P03"
 
 
 @dataclass(frozen=True)
@@ -166,13 +166,6 @@ def plan(
     return downgrade_path(scripts, current, target)
 
 
-def is_lock_timeout(exc: BaseException) -> bool:
-    from safe_migrations import mysql
-
-    orig = getattr(exc, "orig", None)
-    return getattr(orig, "pgcode", None) == LOCK_NOT_AVAILABLE or mysql.is_lock_timeout(exc)
-
-
 def run_migrations(
     env: Environment,
     project: Project,
@@ -192,12 +185,12 @@ def run_migrations(
     from sqlalchemy.exc import DBAPIError
 
     settings = env.settings.migration
-    postgres = not env.is_sqlite and not env.is_mysql
+    impl = engine_for(env.dialect)
     engine = make_engine(
         env,
         role="migrate",
-        lock_timeout=None if env.is_sqlite else settings.lock_timeout,
-        statement_timeout=None if env.is_sqlite else settings.statement_timeout,
+        lock_timeout=settings.lock_timeout if impl.session_timeouts else None,
+        statement_timeout=settings.statement_timeout if impl.session_timeouts else None,
     )
     retries: dict[str, int] = {}
     started: dict[str, float] = {}  # when each revision's first attempt began
@@ -206,21 +199,12 @@ def run_migrations(
         while True:
             with engine.connect() as connection:
                 current = current_revision(connection)
-                # The session's id: PostgreSQL's is watched from the side; MySQL's is
-                # left out of the holders named after a lock timeout.
-                session = (
-                    None
-                    if env.is_sqlite
-                    else connection.exec_driver_sql(
-                        "SELECT CONNECTION_ID()" if env.is_mysql else "SELECT pg_backend_pid()"
-                    ).scalar()
-                )
-                pid = session if postgres else None
-                own = session if env.is_mysql else None
-                if env.is_mysql:
-                    from safe_migrations.mysql import hold_session
-
-                    hold_session(connection, settings.lock_wait)
+                # The session's id: watched from the side where the engine does that,
+                # else left out of the holders named after a lock timeout.
+                session = impl.session_id(connection)
+                pid = session if impl.watches_lock_waits else None
+                own = None if impl.watches_lock_waits else session
+                impl.begin_migration(connection, settings.lock_wait)
                 if observer is not None:
                     observer.begin(connection, pid)
                 connection.rollback()
@@ -228,7 +212,7 @@ def run_migrations(
                 if not path:
                     return applied
                 lock_ms = int(settings.lock_timeout * 1000)
-                log = StatementLog() if env.is_mysql else None
+                log = StatementLog() if impl.ddl_commits else None
                 if log is not None:
                     log.attach(connection)
                 clock = _Clock(path, direction, retries, lock_ms, observer, log)
@@ -237,7 +221,7 @@ def run_migrations(
                     "transaction_per_migration": settings.transaction_per_migration,
                 }
                 cfg = project.config(connection=connection)
-                hook = clock.guard_autocommit if postgres else None
+                hook = clock.guard_autocommit if impl.watches_lock_waits else None
                 with watching(env, pid) as watcher:
                     try:
                         run_env_on(cfg, connection, direction, target, forced, on_context=hook)
@@ -255,7 +239,7 @@ def run_migrations(
                             raise _partly_applied(
                                 env, failed, direction, log, exc, applied
                             ) from exc
-                        if not (isinstance(exc, DBAPIError) and is_lock_timeout(exc)):
+                        if not (isinstance(exc, DBAPIError) and impl.is_lock_timeout(exc)):
                             raise _failure(env, failed, clock, exc, applied) from exc
                         seen = watcher.take() if watcher is not None else None
                         attempt = _wait_out(env, failed, retries, started, seen, exc, sleep, own)
@@ -283,20 +267,12 @@ def _wait_out(
     settings = env.settings.migration
     retries[failed.revision] = retries.get(failed.revision, 0) + 1
     deadline = started[failed.revision] + settings.lock_budget
-    if seen is not None:
-        found = holders(env, seen)
-    elif env.is_mysql:
-        from safe_migrations.mysql import transaction_holders
-
-        found = [h for h in transaction_holders(env) if h.pid != own]
-    else:
-        found = []
+    impl = engine_for(env.dialect)
+    found = holders(env, seen) if seen is not None else impl.open_transactions(env, own)
     cancelled: list[Cancelled] = []
     began = time.monotonic()
-    if seen is None and env.is_mysql and found:
-        from safe_migrations.mysql import wait_until_gone
-
-        wait_until_gone(env, {h.pid for h in found}, deadline)
+    if seen is None and found:
+        impl.wait_until_gone(env, {h.pid for h in found}, deadline)
     elif seen is None:  # the watcher missed it: a short pause instead of a watch
         sleep(max(0.0, min(deadline - began, max(settings.lock_timeout, 0.1))))
     else:

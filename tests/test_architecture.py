@@ -11,24 +11,33 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tasks"
 NAME = "safe_migrations"
 
 
+def _module(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def import_graph() -> dict[str, set[str]]:
-    modules = {path.stem for path in PACKAGE.glob("*.py")}
+    """Module (dotted, below the package) -> the package's modules it imports."""
+    paths = [p for p in PACKAGE.rglob("*.py") if "scaffold" not in p.parts]
+    modules = {_module(path) for path in paths}
     graph: dict[str, set[str]] = {}
-    for path in PACKAGE.glob("*.py"):
+    for path in paths:
         found: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module:
                 if node.module == NAME:
                     found |= {alias.name for alias in node.names if alias.name in modules}
                 elif node.module.startswith(NAME + "."):
-                    found.add(node.module.split(".")[1])
+                    target = node.module[len(NAME) + 1 :]
+                    found.add(target)
+                    found |= {f"{target}.{a.name}" for a in node.names} & modules
             elif isinstance(node, ast.Import):
                 found |= {
-                    alias.name.split(".")[1]
+                    alias.name[len(NAME) + 1 :]
                     for alias in node.names
                     if alias.name.startswith(NAME + ".")
                 }
-        graph[path.stem] = found & modules - {path.stem}
+        graph[_module(path)] = found & modules - {_module(path)}
     return graph
 
 
@@ -77,9 +86,57 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_package_has_no_import_cycle() -> None:
     graph = import_graph()
     assert len(graph) > 40 and "pipeline" in graph and "config" in graph["pipeline"]
+    assert "engines.postgresql" in graph and "database" in graph["engines.postgresql"]
     assert cycles(graph) == []
 
 
 def test_the_cycle_finder_finds_a_loop_and_only_a_loop() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+
+
+def test_a_fourth_engine_registered_in_its_own_module_runs_status(tmp_path: Path) -> None:
+    """An engine for a test dialect (SQLite underneath, under another name): registering
+    it is all it takes for `status` to connect, lock-free, and read the revision."""
+    import sqlite3
+
+    from helpers import write_environment
+    from sqlalchemy.dialects import registry
+
+    from safe_migrations import engines
+    from safe_migrations.alembic_api import DEFAULT_PROJECT
+    from safe_migrations.config import load_environment
+    from safe_migrations.engines.sqlite import SQLite
+    from safe_migrations.status import get_status
+
+    class FakeSQL(SQLite):
+        name = "FakeSQL"
+
+    registry.register("fakesql", "sqlalchemy.dialects.sqlite.pysqlite", "SQLiteDialect_pysqlite")
+    engines.register("fakesql", FakeSQL)
+    try:
+        write_environment(tmp_path / "environments", "fake", tmp_path / "var")
+        env = load_environment(
+            "fake",
+            environ={"DATABASE_URL": f"fakesql:///{tmp_path / 'fake.db'}"},
+            directory=tmp_path / "environments",
+        )
+        assert env.dialect == "fakesql"
+        assert get_status(env, DEFAULT_PROJECT).current is None
+        with sqlite3.connect(tmp_path / "fake.db") as connection:  # as Alembic stamps it
+            connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32))")
+            connection.execute("INSERT INTO alembic_version VALUES ('0001')")
+        found = get_status(env, DEFAULT_PROJECT)
+        assert found.current == "0001" and found.pending
+    finally:
+        engines.unregister("fakesql")
+
+
+def test_an_engine_nobody_registered_is_one_sentence() -> None:
+    import pytest
+
+    from safe_migrations.engines import engine_for
+    from safe_migrations.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="No engine serves the database dialect 'oracle'"):
+        engine_for("oracle")
