@@ -63,18 +63,9 @@ class BackupInfo:
 
 def database_identity(env: Environment) -> dict[str, Any]:
     """Which database a URL names, without user or password: restore compares these."""
-    from sqlalchemy.engine import make_url
+    from safe_migrations.engines import engine_for
 
-    if env.is_sqlite:
-        path = sqlite_path(env.url)
-        return {"engine": "sqlite", "database": str(Path(path).resolve()) if path else None}
-    url = make_url(env.url)
-    return {
-        "engine": env.dialect,
-        "host": url.host or "localhost",
-        "port": url.port or (3306 if env.is_mysql else 5432),
-        "database": url.database,
-    }
+    return engine_for(env.dialect).identity(env)
 
 
 def pg_environment(url: str) -> dict[str, str]:
@@ -420,7 +411,9 @@ def take_backup(
         return take_remote_backup(env, revision, progress, now())
     folder = env.backup_dir
     prepare_folder(folder)
-    fmt = "sqlite" if env.is_sqlite else "mysql" if env.is_mysql else env.settings.backup.format
+    from safe_migrations.engines import engine_for
+
+    fmt = engine_for(env.dialect).backup_format(env)
     created = now()
     encrypted = env.settings.backup.encrypt_to is not None
     target = folder / (backup_name(env, revision, created, fmt) + (".age" if encrypted else ""))

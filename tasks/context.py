@@ -129,12 +129,10 @@ def recorded(run: Run) -> Iterator[RunRecord]:
         record.error, record.exit_code = exc.message, exc.exit_code
         raise
     except KeyboardInterrupt as exc:
-        record.error = f"interrupted ({exc or 'SIGINT'}); " + (
-            "a revision in progress may be partly applied (MySQL commits DDL as it runs): "
-            "check `invoke status` and the schema"
-            if env.is_mysql
-            else "any revision in progress was rolled back"
-        )
+        from safe_migrations.engines import engine_for
+
+        interrupted = engine_for(env.dialect).interrupted_revision
+        record.error = f"interrupted ({exc or 'SIGINT'}); {interrupted}"
         record.exit_code = EXIT_BLOCKED
         raise
     except BaseException as exc:

@@ -165,6 +165,13 @@ class RevisionObserver:
     _start: float = 0.0
     _next: bool = False  # the next transaction to begin is the next revision's
 
+    @property
+    def observed(self) -> bool:
+        """Locks and the catalog are read on this engine (else revisions are timed)."""
+        from safe_migrations.engines import engine_for
+
+        return engine_for(self.env.dialect).rehearsal_limits is None
+
     def begin(self, connection: Any, pid: int | None) -> None:
         from sqlalchemy import event
 
@@ -184,7 +191,7 @@ class RevisionObserver:
         held: frozenset[tuple[int, str]] = frozenset()
         after: Catalog = {}
         rows: dict[int, tuple[int, int]] = {}
-        if not (self.env.is_sqlite or self.env.is_mysql):  # MySQL and SQLite: timed only
+        if self.observed:  # elsewhere timed only
             held, after = own_locks(connection), read_catalog(connection)
             rows = rows_written(connection)
         self.windows.append(Window(revision, self._start, now, self._before, after, held, rows))

@@ -52,8 +52,15 @@ def scripts_digest(project: Project, path: list[Revision]) -> str:
     return digest.hexdigest()
 
 
+def _schema(env: Environment) -> str | None:
+    """The engine's schema for the tool's own tables (None: beside the application's)."""
+    from safe_migrations.engines import engine_for
+
+    return engine_for(env.dialect).tool_schema
+
+
 def where(env: Environment) -> str:
-    return SQLITE_TABLE if (env.is_sqlite or env.is_mysql) else f"{SCHEMA}.{TABLE}"
+    return SQLITE_TABLE if _schema(env) is None else f"{SCHEMA}.{TABLE}"
 
 
 def _table(env: Environment) -> Any:
@@ -61,7 +68,7 @@ def _table(env: Environment) -> Any:
 
     metadata = sa.MetaData()
     return sa.Table(
-        SQLITE_TABLE if (env.is_sqlite or env.is_mysql) else TABLE,
+        SQLITE_TABLE if _schema(env) is None else TABLE,
         metadata,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
@@ -72,7 +79,7 @@ def _table(env: Environment) -> Any:
         sa.Column("passed", sa.Boolean, nullable=False),
         sa.Column("report", sa.String(500), nullable=False),
         sa.Column("signature", sa.String(64)),
-        schema=None if (env.is_sqlite or env.is_mysql) else SCHEMA,
+        schema=None if _schema(env) is None else SCHEMA,
     )
 
 
@@ -115,8 +122,9 @@ def signature(key: bytes, row: dict[str, Any]) -> str:
 
 
 def _not_owned(connection: Any, env: Environment) -> str | None:
-    """PostgreSQL: the sentence when the proof schema or table belongs to another role."""
-    if env.is_sqlite or env.is_mysql:
+    """PostgreSQL: the sentence when the proof schema or table belongs to another role
+    (an engine without a schema of the tool's own has no owner to check)."""
+    if _schema(env) is None:
         return None
     row = connection.exec_driver_sql(
         "SELECT pg_get_userbyid(n.nspowner), pg_get_userbyid(c.relowner), current_user "
@@ -165,7 +173,7 @@ def record_proof(
         with connect(
             env, role="rehearse", lock_timeout=env.settings.migration.lock_timeout or None
         ) as connection:
-            if not (env.is_sqlite or env.is_mysql):
+            if _schema(env) is not None:
                 connection.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
             refused = _not_owned(connection, env)
             if refused is not None:

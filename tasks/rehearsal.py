@@ -25,6 +25,7 @@ from safe_migrations.backup import take_backup
 from safe_migrations.config import Environment, resolve_url
 from safe_migrations.context import Console
 from safe_migrations.copies import check_can_create, copy_exists, database_copy
+from safe_migrations.engines import engine_for
 from safe_migrations.errors import ConfigError, ToolError, first_line
 from safe_migrations.masking import redact, redact_data, url_password
 from safe_migrations.observer import BLOCKS_ALL, Findings, RevisionObserver, analyse
@@ -42,15 +43,6 @@ from safe_migrations.sampling import SAMPLE_INTERVAL
 from safe_migrations.status import read_current
 
 SCHEMA_VERSION = 1
-NO_LOCK_DETAILS = (
-    "SQLite: each revision is timed on a copy of the file; lock and rewrite details "
-    "are PostgreSQL-only"
-)
-NO_MYSQL_LOCK_DETAILS = (
-    "MySQL/MariaDB: each revision is timed on a copy restored from the backup; locks are "
-    "not sampled (metadata locks are visible only with performance_schema), so lock and "
-    "rewrite details are PostgreSQL-only"
-)
 
 
 class RehearsalFailed(ToolError):
@@ -100,7 +92,7 @@ def server_for(env: Environment) -> Environment:
     from dataclasses import replace
 
     template = env.settings.rehearsal.server
-    if not template or env.is_sqlite:
+    if not template or not engine_for(env.dialect).copies_on_servers:
         return env
     url = resolve_url(template, dict(os.environ), env.path, "rehearsal.server")
     if url.split(":", 1)[0].split("+", 1)[0] != env.dialect:
@@ -238,9 +230,7 @@ def _rehearse(
     check_can_create(server)
     backup = _backup(env, current, from_backup, console)
     record.backup = {k: backup.get(k) for k in ("path", "remote", "revision", "sha256", "size")}
-    record.lock_details = (
-        NO_LOCK_DETAILS if env.is_sqlite else NO_MYSQL_LOCK_DETAILS if env.is_mysql else None
-    )
+    record.lock_details = engine_for(env.dialect).rehearsal_limits
     try:
         observer = _on_copy(env, server, project, target, path, backup, console, record)
     finally:
@@ -352,7 +342,7 @@ def _judge(
     limit = env.settings.policy.max_exclusive_lock_ms
     messages = {r.revision: r.message for r in path}
     statuses = []
-    observed = not (env.is_sqlite or env.is_mysql)
+    observed = engine_for(env.dialect).rehearsal_limits is None
     for item in found:
         status, sentence, broken = verdict(item, limit, observed)
         statuses.append(status)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from safe_migrations.alembic_api import Project, current_revision
 from safe_migrations.config import Environment
 from safe_migrations.database import connect
+from safe_migrations.engines import engine_for
 from safe_migrations.errors import BlockedError, ConfigError
 from safe_migrations.partial import close, find_open
 from safe_migrations.report import append_audit, current_user, reported
@@ -22,7 +23,7 @@ def resolve(env: Environment, project: Project, revision: str, applied: bool) ->
     """Close the revision's record; with ``applied``, stamp the version table past it.
     Returns the sentence to print."""
 
-    if not env.is_mysql:
+    if not engine_for(env.dialect).ddl_commits:
         raise ConfigError(
             f"{env.name} is not a MySQL or MariaDB database; only those leave a revision partly "
             "applied (PostgreSQL and SQLite roll a failed revision back whole)."

@@ -9,6 +9,7 @@ from typing import Any
 from safe_migrations.alembic_api import Project, current_revision
 from safe_migrations.config import Environment
 from safe_migrations.database import connect
+from safe_migrations.engines import engine_for
 from safe_migrations.errors import UnreachableError, first_line
 from safe_migrations.results import StepResult, timed
 
@@ -101,7 +102,7 @@ def validate(
                         details={"differences": drift},
                     )
                 )
-            if not env.is_sqlite and not env.is_mysql:  # MySQL builds indexes all or nothing
+            if engine_for(env.dialect).invalid_indexes:  # MySQL builds all or nothing
                 with timed() as clock:
                     invalid = invalid_indexes(connection)
                 results.append(

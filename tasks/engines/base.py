@@ -85,6 +85,34 @@ class Engine:
         """Wait until none of ``pids`` has a transaction open; False when it cannot tell."""
         return False
 
+    # --- rehearsal, validation, backups ---------------------------------------------
+    # Why a rehearsal here times revisions only (None: locks and rewrites are observed).
+    rehearsal_limits: ClassVar[str | None] = "locks are not sampled on this engine"
+    # Indexes can be left invalid by a failed build (PostgreSQL's CONCURRENTLY).
+    invalid_indexes: ClassVar[bool] = False
+    # The schema the tool's own tables live in (None: beside the application's).
+    tool_schema: ClassVar[str | None] = None
+    # What a failed, interrupted revision leaves, for the report.
+    interrupted_revision: ClassVar[str] = "any revision in progress was rolled back"
+    # rehearsal.server applies (a copy on another server of the same engine).
+    copies_on_servers: ClassVar[bool] = True
+
+    def backup_format(self, env: Environment) -> str:
+        """The manifest's format name for this environment's dumps."""
+        raise self.cannot("A backup")
+
+    def identity(self, env: Environment) -> dict[str, Any]:
+        """Which database a URL names, without user or password: restore compares these."""
+        from sqlalchemy.engine import make_url
+
+        url = make_url(env.url)
+        return {
+            "engine": env.dialect,
+            "host": url.host or "localhost",
+            "port": url.port or self.default_port,
+            "database": url.database,
+        }
+
     # --- what the steps read -------------------------------------------------------
     def table_count(self, connection: Connection) -> int:
         """Tables of the database (the backup's progress, the manifest)."""

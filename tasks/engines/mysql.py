@@ -52,6 +52,18 @@ class MySQL(Engine):
         return named_lock(env, wait)
 
     ddl_commits = True
+    rehearsal_limits = (
+        "MySQL/MariaDB: each revision is timed on a copy restored from the backup; locks are "
+        "not sampled (metadata locks are visible only with performance_schema), so lock and "
+        "rewrite details are PostgreSQL-only"
+    )
+    interrupted_revision = (
+        "a revision in progress may be partly applied (MySQL commits DDL as it runs): "
+        "check `invoke status` and the schema"
+    )
+
+    def backup_format(self, env: Environment) -> str:
+        return "mysql"
 
     def session_id(self, connection: Connection) -> int | None:
         return int(connection.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one())

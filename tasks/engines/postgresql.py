@@ -79,6 +79,12 @@ class PostgreSQL(Engine):
         return _advisory_lock(env, wait)
 
     watches_lock_waits = True
+    rehearsal_limits = None
+    invalid_indexes = True
+    tool_schema = "safe_migrations"
+
+    def backup_format(self, env: Environment) -> str:
+        return env.settings.backup.format
 
     def session_id(self, connection: Connection) -> int | None:
         return int(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())

@@ -30,6 +30,18 @@ POLL_SECONDS = 0.2
 class SQLite(Engine):
     name = "SQLite"
     session_timeouts = False
+    rehearsal_limits = (
+        "SQLite: each revision is timed on a copy of the file; lock and rewrite details "
+        "are PostgreSQL-only"
+    )
+    copies_on_servers = False
+
+    def backup_format(self, env: Environment) -> str:
+        return "sqlite"
+
+    def identity(self, env: Environment) -> dict[str, Any]:
+        path = sqlite_path(env.url)
+        return {"engine": "sqlite", "database": str(Path(path).resolve()) if path else None}
 
     def prepare(self, env: Environment) -> None:
         path = sqlite_path(env.url)
