@@ -27,7 +27,6 @@ from safe_migrations.backupfiles import (
     FileSink,
     Progress,
     Stored,
-    _remove,
     backup_name,
     child_environment,
     is_backup_name,
@@ -36,7 +35,7 @@ from safe_migrations.backupfiles import (
 from safe_migrations.config import Environment
 from safe_migrations.database import sqlite_path
 from safe_migrations.errors import BackupError
-from safe_migrations.leftovers import claimed
+from safe_migrations.leftovers import claimed, remove_path
 
 MANIFEST_SUFFIX = ".manifest.json"
 
@@ -229,7 +228,7 @@ def dump_postgres(
         if sink is not None:
             sink.abort()
         else:
-            _remove(target)
+            remove_path(target)
         raise
     finally:
         progress.done()
@@ -337,7 +336,7 @@ def backup_sqlite(env: Environment, target: Path, progress: Progress) -> int:
             raise BackupError(f"The SQLite copy {target.name} failed its integrity check: {result}")
         return copy.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
     except sqlite3.Error as exc:
-        _remove(target)
+        remove_path(target)
         raise BackupError(f"Cannot back up {source_path}: {exc}") from None
     finally:
         copy.close()
@@ -424,13 +423,13 @@ def take_backup(
             _restrict(target)
             digest = stored.sha256 if stored else sha256_of(target)  # custom: hashed on the way
     except OSError as exc:
-        _remove(target)
+        remove_path(target)
         raise BackupError(
             f"Writing the backup {target} failed: {exc.strerror or exc}; "
             "check free space and permissions in the backup folder."
         ) from None
     except BackupError:
-        _remove(target)
+        remove_path(target)
         raise
     finished = time.perf_counter()
     info = BackupInfo(
@@ -697,7 +696,7 @@ def prune_backups(env: Environment, keep_path: Path, now: datetime) -> list[str]
     protected = protected_backups(env) | {keep_path.name}
     for data in expired(list_backups(env), env, protected, now):
         path = Path(data["path"])
-        _remove(path)
+        remove_path(path)
         Path(data["manifest"]).unlink(missing_ok=True)
         removed.append(str(path))
     return removed

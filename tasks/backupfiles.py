@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import sys
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +18,7 @@ from typing import Any
 from safe_migrations.config import Environment
 from safe_migrations.errors import BackupError
 from safe_migrations.files import private_folder
-from safe_migrations.leftovers import sweep
+from safe_migrations.leftovers import remove_path, sweep
 
 CHUNK = 1024 * 1024
 
@@ -80,15 +79,6 @@ class Progress:
             self.stream.flush()
 
 
-def _remove(path: Path) -> None:
-    if path.is_symlink():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
 @dataclass
 class Stored:
     """What an encrypted backup stored, learnt on the way: checksum, size, tables."""
@@ -128,7 +118,7 @@ class FileSink:
     def abort(self) -> None:
         with contextlib.suppress(OSError):
             self._handle.close()
-        _remove(Path(self.path))
+        remove_path(Path(self.path))
 
 
 def is_backup_name(env: Environment, name: str) -> bool:

@@ -64,7 +64,8 @@ def _free(marker: Path) -> bool:
     return True
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """A file, a link (never its target) or a folder, gone; nothing when it is not there."""
     if path.is_symlink() or not path.is_dir():
         path.unlink(missing_ok=True)
     else:
@@ -90,12 +91,12 @@ def sweep(folder: Path) -> list[str]:
             continue
         target = folder / marker.name[1 : -len(MARKER)]
         if target.exists() or target.is_symlink():
-            _remove(target)
+            remove_path(target)
             removed.append(target.name)
         marker.unlink(missing_ok=True)
     for path in sorted(folder.glob(f"{DECRYPTED_PREFIX}*")):
         if path.is_dir() and not _marker(path).exists():
-            _remove(path)
+            remove_path(path)
             removed.append(path.name)
     for stale in folder.glob(".claim.*.tmp"):  # a claimer killed between its two steps
         if _free(stale):

@@ -117,10 +117,9 @@ def _earlier_run_ended(connection: Connection, database: str, deadline: float, w
     """Wait until no earlier runner's migration session is alive (its statement still
     executing after the runner was killed), reading the lock only: health's catalog
     queries would queue behind that statement's metadata lock."""
-    from sqlalchemy import text
 
     name = lock_name(database, RUN_PREFIX)
-    while connection.execute(text("SELECT IS_USED_LOCK(:name)"), {"name": name}).scalar():
+    while _used(connection, name):
         if time.monotonic() >= deadline:
             raise LockHeldError(_still_executing(connection, database, name, wait))
         time.sleep(TRX_CACHE_SECONDS)
@@ -134,12 +133,16 @@ def earlier_run(connection: Connection) -> str | None:
 
     database = connection.execute(text("SELECT DATABASE()")).scalar_one()
     name = lock_name(database, RUN_PREFIX)
-    used = text("SELECT IS_USED_LOCK(:name)")
-    if not connection.execute(used, {"name": name}).scalar():
-        return None
-    if connection.execute(used, {"name": lock_name(database)}).scalar():
-        return None  # a runner alive: the lock step names it and waits
+    if not _used(connection, name) or _used(connection, lock_name(database)):
+        return None  # none, or a runner alive: the lock step names it and waits
     return _still_executing(connection, database, name, None)
+
+
+def _used(connection: Connection, name: str) -> bool:
+    """Some session holds the named lock (read only: no wait, no metadata lock)."""
+    from sqlalchemy import text
+
+    return bool(connection.execute(text("SELECT IS_USED_LOCK(:name)"), {"name": name}).scalar())
 
 
 def _still_executing(connection: Connection, database: str, name: str, wait: float | None) -> str:
