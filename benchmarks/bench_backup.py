@@ -82,7 +82,7 @@ def mariadb_case(scale: int, runs: int, work: Path) -> dict:
     from sqlalchemy import create_engine, text
     from sqlalchemy.pool import NullPool
 
-    from safe_migrations.mysqldump import option_file
+    from safe_migrations.engines.mysqldump import option_file
 
     envs = environment_file(work / "maria", "bench", backup={"compression": 6})
     ours, raw = [], []

@@ -39,9 +39,9 @@ def main() -> None:
         env = os.environ | {"DATABASE_URL": url, "MIGRATE_ENVIRONMENTS_DIR": str(environments)}
         timed_run(invoke("migrate", "--env", "bench", "--yes", "--no-backup"), env)
 
-        from safe_migrations.alembic_api import project_for
-        from safe_migrations.config import load_environment
-        from safe_migrations.health import run_health
+        from safe_migrations.core.config import load_environment
+        from safe_migrations.pipeline.health import run_health
+        from safe_migrations.project.alembic_api import project_for
 
         loaded = load_environment("bench", environ=env, directory=environments)
         project = project_for(loaded)

@@ -74,10 +74,10 @@ def observer_cost(admin: str, backup: Path, envs: Path, runs: int) -> tuple[floa
     observer beside it (median seconds each): what the sampling costs the migration."""
     import time
 
-    from safe_migrations.alembic_api import DEFAULT_PROJECT
-    from safe_migrations.config import load_environment
-    from safe_migrations.observer import RevisionObserver
-    from safe_migrations.upgrade import run_migrations
+    from safe_migrations.core.config import load_environment
+    from safe_migrations.operations.observer import RevisionObserver
+    from safe_migrations.pipeline.upgrade import run_migrations
+    from safe_migrations.project.alembic_api import DEFAULT_PROJECT
 
     plain, observed = [], []
     for run in range(-1, runs):  # run -1 warms up (imports, scripts, engines), unrecorded

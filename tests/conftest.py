@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from safe_migrations.config import Environment, load_environment
+from safe_migrations.core.config import Environment, load_environment
 
 
 def _missing_server(message: str) -> None:

@@ -19,10 +19,10 @@ import yaml
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
-from safe_migrations.alembic_api import DEFAULT_PROJECT, Project
-from safe_migrations.config import Environment
-from safe_migrations.context import Console, RunOptions
-from safe_migrations.upgrade import run_migrations
+from safe_migrations.core.config import Environment
+from safe_migrations.pipeline.context import Console, RunOptions
+from safe_migrations.pipeline.upgrade import run_migrations
+from safe_migrations.project.alembic_api import DEFAULT_PROJECT, Project
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = Console(say=lambda _text: None, ask=lambda _prompt: "no", warn=lambda _text: None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "tasks"
+PACKAGE = Path(__file__).resolve().parent.parent / "tasks" / "safe_migrations"
 NAME = "safe_migrations"
 
 
@@ -104,10 +104,10 @@ def test_a_fourth_engine_registered_in_its_own_module_runs_status(tmp_path: Path
     from sqlalchemy.dialects import registry
 
     from safe_migrations import engines
-    from safe_migrations.alembic_api import DEFAULT_PROJECT
-    from safe_migrations.config import load_environment
+    from safe_migrations.core.config import load_environment
     from safe_migrations.engines.sqlite import SQLite
-    from safe_migrations.status import get_status
+    from safe_migrations.pipeline.status import get_status
+    from safe_migrations.project.alembic_api import DEFAULT_PROJECT
 
     class FakeSQL(SQLite):
         name = "FakeSQL"
@@ -135,8 +135,8 @@ def test_a_fourth_engine_registered_in_its_own_module_runs_status(tmp_path: Path
 def test_an_engine_nobody_registered_is_one_sentence() -> None:
     import pytest
 
+    from safe_migrations.core.errors import ConfigError
     from safe_migrations.engines import engine_for
-    from safe_migrations.errors import ConfigError
 
     with pytest.raises(ConfigError, match="No engine serves the database dialect 'oracle'"):
         engine_for("oracle")

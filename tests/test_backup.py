@@ -16,13 +16,13 @@ from pgcluster import PASSWORD
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from safe_migrations.alembic_api import DEFAULT_PROJECT
-from safe_migrations.backup import list_backups, take_backup
-from safe_migrations.config import Environment
-from safe_migrations.errors import BackupError, ConfigError
-from safe_migrations.operations import restore
-from safe_migrations.restore import find_backup
-from safe_migrations.upgrade import run_migrations
+from safe_migrations.core.config import Environment
+from safe_migrations.core.errors import BackupError, ConfigError
+from safe_migrations.operations.restore import find_backup
+from safe_migrations.operations.standalone import restore
+from safe_migrations.pipeline.backup import list_backups, take_backup
+from safe_migrations.pipeline.upgrade import run_migrations
+from safe_migrations.project.alembic_api import DEFAULT_PROJECT
 
 
 def seed(env: Environment, rows: int = 50) -> None:
@@ -300,7 +300,7 @@ def test_sqlite_backup_and_restore(sqlite_url: str, make_env: Callable[..., Envi
 def test_restore_without_terminal_or_yes_is_refused(
     sqlite_url: str, make_env: Callable[..., Environment]
 ) -> None:
-    from safe_migrations.errors import BlockedError
+    from safe_migrations.core.errors import BlockedError
 
     env = make_env(sqlite_url)
     run_migrations(env, DEFAULT_PROJECT, "head")
@@ -314,7 +314,7 @@ def test_progress_shows_on_a_terminal_and_stays_quiet_otherwise(
 ) -> None:
     import io
 
-    from safe_migrations.backupfiles import Progress
+    from safe_migrations.stores.backupfiles import Progress
 
     env = make_env(pg_url)
     seed(env, rows=20000)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from safe_migrations.config import known_environments, load_environment
-from safe_migrations.errors import ConfigError
-from safe_migrations.masking import mask_url, redact
+from safe_migrations.core.config import known_environments, load_environment
+from safe_migrations.core.errors import ConfigError
+from safe_migrations.core.masking import mask_url, redact
 
 SECRETS = {
     "DB_HOST": "db.internal",

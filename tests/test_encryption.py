@@ -13,12 +13,12 @@ from helpers import QUIET, seed, table_fingerprints
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from safe_migrations.alembic_api import DEFAULT_PROJECT
-from safe_migrations.backup import take_backup
-from safe_migrations.config import Environment
-from safe_migrations.errors import BackupError, ConfigError
-from safe_migrations.operations import restore
-from safe_migrations.pipeline import RunOptions, migrate
+from safe_migrations.core.config import Environment
+from safe_migrations.core.errors import BackupError, ConfigError
+from safe_migrations.operations.standalone import restore
+from safe_migrations.pipeline.backup import take_backup
+from safe_migrations.pipeline.migrate import RunOptions, migrate
+from safe_migrations.project.alembic_api import DEFAULT_PROJECT
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def test_encrypted_sqlite_backup_round_trips(
     migrate(env, RunOptions(yes=True, revision="0002", direction="downgrade"), None, QUIET)
     monkeypatch.setenv("SAFE_MIGRATIONS_AGE_IDENTITY", identity)
     restore(env, info.path, yes=True, interactive=False, console=QUIET)
-    from safe_migrations.status import read_current
+    from safe_migrations.pipeline.status import read_current
 
     assert read_current(env) == "0007"
 

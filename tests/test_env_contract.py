@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from helpers import QUIET, UNATTENDED, ScratchProject, fresh_database, table_names
 
-from safe_migrations.alembic_api import EnvPyContractError, Project
-from safe_migrations.check import check_drift
-from safe_migrations.config import Environment
-from safe_migrations.pipeline import migrate
-from safe_migrations.status import read_current
-from safe_migrations.upgrade import MigrationError, run_migrations
+from safe_migrations.core.config import Environment
+from safe_migrations.operations.check import check_drift
+from safe_migrations.pipeline.migrate import migrate
+from safe_migrations.pipeline.status import read_current
+from safe_migrations.pipeline.upgrade import MigrationError, run_migrations
+from safe_migrations.project.alembic_api import EnvPyContractError, Project
 
 STOCK_ONLINE = '''
 from alembic import context

@@ -8,11 +8,17 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
-from safe_migrations.alembic_api import DEFAULT_PROJECT, heads, history, render_sql, upgrade_path
-from safe_migrations.config import Environment
-from safe_migrations.status import get_status
-from safe_migrations.upgrade import run_migrations
-from safe_migrations.validate import schema_drift
+from safe_migrations.core.config import Environment
+from safe_migrations.pipeline.status import get_status
+from safe_migrations.pipeline.upgrade import run_migrations
+from safe_migrations.pipeline.validate import schema_drift
+from safe_migrations.project.alembic_api import (
+    DEFAULT_PROJECT,
+    heads,
+    history,
+    render_sql,
+    upgrade_path,
+)
 
 
 def test_single_head_revision() -> None:

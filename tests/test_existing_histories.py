@@ -17,11 +17,11 @@ from helpers import ScratchProject, cli_env, run_invoke
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from safe_migrations.check import stairway
-from safe_migrations.config import Environment
-from safe_migrations.errors import ConfigError
-from safe_migrations.revisions import resolve_revision
-from safe_migrations.status import read_current
+from safe_migrations.core.config import Environment
+from safe_migrations.core.errors import ConfigError
+from safe_migrations.core.revisions import resolve_revision
+from safe_migrations.operations.check import stairway
+from safe_migrations.pipeline.status import read_current
 
 BASE_TABLE = (
     'op.create_table("orders", sa.Column("id", sa.BigInteger, primary_key=True), '

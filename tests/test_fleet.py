@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from safe_migrations.fleet import Member, matrix, select, shard_of, worst
+from safe_migrations.operations.fleet import Member, matrix, select, shard_of, worst
 
 HEAD = "0007"
 
@@ -352,7 +352,7 @@ def test_health_on_a_fleet_saves_every_members_checks(fleet: Fleet) -> None:
 def test_progress_counts_on_a_terminal_and_stays_quiet_without_one() -> None:
     import io
 
-    from safe_migrations.fleet import Progress
+    from safe_migrations.operations.fleet import Progress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -476,8 +476,8 @@ def test_discovery_needs_a_pattern_and_never_takes_the_servers_own_databases(
     with engine.connect() as connection:
         names = set(connection.execute(text("SELECT datname FROM pg_database")).scalars())
     engine.dispose()
-    from safe_migrations.config import load_environment
-    from safe_migrations.fleet import members
+    from safe_migrations.core.config import load_environment
+    from safe_migrations.operations.fleet import members
 
     env = load_environment(
         "fleet", environ=fleet.variables, directory=fleet.folder / "environments"

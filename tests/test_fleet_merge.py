@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import cli_env, run_invoke
 
-from safe_migrations.fleet import FleetSummary, MemberResult
+from safe_migrations.operations.fleet import FleetSummary, MemberResult
 
 
 def shard_summary(folder: Path, shard: str, members: list[str], exit_code: int = 0) -> Path:

@@ -7,9 +7,9 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from helpers import ScratchProject
 
-from safe_migrations.config import Environment
-from safe_migrations.generate import new_revision
-from safe_migrations.upgrade import run_migrations
+from safe_migrations.core.config import Environment
+from safe_migrations.pipeline.upgrade import run_migrations
+from safe_migrations.project.generate import new_revision
 
 
 def test_generate_writes_a_revision_on_top_of_the_head(scratch: ScratchProject) -> None:

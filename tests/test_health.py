@@ -14,10 +14,15 @@ from helpers import ScratchProject, run_invoke, write_environment
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from safe_migrations.alembic_api import DEFAULT_PROJECT
-from safe_migrations.config import Environment
-from safe_migrations.health import blocking, check_connection, check_single_head, run_health
-from safe_migrations.upgrade import run_migrations
+from safe_migrations.core.config import Environment
+from safe_migrations.pipeline.health import (
+    blocking,
+    check_connection,
+    check_single_head,
+    run_health,
+)
+from safe_migrations.pipeline.upgrade import run_migrations
+from safe_migrations.project.alembic_api import DEFAULT_PROJECT
 
 
 def by_name(results: list) -> dict:
@@ -185,8 +190,8 @@ def test_revision_unknown_to_the_scripts_blocks(
 def test_silent_host_fails_any_connection_at_the_connect_timeout(
     silent_server: int, make_env: Callable[..., Environment]
 ) -> None:
-    from safe_migrations.errors import UnreachableError
-    from safe_migrations.status import read_current
+    from safe_migrations.core.errors import UnreachableError
+    from safe_migrations.pipeline.status import read_current
 
     env = make_env(
         f"postgresql://u:pw@127.0.0.1:{silent_server}/db", database={"connect_timeout": 2}

@@ -9,14 +9,14 @@ import pytest
 import sqlalchemy as sa
 from helpers import QUIET, ScratchProject, run_invoke
 
-from safe_migrations.alembic_api import DEFAULT_PROJECT, history, upgrade_path
-from safe_migrations.check import check_drift, run_check, stairway
-from safe_migrations.config import Environment
-from safe_migrations.errors import BlockedError
-from safe_migrations.lint import lint_revisions
-from safe_migrations.pipeline import RunOptions, migrate
-from safe_migrations.status import read_current
-from safe_migrations.upgrade import run_migrations
+from safe_migrations.core.config import Environment
+from safe_migrations.core.errors import BlockedError
+from safe_migrations.operations.check import check_drift, run_check, stairway
+from safe_migrations.pipeline.migrate import RunOptions, migrate
+from safe_migrations.pipeline.status import read_current
+from safe_migrations.pipeline.upgrade import run_migrations
+from safe_migrations.project.alembic_api import DEFAULT_PROJECT, history, upgrade_path
+from safe_migrations.project.lint import lint_revisions
 
 BASE_TABLE = 'op.create_table("orders", sa.Column("id", sa.BigInteger, primary_key=True))'
 RISKY = {

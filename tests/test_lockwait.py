@@ -16,10 +16,10 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from safe_migrations.config import Environment
-from safe_migrations.errors import ConfigError
-from safe_migrations.status import read_current
-from safe_migrations.upgrade import MigrationAttempt, MigrationError, run_migrations
+from safe_migrations.core.config import Environment
+from safe_migrations.core.errors import ConfigError
+from safe_migrations.pipeline.status import read_current
+from safe_migrations.pipeline.upgrade import MigrationAttempt, MigrationError, run_migrations
 
 TWO_TABLES = (
     'op.create_table("log", sa.Column("id", sa.Integer, primary_key=True))\n'

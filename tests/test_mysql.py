@@ -20,7 +20,7 @@ from pgcluster import PASSWORD
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from safe_migrations.config import load_environment
+from safe_migrations.core.config import load_environment
 
 
 def engine(url: str):  # noqa: ANN201 - a test helper

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from safe_migrations.mysqlnames import databases_named, writes_server_file
+from safe_migrations.engines.mysqlnames import databases_named, writes_server_file
 
 CASES = {
     "CREATE TABLE `prod`.`x` (id int)": {"prod"},

@@ -19,21 +19,21 @@ from helpers import table_names as tables
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from safe_migrations.alembic_api import DEFAULT_PROJECT
-from safe_migrations.config import Environment
-from safe_migrations.errors import (
+from safe_migrations.core.config import Environment
+from safe_migrations.core.errors import (
     BlockedError,
     LockHeldError,
     RefusedError,
     UsageError,
     ValidationError,
 )
-from safe_migrations.locking import migration_lock
-from safe_migrations.operations import rollback
-from safe_migrations.pipeline import Console, RunOptions, migrate
-from safe_migrations.report import last_report
-from safe_migrations.status import read_current
-from safe_migrations.upgrade import MigrationError, run_migrations
+from safe_migrations.operations.standalone import rollback
+from safe_migrations.pipeline.locking import migration_lock
+from safe_migrations.pipeline.migrate import Console, RunOptions, migrate
+from safe_migrations.pipeline.report import last_report
+from safe_migrations.pipeline.status import read_current
+from safe_migrations.pipeline.upgrade import MigrationError, run_migrations
+from safe_migrations.project.alembic_api import DEFAULT_PROJECT
 
 
 def test_failed_migration_leaves_last_good_revision(

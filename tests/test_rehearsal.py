@@ -27,16 +27,18 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from safe_migrations.config import Environment, load_environment
-from safe_migrations.context import Console
-from safe_migrations.copies import CopyError
-from safe_migrations.errors import BlockedError, ConfigError
-from safe_migrations.pipeline import migrate
-from safe_migrations.rehearsal import RehearsalFailed, RehearsalRecord, rehearse
-from safe_migrations.status import read_current
-from safe_migrations.upgrade import run_migrations
+from safe_migrations.core.config import Environment, load_environment
+from safe_migrations.core.errors import BlockedError, ConfigError
+from safe_migrations.operations.copies import CopyError
+from safe_migrations.operations.rehearsal import RehearsalFailed, RehearsalRecord, rehearse
+from safe_migrations.pipeline.context import Console
+from safe_migrations.pipeline.migrate import migrate
+from safe_migrations.pipeline.status import read_current
+from safe_migrations.pipeline.upgrade import run_migrations
 
-SCHEMA = json.loads((ROOT / "tasks" / "schemas" / "rehearsal-v1.schema.json").read_text())
+SCHEMA = json.loads(
+    (ROOT / "tasks" / "safe_migrations" / "schemas" / "rehearsal-v1.schema.json").read_text()
+)
 ROWS = 300_000
 BIG_TABLE = (
     'op.create_table("big", sa.Column("id", sa.Integer, primary_key=True), '
@@ -260,7 +262,7 @@ def test_a_copy_on_the_rehearsal_server_from_the_latest_backup(
     pg_admin_url: str,
     pg_url: str,
 ) -> None:
-    from safe_migrations.operations import backup
+    from safe_migrations.operations.standalone import backup
 
     env, scratch = small_env(rehearsal={"server": pg_admin_url, "prefix": "elsewhere_"})
     scratch.add('op.add_column("t", sa.Column("n", sa.Integer))')
@@ -389,8 +391,8 @@ def test_an_old_or_failed_rehearsal_is_no_proof(
 ) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from safe_migrations.proof import record_proof, require_rehearsal, scripts_digest
-    from safe_migrations.upgrade import plan
+    from safe_migrations.operations.proof import record_proof, require_rehearsal, scripts_digest
+    from safe_migrations.pipeline.upgrade import plan
 
     env, scratch = small_env(policy={"require_rehearsal_hours": 2})
     scratch.add('op.add_column("t", sa.Column("n", sa.Integer))')
@@ -409,8 +411,8 @@ def test_an_old_or_failed_rehearsal_is_no_proof(
 def test_sqlite_rehearsal_times_each_revision_on_a_copy_of_the_file(
     sqlite_url: str, make_env: Callable[..., Environment], scratch: ScratchProject
 ) -> None:
-    from safe_migrations.copies import copies_folder
-    from safe_migrations.database import sqlite_path
+    from safe_migrations.core.database import sqlite_path
+    from safe_migrations.operations.copies import copies_folder
 
     first = scratch.add('op.create_table("t", sa.Column("id", sa.Integer, primary_key=True))')
     scratch.add('op.add_column("t", sa.Column("n", sa.Integer))')
@@ -496,8 +498,13 @@ def test_a_forged_proof_does_not_count(
 
     from sqlalchemy.engine import make_url
 
-    from safe_migrations.proof import _table, record_proof, require_rehearsal, scripts_digest
-    from safe_migrations.upgrade import plan
+    from safe_migrations.operations.proof import (
+        _table,
+        record_proof,
+        require_rehearsal,
+        scripts_digest,
+    )
+    from safe_migrations.pipeline.upgrade import plan
 
     env, scratch = small_env(policy={"require_rehearsal_hours": 2})
     scratch.add('op.add_column("t", sa.Column("n", sa.Integer))')
@@ -590,7 +597,7 @@ def test_a_server_lost_mid_rehearsal_names_the_copy_left_and_the_next_rehearsal_
 
     from sqlalchemy.engine import make_url
 
-    from safe_migrations.errors import ToolError
+    from safe_migrations.core.errors import ToolError
 
     env, scratch = small_env()
     sleeping = scratch.add('op.execute("SELECT pg_sleep(30)")')
@@ -649,9 +656,9 @@ def test_a_rehearsal_that_fails_while_migrate_waits_for_the_lock_stops_it(
     between the first check and the lock is the newest, and it refuses."""
     from helpers import UNATTENDED
 
-    from safe_migrations import pipeline
-    from safe_migrations.proof import record_proof, scripts_digest
-    from safe_migrations.upgrade import plan
+    from safe_migrations.operations.proof import record_proof, scripts_digest
+    from safe_migrations.pipeline import migrate as pipeline
+    from safe_migrations.pipeline.upgrade import plan
 
     env, scratch = small_env(policy={"require_rehearsal_hours": 1, "confirm": "never"})
     scratch.add('op.add_column("t", sa.Column("n", sa.Integer))')

@@ -14,16 +14,22 @@ import pytest
 from helpers import QUIET, ScratchProject, write_environment
 from pgcluster import PASSWORD
 
-from safe_migrations.alembic_api import DEFAULT_PROJECT
-from safe_migrations.config import Environment, load_environment
-from safe_migrations.errors import BlockedError
-from safe_migrations.operations import backup, restore, rollback
-from safe_migrations.pipeline import RunOptions, migrate
-from safe_migrations.report import find_report, list_reports, show
-from safe_migrations.upgrade import MigrationError
+from safe_migrations.core.config import Environment, load_environment
+from safe_migrations.core.errors import BlockedError
+from safe_migrations.operations.standalone import backup, restore, rollback
+from safe_migrations.pipeline.migrate import RunOptions, migrate
+from safe_migrations.pipeline.report import find_report, list_reports, show
+from safe_migrations.pipeline.upgrade import MigrationError
+from safe_migrations.project.alembic_api import DEFAULT_PROJECT
 
 SCHEMA = json.loads(
-    (Path(__file__).parent.parent / "tasks" / "schemas" / "report-v2.schema.json").read_text()
+    (
+        Path(__file__).parent.parent
+        / "tasks"
+        / "safe_migrations"
+        / "schemas"
+        / "report-v2.schema.json"
+    ).read_text()
 )
 
 
@@ -232,8 +238,8 @@ def test_revision_messages_cannot_ping_inject_or_break_out_of_markdown(
 def test_terminal_never_gets_escape_sequences_from_a_message(
     sqlite_url: str, scratch: ScratchProject, make_env: Callable[..., Environment]
 ) -> None:
-    from safe_migrations.confirm import confirm, summary
-    from safe_migrations.upgrade import plan
+    from safe_migrations.pipeline.confirm import confirm, summary
+    from safe_migrations.pipeline.upgrade import plan
 
     env = make_env(sqlite_url)
     scratch.add("pass", message="innocent\x1b[2K\x1b[1A\rrevision 0000: nothing to see")

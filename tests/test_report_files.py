@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from helpers import QUIET, cli_env, run_invoke
 
-from safe_migrations.alembic_api import DEFAULT_PROJECT
-from safe_migrations.backup import take_backup
-from safe_migrations.config import Environment
-from safe_migrations.errors import BlockedError
-from safe_migrations.pipeline import Console, RunOptions, migrate
-from safe_migrations.status import read_current
+from safe_migrations.core.config import Environment
+from safe_migrations.core.errors import BlockedError
+from safe_migrations.pipeline.backup import take_backup
+from safe_migrations.pipeline.migrate import Console, RunOptions, migrate
+from safe_migrations.pipeline.status import read_current
+from safe_migrations.project.alembic_api import DEFAULT_PROJECT
 
 
 @pytest.fixture

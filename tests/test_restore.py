@@ -17,13 +17,13 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from safe_migrations.backup import take_backup
-from safe_migrations.config import Environment
-from safe_migrations.errors import BackupError, BlockedError, ConfigError
-from safe_migrations.operations import restore
-from safe_migrations.pipeline import Console, RunOptions, migrate
-from safe_migrations.sqlscript import ScriptError, split_script
-from safe_migrations.status import read_current
+from safe_migrations.core.config import Environment
+from safe_migrations.core.errors import BackupError, BlockedError, ConfigError
+from safe_migrations.engines.sqlscript import ScriptError, split_script
+from safe_migrations.operations.standalone import restore
+from safe_migrations.pipeline.backup import take_backup
+from safe_migrations.pipeline.migrate import Console, RunOptions, migrate
+from safe_migrations.pipeline.status import read_current
 
 FILLER = "A" * 240
 

@@ -19,16 +19,16 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from safe_migrations.alembic_api import DEFAULT_PROJECT
-from safe_migrations.config import Environment
-from safe_migrations.errors import BlockedError, ConfigError, LockHeldError, RefusedError
-from safe_migrations.locking import migration_lock
-from safe_migrations.operations import backup, rollback
-from safe_migrations.pipeline import Console, RunOptions, migrate
-from safe_migrations.report import last_report
-from safe_migrations.rollback import plan_rollback
-from safe_migrations.status import read_current
-from safe_migrations.upgrade import MigrationError, run_migrations
+from safe_migrations.core.config import Environment
+from safe_migrations.core.errors import BlockedError, ConfigError, LockHeldError, RefusedError
+from safe_migrations.operations.rollback import plan_rollback
+from safe_migrations.operations.standalone import backup, rollback
+from safe_migrations.pipeline.locking import migration_lock
+from safe_migrations.pipeline.migrate import Console, RunOptions, migrate
+from safe_migrations.pipeline.report import last_report
+from safe_migrations.pipeline.status import read_current
+from safe_migrations.pipeline.upgrade import MigrationError, run_migrations
+from safe_migrations.project.alembic_api import DEFAULT_PROJECT
 
 EXAMPLE_TABLES = {"alembic_version", "users", "orders", "products", "order_items"}
 

@@ -18,15 +18,15 @@ from pgcluster import PASSWORD
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from safe_migrations.alembic_api import DEFAULT_PROJECT
-from safe_migrations.backup import all_backups, take_backup
-from safe_migrations.config import Environment
-from safe_migrations.errors import BackupError, BlockedError, ConfigError
-from safe_migrations.health import run_health
-from safe_migrations.operations import backup, restore, rollback
-from safe_migrations.pipeline import RunOptions, migrate
-from safe_migrations.status import read_current
-from safe_migrations.upgrade import run_migrations
+from safe_migrations.core.config import Environment
+from safe_migrations.core.errors import BackupError, BlockedError, ConfigError
+from safe_migrations.operations.standalone import backup, restore, rollback
+from safe_migrations.pipeline.backup import all_backups, take_backup
+from safe_migrations.pipeline.health import run_health
+from safe_migrations.pipeline.migrate import RunOptions, migrate
+from safe_migrations.pipeline.status import read_current
+from safe_migrations.pipeline.upgrade import run_migrations
+from safe_migrations.project.alembic_api import DEFAULT_PROJECT
 
 
 def client(storage: dict[str, str]) -> Any:
@@ -254,7 +254,7 @@ def test_a_manifest_that_cannot_be_written_leaves_no_unlisted_dump_and_says_so(
 ) -> None:
     from botocore.exceptions import ClientError
 
-    from safe_migrations.s3store import Store
+    from safe_migrations.stores.s3 import Store
 
     env = make_env(pg_url, backup={"storage": bucket})
     seed(env, rows=5)
@@ -345,8 +345,8 @@ def test_pruning_or_a_full_local_folder_after_the_dump_is_stored_only_warns(
 
     from botocore.exceptions import ClientError
 
-    from safe_migrations import backup as backup_module
-    from safe_migrations.s3store import Store
+    from safe_migrations.pipeline import backup as backup_module
+    from safe_migrations.stores.s3 import Store
 
     env = make_env(pg_url, backup={"storage": bucket, "required": True})
 

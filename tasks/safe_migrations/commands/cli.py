@@ -1,0 +1,42 @@
+"""The `safe-migrations` command: the task collection as a program of its own, so a
+project needs no tasks.py (`safe-migrations migrate --env staging`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from invoke import Collection, Exit, Program, task
+
+from safe_migrations.commands import exits_with_documented_codes, ns
+from safe_migrations.pipeline.report import TOOL_VERSION
+
+
+@task(
+    help={
+        "root": "the Alembic project's root (default: the current folder)",
+        "force": "replace files that exist (env.py is always adapted, shown as a diff)",
+    }
+)
+@exits_with_documented_codes
+def init(c: Any, root: str = "", force: bool = False) -> None:
+    """Adopt safe-migrations here: tasks.py, environments/, the workflow, env.py adapted."""
+    from safe_migrations.project.adopt import init as adopt
+
+    code = adopt(Path(root or ".").resolve(), force)
+    if code:
+        raise Exit(code=code)
+
+
+commands = Collection()
+for name, each in ns.tasks.items():
+    commands.add_task(each, name=name)
+commands.add_task(init)
+
+program = Program(
+    namespace=commands, name="safe-migrations", binary="safe-migrations", version=TOOL_VERSION
+)
+
+
+def main() -> None:
+    program.run()

@@ -1,0 +1,105 @@
+"""MySQL and MariaDB through PyMySQL: each session's limits (mysqlsession.py), the
+migration lock as GET_LOCK (mysql.py), and what health and backup read."""
+
+from __future__ import annotations
+
+import math
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+from safe_migrations.core.database import application_name
+from safe_migrations.engines.base import Engine
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.engine import Engine as SAEngine
+
+    from safe_migrations.core.config import Environment
+    from safe_migrations.pipeline.lockwait import Holder
+
+
+class MySQL(Engine):
+    name = "MySQL/MariaDB"
+    default_port = 3306
+
+    def connect_args(
+        self,
+        env: Environment,
+        role: str,
+        lock_timeout: float | None,
+        statement_timeout: float | None,
+    ) -> dict[str, Any]:
+        return {
+            "connect_timeout": max(1, math.ceil(env.settings.database.connect_timeout)),
+            # A peer gone silent: a write that is never acknowledged fails here. No read
+            # timeout: a long DDL statement is silent on the wire until it ends.
+            "write_timeout": max(1, math.ceil(env.settings.database.network_timeout)),
+            "program_name": application_name(role),
+        }
+
+    def listen(
+        self, engine: SAEngine, lock_timeout: float | None, statement_timeout: float | None
+    ) -> None:
+        from sqlalchemy import event
+
+        from safe_migrations.engines.mysqlsession import session_timeouts
+
+        event.listen(engine, "connect", session_timeouts(lock_timeout, statement_timeout))
+
+    def migration_lock(self, env: Environment, wait: float) -> AbstractContextManager[None]:
+        from safe_migrations.engines.mysqlserver import named_lock
+
+        return named_lock(env, wait)
+
+    ddl_commits = True
+    rehearsal_limits = (
+        "MySQL/MariaDB: each revision is timed on a copy restored from the backup; locks are "
+        "not sampled (metadata locks are visible only with performance_schema), so lock and "
+        "rewrite details are PostgreSQL-only"
+    )
+    interrupted_revision = (
+        "a revision in progress may be partly applied (MySQL commits DDL as it runs): "
+        "check `invoke status` and the schema"
+    )
+
+    def backup_format(self, env: Environment) -> str:
+        return "mysql"
+
+    def session_id(self, connection: Connection) -> int | None:
+        return int(connection.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one())
+
+    def begin_migration(self, connection: Connection, wait: float) -> None:
+        from safe_migrations.engines.mysqlserver import hold_session
+
+        hold_session(connection, wait)
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        from safe_migrations.engines.mysqlserver import is_lock_timeout
+
+        return is_lock_timeout(exc)
+
+    def open_transactions(self, env: Environment, own: int | None) -> list[Holder]:
+        from safe_migrations.engines.mysqlserver import transaction_holders
+
+        return [h for h in transaction_holders(env) if h.pid != own]
+
+    def wait_until_gone(self, env: Environment, pids: set[int], deadline: float) -> bool:
+        from safe_migrations.engines.mysqlserver import wait_until_gone
+
+        return wait_until_gone(env, pids, deadline)
+
+    def table_count(self, connection: Connection) -> int:
+        from sqlalchemy import text
+
+        return int(
+            connection.execute(
+                text(
+                    "SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE()"
+                )
+            ).scalar_one()
+        )
+
+    def database_size(self, env: Environment, connection: Connection) -> int:
+        from safe_migrations.engines.mysqlserver import database_size
+
+        return database_size(connection)

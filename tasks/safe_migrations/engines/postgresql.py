@@ -1,0 +1,253 @@
+"""PostgreSQL: psycopg2 sessions that notice a silent peer and can be interrupted, the
+migration lock as a session-level advisory lock, and what health and backup read.
+
+The lock is session-level on its own autocommit connection, so the migration's own
+transactions (and CREATE INDEX CONCURRENTLY) never wait on it, and a killed runner
+releases it when its connection drops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from safe_migrations.core.database import application_name, connect
+from safe_migrations.core.errors import LockHeldError
+from safe_migrations.engines.base import Engine
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.engine import Engine as SAEngine
+
+    from safe_migrations.core.config import Environment
+
+LOCK_NAMESPACE = "alembic-invoke/migration-lock/v1"
+POLL_SECONDS = 0.2
+LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired
+TABLE_COUNT_SQL = (
+    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = "
+    "c.relnamespace WHERE c.relkind IN ('r','p') AND n.nspname NOT IN "
+    "('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'"
+)
+
+
+class PostgreSQL(Engine):
+    name = "PostgreSQL"
+    default_port = 5432
+
+    def prepare(self, env: Environment) -> None:
+        _interruptible_queries()
+
+    def connect_args(
+        self,
+        env: Environment,
+        role: str,
+        lock_timeout: float | None,
+        statement_timeout: float | None,
+    ) -> dict[str, Any]:
+        # libpq takes whole seconds and treats anything below 2 as 2.
+        args: dict[str, Any] = {
+            "connect_timeout": max(2, math.ceil(env.settings.database.connect_timeout)),
+            "application_name": application_name(role),
+            **keepalive_options(env.settings.database.network_timeout),
+        }
+        settings = []
+        if lock_timeout is not None:
+            settings.append(f"-c lock_timeout={int(lock_timeout * 1000)}")
+        if statement_timeout is not None:
+            settings.append(f"-c statement_timeout={int(statement_timeout * 1000)}")
+        if settings:
+            args["options"] = " ".join(settings)
+        return args
+
+    def listen(
+        self, engine: SAEngine, lock_timeout: float | None, statement_timeout: float | None
+    ) -> None:
+        from sqlalchemy import event
+
+        event.listen(engine, "connect", _check_client_connection)
+
+    def migration_lock(
+        self, env: Environment, wait: float
+    ) -> contextlib.AbstractContextManager[None]:
+        return _advisory_lock(env, wait)
+
+    watches_lock_waits = True
+    rehearsal_limits = None
+    invalid_indexes = True
+    tool_schema = "safe_migrations"
+
+    def backup_format(self, env: Environment) -> str:
+        return env.settings.backup.format
+
+    def session_id(self, connection: Connection) -> int | None:
+        return int(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+    def is_lock_timeout(self, exc: BaseException) -> bool:
+        return getattr(getattr(exc, "orig", None), "pgcode", None) == LOCK_NOT_AVAILABLE
+
+    def table_count(self, connection: Connection) -> int:
+        from sqlalchemy import text
+
+        return int(connection.execute(text(TABLE_COUNT_SQL)).scalar_one())
+
+    def database_size(self, env: Environment, connection: Connection) -> int:
+        from sqlalchemy import text
+
+        return int(
+            connection.execute(text("SELECT pg_database_size(current_database())")).scalar_one()
+        )
+
+
+def advisory_key(database: str) -> int:
+    """A stable signed 64-bit key from the project constant and the database name."""
+    digest = hashlib.sha256(f"{LOCK_NAMESPACE}:{database}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextmanager
+def _advisory_lock(env: Environment, wait: float) -> Iterator[None]:
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    with connect(env, role="lock", autocommit=True) as connection:
+        database = connection.execute(text("SELECT current_database()")).scalar_one()
+        key = advisory_key(database)
+        deadline = time.monotonic() + wait
+        while not connection.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+            if time.monotonic() >= deadline:
+                holder = _advisory_holder(connection, key)
+                raise LockHeldError(
+                    f"Another migration holds the lock on database '{database}' ({holder}); "
+                    f"waited {wait:g}s. Let it finish, or raise migration.lock_wait."
+                )
+            time.sleep(POLL_SECONDS)
+        try:
+            yield
+        finally:
+            # A lost connection has released the lock already; its error must never
+            # replace the one the run is raising.
+            with contextlib.suppress(DBAPIError):
+                connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
+
+def _advisory_holder(connection: object, key: int) -> str:
+    from sqlalchemy import text
+
+    unsigned = key & 0xFFFFFFFFFFFFFFFF
+    row = connection.execute(  # type: ignore[attr-defined]
+        text(
+            "SELECT a.pid, a.application_name, a.client_addr, a.state_change "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+            "AND l.classid = :hi AND l.objid = :lo AND l.database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())"
+        ),
+        {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF},
+    ).first()
+    if row is None:
+        return "holder unknown"
+    return describe_holder(row.application_name or "", row.pid, row.client_addr, row.state_change)
+
+
+def describe_holder(application: str, backend_pid: int, address: object, since: datetime) -> str:
+    """'host H, pid P, since T' from our application_name (tool:role:host:pid)."""
+    parts = application.split(":")
+    if len(parts) >= 4 and parts[0] == "alembic-invoke":
+        host, pid = parts[2], parts[3]
+    else:
+        host, pid = str(address or "unknown host"), f"backend {backend_pid}"
+    return f"host {host}, pid {pid}, since {since.astimezone(UTC).isoformat(timespec='seconds')}"
+
+
+def keepalive_options(network_timeout: float) -> dict[str, int]:
+    """libpq options that notice a peer gone silent within about ``network_timeout``:
+    keepalive probes start after a third of it, and unacknowledged data or probes
+    abort the connection once it has passed (TCP_USER_TIMEOUT)."""
+    step = max(1, int(network_timeout // 3))
+    return {
+        "keepalives": 1,
+        "keepalives_idle": step,
+        "keepalives_interval": step,
+        "keepalives_count": 3,
+        "tcp_user_timeout": int(network_timeout * 1000),
+    }
+
+
+def _check_client_connection(dbapi_connection: Any, _record: Any) -> None:
+    """PostgreSQL 14+: end our statements within a second when this process dies.
+
+    Without it a SIGKILLed runner leaves its backend running the statement, holding
+    the revision's locks, until the statement ends on its own.
+    """
+    if getattr(dbapi_connection, "server_version", 0) < 140000:
+        return
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET client_connection_check_interval = 1000")
+    cursor.close()
+    if not dbapi_connection.autocommit:
+        dbapi_connection.commit()
+
+
+def _interruptible_queries() -> None:
+    """Let Ctrl-C / SIGTERM reach a running query: cancel it on the server, then raise.
+
+    psycopg2 otherwise blocks in C until the statement ends, so a cancelled CI job
+    would wait out a long migration and never write its report.
+    """
+    import psycopg2.extensions
+
+    if psycopg2.extensions.get_wait_callback() is None:
+        psycopg2.extensions.set_wait_callback(_wait_cancelling)
+
+
+def _wait_cancelling(connection: Any) -> None:
+    """psycopg2's wait_select, plus: a deadline while connecting (libpq's connect_timeout
+    does not apply in this mode), and KeyboardInterrupt re-raised after the cancel.
+    """
+    import select
+    import time
+
+    import psycopg2
+    import psycopg2.extensions as ext
+
+    deadline = None
+    if connection.status in (ext.STATUS_SETUP, getattr(ext, "STATUS_CONNECTING", 20)):
+        seconds = ext.parse_dsn(connection.dsn).get("connect_timeout")
+        if seconds:
+            deadline = time.monotonic() + max(2, int(seconds))
+    interrupted: KeyboardInterrupt | None = None
+    while True:
+        try:
+            state = connection.poll()
+        except psycopg2.Error:
+            if interrupted is not None:
+                raise interrupted from None
+            raise
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+            connection.cancel()
+            continue
+        if state == ext.POLL_OK:
+            break
+        wait = None if deadline is None else deadline - time.monotonic()
+        if wait is not None and wait <= 0:
+            raise psycopg2.OperationalError("timeout expired")
+        try:
+            if state == ext.POLL_READ:
+                select.select([connection.fileno()], [], [], wait)
+            elif state == ext.POLL_WRITE:
+                select.select([], [connection.fileno()], [], wait)
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+            if deadline is not None:
+                raise
+            connection.cancel()
+    if interrupted is not None:
+        raise interrupted

@@ -1,0 +1,145 @@
+"""SQLite: a file next to the project, foreign keys on in every session, and a lock file
+beside it for one migration at a time."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from safe_migrations.core.database import sqlite_path
+from safe_migrations.core.errors import LockHeldError
+from safe_migrations.engines.base import Engine
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+    from sqlalchemy.engine import Engine as SAEngine
+
+    from safe_migrations.core.config import Environment
+
+POLL_SECONDS = 0.2
+
+
+class SQLite(Engine):
+    name = "SQLite"
+    session_timeouts = False
+    rehearsal_limits = (
+        "SQLite: each revision is timed on a copy of the file; lock and rewrite details "
+        "are PostgreSQL-only"
+    )
+    copies_on_servers = False
+
+    def backup_format(self, env: Environment) -> str:
+        return "sqlite"
+
+    def identity(self, env: Environment) -> dict[str, Any]:
+        path = sqlite_path(env.url)
+        return {"engine": "sqlite", "database": str(Path(path).resolve()) if path else None}
+
+    def prepare(self, env: Environment) -> None:
+        path = sqlite_path(env.url)
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+    def connect_args(
+        self,
+        env: Environment,
+        role: str,
+        lock_timeout: float | None,
+        statement_timeout: float | None,
+    ) -> dict[str, Any]:
+        return {"timeout": env.settings.database.connect_timeout}
+
+    def listen(
+        self, engine: SAEngine, lock_timeout: float | None, statement_timeout: float | None
+    ) -> None:
+        from sqlalchemy import event
+
+        event.listen(engine, "connect", _sqlite_foreign_keys)
+
+    def migration_lock(self, env: Environment, wait: float) -> AbstractContextManager[None]:
+        return _file_lock(env, wait)
+
+    def table_count(self, connection: Connection) -> int:
+        from sqlalchemy import text
+
+        return int(
+            connection.execute(
+                text("SELECT count(*) FROM sqlite_master WHERE type = 'table'")
+            ).scalar_one()
+        )
+
+    def database_size(self, env: Environment, connection: Connection) -> int:
+        path = sqlite_path(env.url)
+        return Path(path).stat().st_size if path and Path(path).exists() else 0
+
+
+def _sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _ensure_sqlite_folder(url: str) -> None:
+    from pathlib import Path
+
+    path = sqlite_path(url)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def _file_lock(env: Environment, wait: float) -> Iterator[None]:
+
+    database = sqlite_path(env.url) or str(env.root / "var" / "memory.db")
+    path = Path(database + ".migrate.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as handle:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = _file_holder(handle.read())
+                    raise LockHeldError(
+                        f"Another migration holds the lock file {path} ({holder}); "
+                        f"waited {wait:g}s. Let it finish, or raise migration.lock_wait."
+                    ) from None
+                time.sleep(POLL_SECONDS)
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(
+                json.dumps(
+                    {
+                        "host": socket.gethostname(),
+                        "pid": os.getpid(),
+                        "since": datetime.now(UTC).isoformat(timespec="seconds"),
+                    }
+                )
+            )
+            handle.flush()
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            handle.flush()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _file_holder(content: str) -> str:
+    try:
+        data = json.loads(content)
+        return f"host {data['host']}, pid {data['pid']}, since {data['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"

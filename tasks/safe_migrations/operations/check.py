@@ -1,0 +1,160 @@
+"""`invoke check`: one head, models match the database, lint of what is pending, and on
+request the stairway test (up, down one, up again, for every revision) on a scratch database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from safe_migrations.core.config import Environment
+from safe_migrations.core.database import connect
+from safe_migrations.core.results import StepResult, timed
+from safe_migrations.pipeline.health import check_single_head
+from safe_migrations.pipeline.status import read_current
+from safe_migrations.pipeline.validate import schema_drift
+from safe_migrations.project.alembic_api import Project, current_revision, history
+from safe_migrations.project.lint import lint_pending
+
+
+def check_drift(env: Environment, project: Project) -> StepResult:
+    """Models against the database; only meaningful when the database is at the head."""
+    with timed() as clock, connect(env, role="check") as connection:
+        current = current_revision(connection)
+        head = project.scripts().get_current_head()
+        metadata = project.metadata(connection)
+        if metadata is None:
+            return StepResult(
+                "drift",
+                False,
+                "no models to compare: the project's env.py passes no target_metadata to "
+                "context.configure; pass your models' MetaData there (as for autogenerate)",
+                severity="warning",
+                duration=clock.seconds,
+            )
+        if current != head:
+            return StepResult(
+                "drift",
+                True,
+                f"database at {current or 'base'}, not the head {head}: "
+                "compared after the pending revisions run",
+                severity="info",
+                duration=clock.seconds,
+            )
+        drift = schema_drift(connection, metadata)
+    message = (
+        "models match the database"
+        if not drift
+        else f"models differ from the database (a model change without a revision?): "
+        f"{'; '.join(drift)}"
+    )
+    return StepResult(
+        "drift", not drift, message, duration=clock.seconds, details={"differences": drift}
+    )
+
+
+def check_lint(env: Environment, project: Project) -> StepResult:
+    return lint_pending(
+        project, read_current(env), project.scripts().get_current_head(), env.dialect
+    )
+
+
+def _snapshot(connection: Any) -> dict[str, Any]:
+    """Tables, columns, indexes, foreign keys and unique constraints, comparable."""
+    from sqlalchemy import inspect
+
+    inspector = inspect(connection)
+    snapshot: dict[str, Any] = {}
+    for table in sorted(inspector.get_table_names()):
+        if table == "alembic_version":
+            continue
+        snapshot[table] = {
+            "columns": sorted(
+                (c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)
+            ),
+            "indexes": sorted(i["name"] or "" for i in inspector.get_indexes(table)),
+            "foreign_keys": sorted(
+                str(fk["referred_table"]) + ":" + ",".join(fk["constrained_columns"])
+                for fk in inspector.get_foreign_keys(table)
+            ),
+            "unique": sorted(u["name"] or "" for u in inspector.get_unique_constraints(table)),
+        }
+    return snapshot
+
+
+@contextmanager
+def scratch_database(env: Environment, folder: Path) -> Iterator[Environment]:
+    """An empty database beside the environment's, dropped afterwards."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    if env.is_sqlite:
+        target = folder / f"{env.settings.check.scratch_prefix}{uuid.uuid4().hex[:12]}.db"
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            yield replace(env, url=f"sqlite:///{target}")
+        finally:
+            target.unlink(missing_ok=True)
+        return
+    name = f"{env.settings.check.scratch_prefix}{uuid.uuid4().hex[:12]}"
+    with connect(env, role="check", autocommit=True) as connection:
+        connection.execute(
+            text(f"CREATE DATABASE `{name}`" if env.is_mysql else f'CREATE DATABASE "{name}"')
+        )
+    try:
+        url = make_url(env.url).set(database=name).render_as_string(hide_password=False)
+        yield replace(env, url=url)
+    finally:
+        with connect(env, role="check", autocommit=True) as connection:
+            connection.execute(
+                text(
+                    f"DROP DATABASE IF EXISTS `{name}`"
+                    if env.is_mysql
+                    else f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+                )
+            )
+
+
+def stairway(env: Environment, project: Project) -> StepResult:
+    """For each revision: upgrade, downgrade one, compare with before, upgrade again."""
+    from safe_migrations.pipeline.upgrade import run_migrations
+
+    revisions = history(project.scripts())
+    with timed() as clock, scratch_database(env, env.resolve("var/scratch")) as scratch:
+        for revision in revisions:
+            with connect(scratch, role="stairway") as connection:
+                before = _snapshot(connection)
+            run_migrations(scratch, project, revision.revision)
+            run_migrations(scratch, project, revision.down_revision, "downgrade")
+            with connect(scratch, role="stairway") as connection:
+                after = _snapshot(connection)
+            if after != before:
+                left = sorted(set(after) - set(before)) or sorted(
+                    t for t in after if after[t] != before.get(t)
+                )
+                return StepResult(
+                    "stairway",
+                    False,
+                    f"revision {revision.revision} ({revision.path}): its downgrade does "
+                    f"not undo its upgrade; left behind or changed: {', '.join(left)}",
+                    duration=clock.seconds,
+                    details={"revision": revision.revision, "tables": left},
+                )
+            run_migrations(scratch, project, revision.revision)
+    return StepResult(
+        "stairway",
+        True,
+        f"{len(revisions)} revision(s): each downgrade undoes its upgrade",
+        duration=clock.seconds,
+    )
+
+
+def run_check(env: Environment, project: Project, with_stairway: bool) -> list[StepResult]:
+    results = [check_single_head(project), check_drift(env, project), check_lint(env, project)]
+    if with_stairway:
+        results.append(stairway(env, project))
+    return results

@@ -1,0 +1,311 @@
+"""The migrate pipeline: health -> confirm -> lock -> backup -> upgrade -> validate -> report.
+
+``migrate`` is the step list; each step below takes the run, decides its own skip,
+does its work through its own module (health.py, confirm.py, backup.py,
+upgrade.py, validate.py) and records its result. Operations that are not the
+pipeline (rollback, restore, a backup on its own) live in operations.py.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Any
+
+from safe_migrations.core.config import Environment
+from safe_migrations.core.errors import (
+    BlockedError,
+    NothingRenderedError,
+    RefusedError,
+    UsageError,
+    ValidationError,
+)
+from safe_migrations.core.results import StepResult, format_results, timed
+from safe_migrations.core.revisions import resolve_revision
+from safe_migrations.operations import proof
+from safe_migrations.pipeline import confirm, health, upgrade, validate
+from safe_migrations.pipeline.backup import take_backup
+from safe_migrations.pipeline.context import Console, Run, RunOptions, recorded
+from safe_migrations.pipeline.locking import migration_lock
+from safe_migrations.pipeline.report import RunRecord, reported
+from safe_migrations.pipeline.status import read_current
+from safe_migrations.project import alembic_api
+from safe_migrations.project.alembic_api import Project
+
+__all__ = ["Console", "RunOptions", "migrate"]
+
+
+def migrate(
+    env: Environment,
+    options: RunOptions,
+    project: Project | None = None,
+    console: Console | None = None,
+) -> RunRecord:
+    """The whole pipeline; raises a ToolError (with its exit code) when a step fails."""
+    run = Run.start(env, options, project, console)
+    refuse_before_any_work(run)
+    with recorded(run):
+        resolve_target(run)
+        health_step(run)  # first: an unreachable database is a failed check (exit 3)
+        plan_step(run)
+        if options.dry_run:
+            dry_run_step(run)
+            return run.record
+        rehearsed_step(run)
+        confirm_step(run)
+        with lock_step(run):
+            backup_step(run)
+            upgrade_step(run)
+        validate_step(run)
+        return run.record
+
+
+def refuse_before_any_work(run: Run) -> None:
+    """Policy refusals and a missing terminal, before any step does work."""
+    env, options = run.env, run.options
+    policy, backup = env.settings.policy, env.settings.backup
+    if options.direction == "downgrade" and not policy.allow_downgrade:
+        raise RefusedError(
+            f"The {env.name} environment does not allow downgrades "
+            "(policy.allow_downgrade is false)."
+        )
+    if options.backup is False and backup.required and not options.dry_run:
+        raise UsageError(
+            f"The {env.name} environment requires a backup before migrating; "
+            "--no-backup is refused there (backup.required is true)."
+        )
+    if not options.dry_run:
+        confirm.refuse_without_terminal(env, options.yes, options.interactive)
+
+
+def resolve_target(run: Run) -> None:
+    """The target as one revision id before anything runs (``-2`` reads the current one)."""
+    scripts = run.project.scripts()
+    run.target = resolve_revision(scripts, run.options.revision, lambda: read_current(run.env))
+    run.record.target_revision = reported(run.target)
+
+
+def health_step(run: Run) -> None:
+    """Blocking checks stop the run; on a terminal the user may go on anyway."""
+    options = run.options
+    if options.dry_run:
+        return
+    if options.skip_health_checks:
+        run.skip("health", "--skip-health-checks")
+        return
+    with timed() as clock:
+        results = health.run_health(run.env, run.project, run.target or "base", wants_backup(run))
+    run.record.health = [r.to_dict() for r in results]
+    failed = health.blocking(results)
+    message = (
+        "failed: " + "; ".join(f"{r.name}: {r.message}" for r in failed)
+        if failed
+        else "all blocking checks passed"
+    )
+    run.console.say("\n".join("  " + line for line in format_results(results).splitlines()))
+    run.step(StepResult("health", not failed, message, duration=clock.seconds))
+    if not failed:
+        return
+    question = "A blocking health check failed. Continue anyway? [y/N] "
+    if options.interactive and not options.yes and confirm.said_yes(run.console.ask(question)):
+        return
+    raise BlockedError(
+        f"Blocked by health checks ({', '.join(r.name for r in failed)}): "
+        f"{failed[0].message}. Fix it, or pass --skip-health-checks."
+    )
+
+
+def plan_step(run: Run) -> None:
+    """Where the database is, that it is where a rollback expects, and what is pending."""
+    run.at(read_current(run.env))
+    check_expected(run)
+    run.pending = _pending(run)
+    run.record.pending = [r.to_dict() for r in run.pending]
+
+
+def check_expected(run: Run) -> None:
+    """Rollback acts only on the database its report describes."""
+    expected = run.options.expect_current
+    if expected is not None and reported(run.current) != expected:
+        raise BlockedError(
+            f"The {run.env.name} database is at {reported(run.current)}, not at {expected} "
+            "where its newest run left it: something moved it since, so nothing was changed. "
+            "Check `invoke status`, then move it explicitly with `invoke downgrade --revision REV`."
+        )
+
+
+def _pending(run: Run) -> list[alembic_api.Revision]:
+    options = run.options
+    if options.direction == "downgrade" and not alembic_api.is_ancestor(
+        run.project.scripts(), run.target, run.current
+    ):
+        raise RefusedError(
+            f"Revision {options.revision} is not below the current revision "
+            f"{reported(run.current)}; downgrade goes down only."
+        )
+    return upgrade.plan(run.project, run.current, run.target, options.direction)
+
+
+def dry_run_step(run: Run) -> None:
+    """Print the offline SQL of each pending revision; name those that cannot be rendered."""
+    rendered = alembic_api.render_sql(
+        run.project.config(),
+        run.project.scripts(),
+        run.pending,
+        run.env.dialect,
+        upgrade=run.options.direction == "upgrade",
+    )
+    unrendered = [r for r in rendered if r.error]
+    for item in rendered:
+        run.console.say(f"-- revision {item.revision}: {item.message} ({item.path})")
+        if item.error:
+            run.console.say(f"-- cannot be rendered offline: {item.error}\n")
+        else:
+            run.console.say(item.sql or "")
+    message = f"{len(rendered) - len(unrendered)} revision(s) rendered, database unchanged" + (
+        f"; {len(unrendered)} could not be rendered: " + ", ".join(r.revision for r in unrendered)
+        if unrendered
+        else ""
+    )
+    details = {"unrendered": {r.revision: r.error for r in unrendered}}
+    nothing = bool(rendered) and len(unrendered) == len(rendered)
+    run.step(StepResult("dry_run", not nothing, message, details=details))
+    if nothing:
+        first = unrendered[0]
+        raise NothingRenderedError.first("pending revision", first.revision, first.error or "")
+
+
+def rehearsal_proof(run: Run) -> dict[str, Any] | None:
+    """The proof policy.require_rehearsal_hours asks for (None when it asks for none);
+    BlockedError (exit 3) without one."""
+    if (
+        run.options.direction != "upgrade"
+        or run.env.settings.policy.require_rehearsal_hours is None
+    ):
+        return None
+    return proof.require_rehearsal(
+        run.env, run.project, reported(run.current), reported(run.target), run.pending
+    )
+
+
+def rehearsed_step(run: Run) -> None:
+    """Where policy.require_rehearsal_hours is set: a passing rehearsal of this very range
+    and these scripts, recently, or no change at all (exit 3)."""
+    with timed() as clock:
+        found = rehearsal_proof(run)
+    if found is not None:
+        message = f"rehearsed at {found['finished_at']:%Y-%m-%d %H:%M} UTC ({found['report']})"
+        run.step(StepResult("rehearsal", True, message, duration=clock.seconds))
+
+
+def confirm_step(run: Run) -> None:
+    """Ask before changing anything (production: the name typed); never holds the lock."""
+    if not confirm.needs_confirmation(run.env, run.options.yes):
+        return
+    summary = confirm.summary(run.env, run.record.operation, run.current, run.target, run.pending)
+    with timed() as clock:
+        confirm.confirm(run.env, summary, ask=run.console.ask, say=run.console.say)
+    run.step(StepResult("confirm", True, "confirmed", duration=clock.seconds))
+
+
+@contextmanager
+def lock_step(run: Run) -> Iterator[None]:
+    """One migration at a time, from the backup to the end of the upgrade; the revision
+    is read again under the lock, since another run may have moved it meanwhile."""
+    asked_at = time.perf_counter()
+    with migration_lock(run.env):
+        run.lock_wait = round(time.perf_counter() - asked_at, 4)
+        moved = read_current(run.env)
+        if moved != run.current:
+            run.console.say(f"another run moved the database to {reported(moved)} meanwhile")
+            run.at(moved)
+            check_expected(run)
+            run.pending = _pending(run)
+            rehearsed_step(run)
+        else:
+            check_expected(run)
+            rehearsal_proof(run)  # again under the lock: a rehearsal may have failed since
+        yield
+
+
+def wants_backup(run: Run) -> bool:
+    """--backup, or (neither flag) the environment requires one."""
+    wanted = run.options.backup
+    return bool(wanted or (wanted is None and run.env.settings.backup.required))
+
+
+def backup_step(run: Run) -> None:
+    """When asked or required, and only when there is something to apply."""
+    if not wants_backup(run):
+        return
+    if not run.pending:
+        run.skip("backup", "nothing to apply")
+        return
+    record_backup(run)
+
+
+def record_backup(run: Run) -> None:
+    """Take a verified backup at the run's current revision and record it."""
+    with timed() as clock:
+        info = take_backup(run.env, run.current, run.console.progress)
+    run.record.backup = info.to_dict()
+    message = f"{info.path} ({info.size:,} bytes, sha256 {info.sha256[:12]}...)"
+    run.step(StepResult("backup", True, message, duration=clock.seconds))
+
+
+def upgrade_step(run: Run) -> None:
+    """Alembic in process, one revision per transaction, retried on lock timeouts."""
+    direction, target = run.options.direction, run.target
+
+    def on_retry(attempt: upgrade.MigrationAttempt) -> None:
+        run.record.retries.append(asdict(attempt))
+        ahead = f" for {attempt.mode} on {attempt.relation}" if attempt.relation else ""
+        holders = ", ".join(f"pid {h['pid']}" for h in attempt.holders)
+        run.console.say(
+            f"revision {attempt.revision} queued{ahead} past its lock timeout and was rolled "
+            f"back (attempt {attempt.attempt}); watched {holders or 'the holders'} from the side "
+            f"for {attempt.waited:g}s"
+            + "".join(f"; terminated idle pid {c['pid']}" for c in attempt.cancelled if c["done"])
+        )
+
+    with timed() as clock:
+        try:
+            applied = upgrade.run_migrations(run.env, run.project, target, direction, on_retry)
+        except upgrade.MigrationError as exc:
+            run.record.applied = [a.to_dict() for a in exc.applied]
+            run.record.failed_revision = exc.revision
+            if isinstance(exc, upgrade.PartlyAppliedError):
+                run.record.partly_applied = exc.partial
+            run.step(StepResult(direction, False, exc.message, duration=clock.seconds))
+            raise
+    run.record.applied = [a.to_dict() for a in applied]
+    verb = "applied" if direction == "upgrade" else "undone"
+    message = (
+        f"{len(applied)} revision(s) {verb}, now at {reported(target)}"
+        if applied
+        else f"nothing to do, already at {reported(target)}"
+    )
+    details = {"lock_wait": run.lock_wait}
+    run.step(StepResult(direction, True, message, duration=clock.seconds, details=details))
+
+
+def validate_step(run: Run) -> None:
+    """At the target, answering, and (at the head) matching the models."""
+    if run.options.skip_validation:
+        run.skip("validate", "--skip-validation")
+        return
+    at_head = [run.target] == alembic_api.heads(run.project.scripts())
+    with timed() as clock:
+        results = validate.validate(run.env, run.project, run.target, compare_models=at_head)
+    run.record.validation = [r.to_dict() for r in results]
+    failed = [r for r in results if not r.ok]
+    message = (
+        "; ".join(f"{r.name}: {r.message}" for r in failed)
+        if failed
+        else ", ".join(r.message for r in results)
+    )
+    run.step(StepResult("validate", not failed, message, duration=clock.seconds))
+    if failed:
+        raise ValidationError(f"Validation failed after migrating: {message}")

@@ -1,0 +1,240 @@
+"""`safe-migrations init`: adopt the tool in an existing Alembic project.
+
+Writes ``tasks.py``, ``environments/*.yml`` and the GitHub workflow (this
+repository's own files, shipped in ``scaffold/``), and adapts ``env.py`` to the
+connection-sharing pattern of Alembic's cookbook, showing every change as a diff.
+It never overwrites a file without ``--force`` and never asks anything.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from safe_migrations.core.errors import ConfigError, RefusedError
+
+SCAFFOLD = Path(__file__).parent / "scaffold"
+PACKAGE = "safe-alembic-migrations"
+MARKER = 'config.attributes.get("connection")'
+
+TASKS_PY = '''"""Invoke tasks: `invoke --list`. The migration tasks come from safe-migrations."""
+
+from safe_migrations.commands import ns
+
+__all__ = ["ns"]
+'''
+
+NAMESPACED = """from safe_migrations.commands import ns as migrations_ns
+
+ns.add_collection(migrations_ns, name="db")  # then: invoke db.migrate --env staging
+"""
+
+SYNC_BLOCK = """    connection = config.attributes.get("connection")
+    if connection is not None:  # handed in by safe-migrations: its database, its timeouts
+        context.configure(connection=connection, target_metadata=target_metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+
+"""
+
+ASYNC_BLOCK = """    connection = config.attributes.get("connection")
+    if connection is not None:  # handed in by safe-migrations: a sync psycopg2 connection
+        do_run_migrations(connection)
+        return
+
+"""
+
+
+@dataclass(frozen=True)
+class Change:
+    path: Path
+    text: str
+    why: str
+
+
+def alembic_settings(root: Path) -> tuple[Path, Path | None]:
+    """(alembic.ini or pyproject.toml, pyproject.toml when it holds [tool.alembic])."""
+    pyproject = root / "pyproject.toml"
+    toml = None
+    if pyproject.is_file():
+        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        toml = pyproject if "alembic" in data.get("tool", {}) else None
+    if (root / "alembic.ini").is_file():
+        return root / "alembic.ini", toml
+    if toml is not None:
+        return toml, toml
+    raise ConfigError(
+        f"{root} has no alembic.ini and no pyproject.toml with [tool.alembic]; run "
+        "`safe-migrations init` at the root of an Alembic project (after `alembic init`)."
+    )
+
+
+def script_folder(root: Path, ini: Path, toml: Path | None) -> Path:
+    from alembic.config import Config
+
+    config = Config(None if ini == toml else str(ini), toml_file=str(toml) if toml else None)
+    location = config.get_main_option("script_location") or "migrations"
+    folder = Path(location)
+    return folder if folder.is_absolute() else root / folder
+
+
+def template_of(text: str) -> str:
+    """Which `alembic init` template an env.py still follows: generic (and pyproject),
+    async (and pyproject_async), multidb, adapted already, or unknown."""
+    if MARKER in text:
+        return "adapted"
+    if "for name, rec in engines.items()" in text or "engines[name]" in text:
+        return "multidb"
+    if "def do_run_migrations(" in text and "async_engine_from_config" in text:
+        return "async"
+    if "engine_from_config(" in text and "with connectable.connect() as connection:" in text:
+        return "generic"
+    return "unknown"
+
+
+def adapted_env_py(text: str, path: Path = Path("env.py")) -> str | None:
+    """env.py with the cookbook block first in ``run_migrations_online``; None when it
+    has no such function. ConfigError when it is not valid Python."""
+    kind = template_of(text)
+    block = ASYNC_BLOCK if kind == "async" else SYNC_BLOCK
+    try:
+        tree = ast.parse(text)
+    except SyntaxError as exc:
+        raise ConfigError(
+            f"{path} is not valid Python (line {exc.lineno}: {exc.msg}); fix it so that "
+            "`alembic upgrade` runs, then run `safe-migrations init` again. Nothing was written."
+        ) from None
+    function = next(
+        (
+            node
+            for node in tree.body
+            if isinstance(node, ast.FunctionDef) and node.name == "run_migrations_online"
+        ),
+        None,
+    )
+    if function is None:
+        return None
+    first = function.body[0]
+    is_docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+    after = (first.end_lineno or first.lineno) if is_docstring else first.lineno - 1
+    lines = text.splitlines(keepends=True)
+    return "".join(lines[:after]) + "\n" + block + "".join(lines[after:]).lstrip("\n")
+
+
+def install_line(root: Path) -> str:
+    """How the workflow installs the project: as its repository declares it."""
+    requirements = sorted(root.glob("requirements*.txt"))
+    if requirements:
+        files = " ".join(f"-r {p.name}" for p in requirements)
+        return f"python -m pip install {files} {PACKAGE}"
+    if (root / "pyproject.toml").is_file() and "[project]" in (root / "pyproject.toml").read_text():
+        return f"python -m pip install . {PACKAGE}"
+    return f"python -m pip install {PACKAGE}  # fill in: also install your project's dependencies"
+
+
+def planned(root: Path) -> tuple[list[Change], list[str], int]:
+    """(files to write, messages, exit code): nothing is written here."""
+    ini, toml = alembic_settings(root)
+    folder = script_folder(root, ini, toml)
+    changes: list[Change] = []
+    notes: list[str] = []
+    code = 0
+    own_tasks = (root / "tasks.py").is_file() and (root / "tasks.py").read_text() == TASKS_PY
+    if own_tasks:
+        pass  # written by an earlier init
+    elif (root / "tasks.py").exists() or (root / "tasks" / "__init__.py").exists():
+        notes.append(
+            "This project has its own tasks; add the migration tasks under a namespace:\n"
+            + NAMESPACED
+        )
+    else:
+        changes.append(Change(root / "tasks.py", TASKS_PY, "loads the migration tasks"))
+    for source in sorted((SCAFFOLD / "environments").glob("*.yml")):
+        text = source.read_text(encoding="utf-8")
+        if ini.name != "alembic.ini":
+            text += f"alembic:\n  ini: {ini.relative_to(root)}\n"
+        changes.append(Change(root / "environments" / source.name, text, "an environment"))
+    workflow = (SCAFFOLD / "workflows" / "db-migrate.yml").read_text(encoding="utf-8")
+    workflow = workflow.replace("run: python -m pip install -e .", f"run: {install_line(root)}")
+    changes.append(
+        Change(root / ".github" / "workflows" / "db-migrate.yml", workflow, "the workflow")
+    )
+    env_py = folder / "env.py"
+    text = env_py.read_text(encoding="utf-8") if env_py.is_file() else ""
+    kind = template_of(text)
+    if kind == "multidb":
+        raise RefusedError(
+            f"{env_py} follows Alembic's multidb template, which migrates several "
+            "databases in one run; safe-migrations runs one database per environment."
+        )
+    adapted = adapted_env_py(text, env_py) if kind in ("generic", "async") else None
+    if adapted is not None:
+        changes.append(Change(env_py, adapted, "takes the connection it is handed"))
+    elif kind in ("generic", "async"):
+        notes.append(
+            f"{env_py} has no run_migrations_online() function, so it was not edited. Define "
+            "it (as `alembic init` does) and start it with:\n" + SYNC_BLOCK
+        )
+        code = 1
+    elif kind == "unknown":
+        notes.append(
+            f"{env_py} matches none of the templates safe-migrations knows, so it was not "
+            "edited. Add this at the start of run_migrations_online():\n" + SYNC_BLOCK
+        )
+        code = 1
+    return changes, notes, code
+
+
+def inside_project(root: Path, path: Path) -> None:
+    """RefusedError unless ``path`` stays inside ``root`` with no symlink on the way: init
+    writes only the project's own files, never through a link to somewhere else."""
+    base = root.resolve()
+    current = path
+    while current != root and current != current.parent:
+        if current.is_symlink():
+            raise RefusedError(
+                f"{current} is a symbolic link (to {current.readlink()}); safe-migrations init "
+                "never writes through a link. Replace it with a real file or folder, or move "
+                "it aside, and run init again. Nothing was written."
+            )
+        current = current.parent
+    resolved = path.resolve()
+    if resolved != base and base not in resolved.parents:
+        raise RefusedError(
+            f"{path} resolves to {resolved}, outside the project {base}; nothing was written."
+        )
+
+
+def init(root: Path, force: bool = False, say: Callable[[str], None] = print) -> int:
+    """Write the planned files (existing ones only with ``force``), showing each diff."""
+    changes, notes, code = planned(root)
+    for change in changes:  # every path checked before the first file is written
+        inside_project(root, change.path)
+    for change in changes:
+        old = change.path.read_text(encoding="utf-8") if change.path.exists() else ""
+        if old == change.text:
+            continue
+        is_env_py = change.path.name == "env.py"
+        if old and not force and not is_env_py:
+            say(f"kept {change.path.relative_to(root)} (exists; --force replaces it)")
+            continue
+        name = str(change.path.relative_to(root))
+        diff = difflib.unified_diff(
+            old.splitlines(keepends=True),
+            change.text.splitlines(keepends=True),
+            fromfile=f"a/{name}" if old else "/dev/null",
+            tofile=f"b/{name}",
+        )
+        say(f"{'updated' if old else 'wrote'} {name}: {change.why}")
+        say(re.sub(r"\n+$", "", "".join(diff)))
+        change.path.parent.mkdir(parents=True, exist_ok=True)
+        change.path.write_text(change.text, encoding="utf-8")
+    for note in notes:
+        say(note)
+    return code

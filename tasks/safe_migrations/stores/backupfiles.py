@@ -1,0 +1,127 @@
+"""What every backup shares, whichever engine dumps it and whichever store keeps it:
+names, the private folder (swept of what killed runs left), the file sink and its
+stream chunks, the progress line, the child environment. Below backup.py, the engine
+dumps (mysqldump.py) and the stores (s3store.py), so none of them imports another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from safe_migrations.core.config import Environment
+from safe_migrations.core.errors import BackupError
+from safe_migrations.core.files import private_folder
+from safe_migrations.core.leftovers import remove_path, sweep
+
+CHUNK = 1024 * 1024
+
+
+def backup_name(env: Environment, revision: str | None, now: datetime, fmt: str) -> str:
+    stamp = now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
+    suffix = {"custom": ".dump", "directory": ".dir", "sqlite": ".sqlite3", "mysql": ".sql.gz"}[fmt]
+    return f"{env.name}-{stamp}-{revision or 'base'}{suffix}"
+
+
+# What a PostgreSQL client child inherits from us: how to find programs, locale and
+# time zone, and the user's TLS and service settings. Nothing else: no DB_PASSWORD,
+# DATABASE_URL or cloud credential reaches pg_dump, pg_restore or a script they run.
+CHILD_VARIABLES = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+CHILD_PREFIXES = ("LC_", "PGSSL", "PGSERVICEFILE", "PGSYSCONFDIR", "PGGSS", "PGKRB")
+
+
+def child_environment() -> dict[str, str]:
+    """The variables a client child needs that are not about which database to reach."""
+    return {
+        k: v for k, v in os.environ.items() if k in CHILD_VARIABLES or k.startswith(CHILD_PREFIXES)
+    }
+
+
+def prepare_folder(folder: Path) -> None:
+    """The folder made private and writable, and what killed runs left in it removed
+    (leftovers.py: half-written dumps, decrypted copies, downloads)."""
+    try:
+        private_folder(folder)  # made 0700; an existing folder (or symlink) is left as it is
+    except OSError as exc:
+        raise BackupError(
+            f"Cannot create the backup folder {folder}: {exc.strerror}; "
+            "choose a writable backup.folder."
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BackupError(
+            f"The backup folder {folder} is not writable; fix its permissions "
+            "or choose another backup.folder."
+        )
+    sweep(folder)
+
+
+class Progress:
+    """One self-rewriting line on a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool | None = None, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+
+    def show(self, text: str) -> None:
+        if self.enabled:
+            self.stream.write("\r\033[K" + text)
+            self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+@dataclass
+class Stored:
+    """What an encrypted backup stored, learnt on the way: checksum, size, tables."""
+
+    sha256: str = ""
+    size: int = 0
+    tables: int = 0
+    error: BaseException | None = None
+
+
+class FileSink:
+    """A dump's destination on local disk: a new private file (0600), fsynced when the
+    stream ends; ``abort`` removes it. The store's twin is ``s3store.ObjectSink``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.written = 0
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._handle = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes) -> int:
+        self._handle.write(data)
+        self.written += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def finish(self) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+
+    def commit(self) -> None:
+        """Nothing left to do: the file was complete when the stream ended."""
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._handle.close()
+        remove_path(Path(self.path))
+
+
+def is_backup_name(env: Environment, name: str) -> bool:
+    """A name this tool gives the environment's backups."""
+    pattern = rf"{re.escape(env.name)}-\d{{8}}T\d{{9}}Z-[\w.-]+\.(dump|dir|sqlite3|sql\.gz)(\.age)?"
+    return re.fullmatch(pattern, name) is not None
