@@ -11,14 +11,18 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from safe_migrations.core.errors import ConfigError
+from safe_migrations.core.errors import BackupError, ConfigError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from sqlalchemy.engine import Connection
     from sqlalchemy.engine import Engine as SAEngine
 
     from safe_migrations.core.config import Environment
+    from safe_migrations.core.results import StepResult
     from safe_migrations.pipeline.lockwait import Holder
+    from safe_migrations.stores.backupfiles import Progress, Stored
 
 
 class Unsupported(ConfigError):
@@ -101,6 +105,41 @@ class Engine:
         """The manifest's format name for this environment's dumps."""
         raise self.cannot("A backup")
 
+    def count_tables(self, env: Environment) -> int:
+        """Tables the dump will hold (the progress line's denominator), on its own session."""
+        from safe_migrations.core.database import connect
+
+        with connect(env, role="backup") as connection:
+            return self.table_count(connection)
+
+    def dump(
+        self, env: Environment, target: Path, encrypted: bool, progress: Progress
+    ) -> tuple[Stored | None, int, float]:
+        """Dump into ``target`` and read it back: what was stored (None: hash the file
+        afterwards), its table count and when verification began."""
+        raise self.cannot("A backup")
+
+    def check_streamed_backup(self) -> None:
+        """Refuse, before anything is uploaded, a store this engine cannot stream into."""
+        raise BackupError(
+            f"backup.storage s3 does not take {self.name} backups yet; keep them local "
+            "(backup.storage: local)."
+        )
+
+    def dump_to(
+        self, env: Environment, sink: Any, name: str, tables: int, progress: Progress
+    ) -> Stored:
+        """Dump into a store's ``sink``, read back on the way; committed by the sink."""
+        raise self.cannot("A backup streamed to backup.storage s3 (keep backup.storage: local)")
+
+    def backup_contents(self, env: Environment, path: Path) -> list[str]:
+        """Lines saying what a backup in clear holds (shown before a foreign restore)."""
+        raise self.cannot("Reading a backup")
+
+    def restore(self, env: Environment, path: Path) -> None:
+        """Put the database back from a backup in clear, all or nothing."""
+        raise self.cannot("A restore")
+
     def identity(self, env: Environment) -> dict[str, Any]:
         """Which database a URL names, without user or password: restore compares these."""
         from sqlalchemy.engine import make_url
@@ -112,6 +151,23 @@ class Engine:
             "port": url.port or self.default_port,
             "database": url.database,
         }
+
+    # --- health --------------------------------------------------------------------
+    # The query that returns the server's version (the connection check's answer).
+    version_sql: ClassVar[str] = "SELECT 1"
+
+    def password_rejected(self, error: object) -> bool:
+        """The driver's error says the password (or the role) was refused."""
+        return False
+
+    def first_checks(self, env: Environment, connection: Connection) -> list[StepResult]:
+        """Checks before any catalog query (which could queue behind what they look for);
+        a failed one ends health there."""
+        return []
+
+    def session_checks(self, env: Environment, connection: Connection) -> list[StepResult]:
+        """What other sessions or earlier runs hold that the migration would wait for."""
+        return []
 
     # --- what the steps read -------------------------------------------------------
     def table_count(self, connection: Connection) -> int:

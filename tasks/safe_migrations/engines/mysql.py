@@ -4,6 +4,7 @@ migration lock as GET_LOCK (mysql.py), and what health and backup read."""
 from __future__ import annotations
 
 import math
+import time
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -11,16 +12,42 @@ from safe_migrations.core.database import application_name
 from safe_migrations.engines.base import Engine
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from sqlalchemy.engine import Connection
     from sqlalchemy.engine import Engine as SAEngine
 
     from safe_migrations.core.config import Environment
+    from safe_migrations.core.results import StepResult
     from safe_migrations.pipeline.lockwait import Holder
+    from safe_migrations.stores.backupfiles import Progress, Stored
+
+
+ACCESS_DENIED = 1045
 
 
 class MySQL(Engine):
     name = "MySQL/MariaDB"
     default_port = 3306
+    version_sql = "SELECT VERSION()"
+
+    def password_rejected(self, error: object) -> bool:
+        return getattr(error, "args", (None,))[:1] == (ACCESS_DENIED,)
+
+    def first_checks(self, env: Environment, connection: Connection) -> list[StepResult]:
+        # MySQL goes on executing a killed runner's statement: catalog reads would queue
+        # behind it, and nothing may start beside it.
+        from safe_migrations.engines.mysqlchecks import check_earlier_run
+
+        return [check_earlier_run(connection)]
+
+    def session_checks(self, env: Environment, connection: Connection) -> list[StepResult]:
+        from safe_migrations.engines.mysqlchecks import check_mysql_sessions, check_partly_applied
+
+        results = [check_partly_applied(env, connection)]
+        if env.settings.health.check_blocking_sessions:
+            results += check_mysql_sessions(env, connection)
+        return results
 
     def connect_args(
         self,
@@ -61,6 +88,25 @@ class MySQL(Engine):
         "a revision in progress may be partly applied (MySQL commits DDL as it runs): "
         "check `invoke status` and the schema"
     )
+
+    def dump(
+        self, env: Environment, target: Path, encrypted: bool, progress: Progress
+    ) -> tuple[Stored | None, int, float]:
+        from safe_migrations.engines.mysqldump import dump_mysql
+
+        stored = dump_mysql(env, target, self.count_tables(env), progress)
+        return stored, stored.tables, time.perf_counter()  # read back inside dump_mysql
+
+    def backup_contents(self, env: Environment, path: Path) -> list[str]:
+        from safe_migrations.engines.mysqldump import dump_tables
+
+        names = dump_tables(path)
+        return [f"tables ({len(names)}): {', '.join(sorted(names))}"]
+
+    def restore(self, env: Environment, path: Path) -> None:
+        from safe_migrations.engines.mysqldump import restore_mysql
+
+        restore_mysql(env, path)
 
     def backup_format(self, env: Environment) -> str:
         return "mysql"

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safe_migrations.core.database import application_name, connect
@@ -26,10 +27,13 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine as SAEngine
 
     from safe_migrations.core.config import Environment
+    from safe_migrations.core.results import StepResult
+    from safe_migrations.stores.backupfiles import Progress, Stored
 
 LOCK_NAMESPACE = "alembic-invoke/migration-lock/v1"
 POLL_SECONDS = 0.2
 LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired
+AUTHENTICATION_FAILED = {"28P01", "28000"}  # SQLSTATE: invalid password / authorization
 TABLE_COUNT_SQL = (
     "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = "
     "c.relnamespace WHERE c.relkind IN ('r','p') AND n.nspname NOT IN "
@@ -40,6 +44,17 @@ TABLE_COUNT_SQL = (
 class PostgreSQL(Engine):
     name = "PostgreSQL"
     default_port = 5432
+    version_sql = "SHOW server_version"
+
+    def password_rejected(self, error: object) -> bool:
+        return getattr(error, "pgcode", None) in AUTHENTICATION_FAILED
+
+    def session_checks(self, env: Environment, connection: Connection) -> list[StepResult]:
+        if not env.settings.health.check_blocking_sessions:
+            return []
+        from safe_migrations.engines.pgsessions import check_blocking_sessions
+
+        return check_blocking_sessions(env, connection)
 
     def prepare(self, env: Environment) -> None:
         _interruptible_queries()
@@ -82,6 +97,37 @@ class PostgreSQL(Engine):
     rehearsal_limits = None
     invalid_indexes = True
     tool_schema = "safe_migrations"
+
+    def dump(
+        self, env: Environment, target: Path, encrypted: bool, progress: Progress
+    ) -> tuple[Stored | None, int, float]:
+        from safe_migrations.engines.pgdump import dump_postgres, verify_postgres
+
+        stored = dump_postgres(env, target, self.count_tables(env), progress)
+        verify_started = time.perf_counter()
+        return stored, stored.tables if stored else verify_postgres(env, target), verify_started
+
+    def check_streamed_backup(self) -> None:
+        """The custom format streams: pg_dump's output goes to the store as it is made."""
+
+    def dump_to(
+        self, env: Environment, sink: Any, name: str, tables: int, progress: Progress
+    ) -> Stored:
+        from safe_migrations.engines.pgdump import dump_postgres
+
+        stored = dump_postgres(env, Path(name), tables, progress, sink)
+        assert stored is not None  # streamed: always hashed on the way
+        return stored
+
+    def backup_contents(self, env: Environment, path: Path) -> list[str]:
+        from safe_migrations.engines.pgrestore import archive_contents
+
+        return archive_contents(env, path)
+
+    def restore(self, env: Environment, path: Path) -> None:
+        from safe_migrations.engines.pgrestore import restore_postgres
+
+        restore_postgres(env, path)
 
     def backup_format(self, env: Environment) -> str:
         return env.settings.backup.format

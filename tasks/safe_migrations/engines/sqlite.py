@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safe_migrations.core.database import sqlite_path
-from safe_migrations.core.errors import LockHeldError
+from safe_migrations.core.errors import BackupError, LockHeldError
 from safe_migrations.engines.base import Engine
 
 if TYPE_CHECKING:
@@ -23,18 +23,47 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine as SAEngine
 
     from safe_migrations.core.config import Environment
+    from safe_migrations.stores.backupfiles import Progress, Stored
 
 POLL_SECONDS = 0.2
 
 
 class SQLite(Engine):
     name = "SQLite"
+    version_sql = "SELECT sqlite_version()"
     session_timeouts = False
     rehearsal_limits = (
         "SQLite: each revision is timed on a copy of the file; lock and rewrite details "
         "are PostgreSQL-only"
     )
     copies_on_servers = False
+
+    def dump(
+        self, env: Environment, target: Path, encrypted: bool, progress: Progress
+    ) -> tuple[Stored | None, int, float]:
+        from safe_migrations.engines.sqlitecopy import backup_sqlite, backup_sqlite_encrypted
+
+        if encrypted:
+            stored = backup_sqlite_encrypted(env, target, progress)
+            return stored, stored.tables, time.perf_counter()
+        return None, backup_sqlite(env, target, progress), time.perf_counter()
+
+    def check_streamed_backup(self) -> None:
+        raise BackupError(
+            "backup.storage s3 takes PostgreSQL dumps; keep SQLite backups local "
+            "(backup.storage: local)."
+        )
+
+    def backup_contents(self, env: Environment, path: Path) -> list[str]:
+        from safe_migrations.engines.sqlitecopy import table_names
+
+        names = table_names(path)
+        return [f"tables ({len(names)}): {', '.join(sorted(names))}"]
+
+    def restore(self, env: Environment, path: Path) -> None:
+        from safe_migrations.engines.sqlitecopy import restore_sqlite
+
+        restore_sqlite(env, path)
 
     def backup_format(self, env: Environment) -> str:
         return "sqlite"

@@ -16,21 +16,10 @@ from safe_migrations.core.database import connect, make_engine
 from safe_migrations.core.errors import ConfigError, first_line
 from safe_migrations.core.results import StepResult, timed
 from safe_migrations.core.revisions import resolve_revision
+from safe_migrations.engines import engine_for
 from safe_migrations.project.alembic_api import Project, current_revision, heads
 
 MB = 1024 * 1024
-AUTHENTICATION_FAILED = {"28P01", "28000"}  # SQLSTATE: invalid password / authorization
-MYSQL_ACCESS_DENIED = 1045
-VERSION_SQL = {
-    "sqlite": "SELECT sqlite_version()",
-    "mysql": "SELECT VERSION()",
-    "postgresql": "SHOW server_version",
-}
-
-
-def env_engine(env: Environment) -> str:
-    """sqlite, mysql (MySQL or MariaDB) or postgresql."""
-    return "sqlite" if env.is_sqlite else "mysql" if env.is_mysql else "postgresql"
 
 
 def check_connection(env: Environment) -> StepResult:
@@ -44,7 +33,9 @@ def check_connection(env: Environment) -> StepResult:
         engine = make_engine(env, role="health")
         try:
             with engine.connect() as connection:
-                outcome["version"] = connection.execute(text(VERSION_SQL[env_engine(env)])).scalar()
+                outcome["version"] = connection.execute(
+                    text(engine_for(env.dialect).version_sql)
+                ).scalar()
         except Exception as exc:  # reported below, never swallowed
             outcome["error"] = exc
         finally:
@@ -78,9 +69,7 @@ def check_connection(env: Environment) -> StepResult:
 
 def connection_message(env: Environment, exc: BaseException) -> str:
     """One sentence for a failed connection; the wording only, never the exit code."""
-    orig = getattr(exc, "orig", None)
-    denied = env.is_mysql and getattr(orig, "args", (None,))[:1] == (MYSQL_ACCESS_DENIED,)
-    if denied or getattr(orig, "pgcode", None) in AUTHENTICATION_FAILED:
+    if engine_for(env.dialect).password_rejected(getattr(exc, "orig", None)):
         return f"password rejected for {env.masked_url}; check DB_USER and DB_PASSWORD"
     text = str(getattr(exc, "orig", None) or exc).strip()
     first = first_line(exc)
@@ -92,8 +81,6 @@ def connection_message(env: Environment, exc: BaseException) -> str:
 
 
 def database_size(env: Environment, connection: Any) -> int:
-    from safe_migrations.engines import engine_for
-
     return engine_for(env.dialect).database_size(env, connection)
 
 
@@ -219,212 +206,6 @@ def check_target(project: Project, target: str, current: str | None = None) -> S
     )
 
 
-# Built on pg_locks, which every role reads in full. pg_stat_activity shows another
-# role's pid, user and application only (state, ages and backend type read NULL)
-# unless the role has pg_read_all_stats; so a lock is found whoever holds it, and
-# ages are used where they are visible. Query text is never read: it can carry secrets.
-BLOCKERS_SQL = """
-WITH here AS (SELECT oid FROM pg_database WHERE datname = current_database()),
-held AS (
-  SELECT l.pid,
-         string_agg(DISTINCT l.mode || ' on ' || l.relation::regclass::text, ', ')
-           FILTER (WHERE l.granted AND l.locktype = 'relation'
-                   AND l.mode NOT IN ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock'))
-           AS strong_locks,
-         bool_or(NOT l.granted) AS waiting,
-         bool_or(l.locktype = 'relation') AS touches_tables
-  FROM pg_locks l
-  WHERE l.pid <> pg_backend_pid()
-    AND (l.database = (SELECT oid FROM here) OR NOT l.granted)
-  GROUP BY l.pid)
-SELECT a.pid, a.usename, a.application_name, a.state, a.backend_type,
-       a.state IS NULL AS hidden,
-       EXTRACT(EPOCH FROM now() - a.xact_start) AS xact_age,
-       h.strong_locks, coalesce(h.waiting, false) AS waiting,
-       coalesce(h.touches_tables, false) AS touches_tables
-FROM pg_stat_activity a LEFT JOIN held h ON h.pid = a.pid
-WHERE a.datname = current_database()
-  AND a.pid <> pg_backend_pid()
-  AND a.usename IS NOT NULL  -- background workers (autovacuum) yield to DDL on their own
-  AND coalesce(a.backend_type, 'client backend') = 'client backend'
-  AND NOT (a.application_name LIKE 'alembic-invoke:%' AND a.usename = current_user)
-ORDER BY a.xact_start NULLS LAST, a.pid
-"""
-SEES_ALL_SQL = (
-    "SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') "
-    "FROM pg_roles WHERE rolname = current_user"
-)
-
-
-def check_blocking_sessions(env: Environment, connection: Any) -> list[StepResult]:
-    """Sessions holding locks stronger than row-level, waiting for locks, or keeping a
-    transaction open too long; plus a warning when other roles' sessions are hidden."""
-    from sqlalchemy import text
-
-    age = env.settings.health.max_transaction_age
-    with timed() as clock:
-        rows = connection.execute(text(BLOCKERS_SQL)).mappings().all()
-        sees_all = bool(connection.execute(text(SEES_ALL_SQL)).scalar())
-    sessions = [
-        {
-            "pid": r["pid"],
-            "user": r["usename"],
-            "application": r["application_name"],
-            "state": r["state"],
-            "waiting_on_lock": bool(r["waiting"]),
-            "transaction_age": None if r["xact_age"] is None else round(float(r["xact_age"]), 1),
-            "strong_locks": r["strong_locks"],
-            "details_hidden": bool(r["hidden"]),
-        }
-        for r in rows
-    ]
-    blockers = [
-        s
-        for s in sessions
-        if s["strong_locks"]
-        or s["waiting_on_lock"]
-        or (s["transaction_age"] is not None and s["transaction_age"] > age)
-    ]
-    hidden = [r["pid"] for r in rows if r["hidden"] and r["touches_tables"]]
-    results = [_blockers_result(blockers, clock.seconds)]
-    if hidden and not sees_all:
-        results.append(
-            StepResult(
-                "session_visibility",
-                False,
-                f"{len(hidden)} session(s) of other roles hold locks here (pids "
-                f"{', '.join(map(str, hidden[:10]))}) but their state and transaction age are "
-                "hidden from this role, so an old transaction among them cannot be seen; "
-                "GRANT pg_read_all_stats (or pg_monitor) TO the migration role",
-                severity="warning",
-                details={"hidden_pids": hidden},
-            )
-        )
-    return results
-
-
-def _blockers_result(sessions: list[dict[str, Any]], seconds: float) -> StepResult:
-    if not sessions:
-        return StepResult(
-            "blocking_sessions", True, "no session holds or waits for locks", duration=seconds
-        )
-    described = "; ".join(
-        f"pid {s['pid']} ({s['user']}"
-        + (f", {s['application']}" if s["application"] else "")
-        + (f", {s['state']}" if s["state"] else ", state hidden")
-        + (f", transaction {s['transaction_age']}s" if s["transaction_age"] is not None else "")
-        + (f", holds {s['strong_locks']}" if s["strong_locks"] else "")
-        + (", waiting on a lock" if s["waiting_on_lock"] else "")
-        + ")"
-        for s in sessions[:5]
-    )
-    return StepResult(
-        "blocking_sessions",
-        False,
-        f"{len(sessions)} session(s) would block DDL: {described}",
-        duration=seconds,
-        details={"sessions": sessions},
-    )
-
-
-def check_mysql_sessions(env: Environment, connection: Any) -> list[StepResult]:
-    """Long transactions (InnoDB) and, where performance_schema records them, metadata-lock
-    holders: either makes DDL wait, and traffic queue behind that DDL."""
-    from safe_migrations.engines.mysqlserver import PROCESS_GRANT, blocking_sessions
-
-    age = env.settings.health.max_transaction_age
-    with timed() as clock:
-        found = blocking_sessions(connection, age)
-    old, locks = found["transactions"], found["metadata_locks"]
-    results = []
-    if old or locks:
-        described = "; ".join(
-            f"connection {t['pid']} ({t['user'] or '?'} from {t['host'] or '?'}, "
-            f"{(t['command'] or 'hidden').lower()}, transaction {t['transaction_age']:g}s, "
-            f"{t['rows_locked']} row(s) locked)"
-            for t in old[:5]
-        )
-        held = "; ".join(
-            f"connection {m['pid']} holds {m['lock']} on {m['table']}" for m in locks[:5]
-        )
-        results.append(
-            StepResult(
-                "blocking_sessions",
-                False,
-                f"{len(old) + len(locks)} session(s) would block DDL: "
-                + "; ".join(part for part in (described, held) if part),
-                duration=clock.seconds,
-                details=found,
-            )
-        )
-    else:
-        results.append(
-            StepResult(
-                "blocking_sessions",
-                True,
-                f"no transaction open longer than {age:g}s"
-                + (", no metadata lock held" if found["metadata_locks_visible"] else ""),
-                duration=clock.seconds,
-                details=found,
-            )
-        )
-    if not found["transactions_visible"]:
-        results[0] = StepResult(
-            "blocking_sessions",
-            True,
-            "open transactions cannot be seen: the role lacks the PROCESS privilege, so a "
-            "long transaction that would make DDL wait goes unnoticed here; the migration's "
-            f"lock_wait_timeout still bounds the wait ({PROCESS_GRANT})",
-            duration=clock.seconds,
-            severity="warning",
-        )
-    if not found["metadata_locks_visible"]:
-        results.append(
-            StepResult(
-                "metadata_locks",
-                False,
-                "metadata-lock holders cannot be seen: performance_schema is off (MariaDB's "
-                "default) or not readable, so a session holding a table open without a "
-                "transaction goes unnoticed here; the migration's lock_wait_timeout still "
-                "bounds the wait (performance_schema=ON with the mdl instrument shows them)",
-                severity="warning",
-            )
-        )
-    return results
-
-
-def check_earlier_run(connection: Any) -> StepResult:
-    """MySQL goes on executing a killed runner's statement; nothing may start beside it."""
-    from safe_migrations.engines.mysqlserver import earlier_run
-
-    with timed() as clock:
-        found = earlier_run(connection)
-    if found is None:
-        return StepResult(
-            "earlier_run", True, "no earlier migration still executing", duration=clock.seconds
-        )
-    return StepResult("earlier_run", False, found, duration=clock.seconds)
-
-
-def check_partly_applied(env: Environment, connection: Any) -> StepResult:
-    """A revision (or restore) that MySQL left half done blocks until the user resolves it."""
-    from safe_migrations.pipeline.partial import describe, unresolved
-
-    with timed() as clock:
-        found = unresolved(connection)
-    if not found:
-        return StepResult(
-            "partly_applied", True, "no partly applied revision on record", duration=clock.seconds
-        )
-    return StepResult(
-        "partly_applied",
-        False,
-        describe(found[0], env.name),
-        duration=clock.seconds,
-        details={"records": found},
-    )
-
-
 def run_health(
     env: Environment, project: Project, target: str = "head", backing_up: bool = True
 ) -> list[StepResult]:
@@ -434,20 +215,16 @@ def run_health(
     db_size: int | None = None
     current: str | None = None
     if results[0].ok:
+        engine = engine_for(env.dialect)
         with connect(env, role="health") as connection:
-            if env.is_mysql:  # first: the catalog queries below would queue behind it
-                results.append(check_earlier_run(connection))
-                if not results[-1].ok:
-                    return results
+            first = engine.first_checks(env, connection)  # before the catalog queries
+            results += first
+            if not all(result.ok for result in first):
+                return results
             db_size = database_size(env, connection)
             results.append(check_version_table(connection, project))
             current = results[-1].details["current"]
-            if env.is_mysql:
-                results.append(check_partly_applied(env, connection))
-                if env.settings.health.check_blocking_sessions:
-                    results += check_mysql_sessions(env, connection)
-            elif not env.is_sqlite and env.settings.health.check_blocking_sessions:
-                results += check_blocking_sessions(env, connection)
+            results += engine.session_checks(env, connection)
     if env.settings.backup.storage.type == "s3":
         if backing_up:
             results.append(check_store(env))

@@ -7,6 +7,7 @@ dumps (mysqldump.py) and the stores (s3store.py), so none of them imports anothe
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import sys
@@ -125,3 +126,22 @@ def is_backup_name(env: Environment, name: str) -> bool:
     """A name this tool gives the environment's backups."""
     pattern = rf"{re.escape(env.name)}-\d{{8}}T\d{{9}}Z-[\w.-]+\.(dump|dir|sqlite3|sql\.gz)(\.age)?"
     return re.fullmatch(pattern, name) is not None
+
+
+def sha256_of(path: Path) -> str:
+    """Checksum of a file, or of a directory's files in name order."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1024 * 1024):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def size_of(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.exists() else 0
