@@ -99,7 +99,7 @@ def drop_database(admin_url: str, url: str) -> None:
 
 def libpq_env(url: str) -> dict[str, str]:
     """The child environment for pg_dump / pgbench / psql: credentials never in argv."""
-    from safe_migrations.pipeline.backup import pg_environment
+    from safe_migrations.engines.libpq import pg_environment
 
     return pg_environment(url)
 

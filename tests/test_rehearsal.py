@@ -29,7 +29,7 @@ from sqlalchemy.pool import NullPool
 
 from safe_migrations.core.config import Environment, load_environment
 from safe_migrations.core.errors import BlockedError, ConfigError
-from safe_migrations.operations.copies import CopyError
+from safe_migrations.engines.scratch import CopyError
 from safe_migrations.operations.rehearsal import RehearsalFailed, RehearsalRecord, rehearse
 from safe_migrations.pipeline.context import Console
 from safe_migrations.pipeline.migrate import migrate
@@ -412,7 +412,7 @@ def test_sqlite_rehearsal_times_each_revision_on_a_copy_of_the_file(
     sqlite_url: str, make_env: Callable[..., Environment], scratch: ScratchProject
 ) -> None:
     from safe_migrations.core.database import sqlite_path
-    from safe_migrations.operations.copies import copies_folder
+    from safe_migrations.engines.sqlitecopies import copies_folder
 
     first = scratch.add('op.create_table("t", sa.Column("id", sa.Integer, primary_key=True))')
     scratch.add('op.add_column("t", sa.Column("n", sa.Integer))')

@@ -8,7 +8,8 @@ method that says so in one sentence (``Unsupported``). Imports nothing but the c
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from safe_migrations.core.errors import BackupError, ConfigError
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
     from safe_migrations.core.config import Environment
     from safe_migrations.core.results import StepResult
+    from safe_migrations.engines.scratch import Copy
     from safe_migrations.pipeline.lockwait import Holder
     from safe_migrations.stores.backupfiles import Progress, Stored
 
@@ -152,6 +154,30 @@ class Engine:
             "database": url.database,
         }
 
+    # --- scratch databases: the rehearsal's copies, the stairway's empty database ----
+    def database_copy(self, env: Environment, server: Environment) -> AbstractContextManager[Copy]:
+        """An empty database on ``server`` owned by this process, dropped afterwards."""
+        raise self.cannot("A rehearsal copy")
+
+    def check_can_create(self, server: Environment) -> None:
+        """Before any backup is taken for a rehearsal: refuse if no copy can be made."""
+
+    def copy_exists(self, server: Environment, name: str) -> bool:
+        raise self.cannot("A rehearsal copy")
+
+    def create_database(self, server: Environment, name: str, role: str) -> None:
+        raise self.cannot("A scratch database")
+
+    def drop_database(self, server: Environment, name: str, role: str) -> None:
+        raise self.cannot("A scratch database")
+
+    def scratch_database(
+        self, env: Environment, folder: Path
+    ) -> AbstractContextManager[Environment]:
+        """An empty database beside the environment's (the stairway's), dropped afterwards;
+        ``folder`` is for engines whose databases are files."""
+        return _server_scratch(self, env)
+
     # --- health --------------------------------------------------------------------
     # The query that returns the server's version (the connection check's answer).
     version_sql: ClassVar[str] = "SELECT 1"
@@ -177,3 +203,15 @@ class Engine:
     def database_size(self, env: Environment, connection: Connection) -> int:
         """Bytes the database takes (health's disk check)."""
         raise self.cannot("The database's size")
+
+
+@contextmanager
+def _server_scratch(engine: Engine, env: Environment) -> Iterator[Environment]:
+    from safe_migrations.engines.scratch import new_name, pointed_at
+
+    name = new_name(env.settings.check.scratch_prefix)
+    engine.create_database(env, name, "check")
+    try:
+        yield pointed_at(env, env, name)
+    finally:
+        engine.drop_database(env, name, "check")

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from safe_migrations.core.config import Environment
     from safe_migrations.core.results import StepResult
+    from safe_migrations.engines.scratch import Copy
     from safe_migrations.pipeline.lockwait import Holder
     from safe_migrations.stores.backupfiles import Progress, Stored
 
@@ -107,6 +108,26 @@ class MySQL(Engine):
         from safe_migrations.engines.mysqldump import restore_mysql
 
         restore_mysql(env, path)
+
+    def database_copy(self, env: Environment, server: Environment) -> AbstractContextManager[Copy]:
+        from safe_migrations.engines.mysqlcopies import database_copy
+
+        return database_copy(env, server)
+
+    def copy_exists(self, server: Environment, name: str) -> bool:
+        from safe_migrations.engines.mysqlcopies import copy_exists
+
+        return copy_exists(server, name)
+
+    def create_database(self, server: Environment, name: str, role: str) -> None:
+        from safe_migrations.engines.mysqlcopies import create_database
+
+        create_database(server, name, role)
+
+    def drop_database(self, server: Environment, name: str, role: str) -> None:
+        from safe_migrations.engines.mysqlcopies import drop_database
+
+        drop_database(server, name, role)
 
     def backup_format(self, env: Environment) -> str:
         return "mysql"

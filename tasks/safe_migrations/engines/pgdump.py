@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from safe_migrations.core.errors import BackupError
 from safe_migrations.core.leftovers import remove_path
+from safe_migrations.engines.libpq import keepalive_options, pg_environment
 from safe_migrations.stores.backupfiles import (
     CHUNK,
     FileSink,
@@ -25,27 +26,6 @@ from safe_migrations.stores.backupfiles import (
 
 if TYPE_CHECKING:
     from safe_migrations.core.config import Environment
-
-
-def pg_environment(url: str) -> dict[str, str]:
-    """libpq variables for a child that connects: the password travels here, not in argv."""
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    child = child_environment()
-    values = {
-        "PGHOST": parsed.host,
-        "PGPORT": parsed.port,
-        "PGUSER": parsed.username,
-        "PGPASSWORD": parsed.password,
-        "PGDATABASE": parsed.database,
-    }
-    child.update({k: str(v) for k, v in values.items() if v is not None})
-    child["PGCONNECT_TIMEOUT"] = "10"
-    for key, value in parsed.query.items():
-        if key == "sslmode":
-            child["PGSSLMODE"] = str(value)
-    return child
 
 
 def find_binary(name: str) -> str:
@@ -75,8 +55,6 @@ def dump_postgres(
     """
     settings = env.settings.backup
     streamed = settings.format == "custom"  # (and encrypted when configured)
-    from safe_migrations.engines.postgresql import keepalive_options
-
     keepalives = " ".join(
         f"{k}={v}" for k, v in keepalive_options(env.settings.database.network_timeout).items()
     )

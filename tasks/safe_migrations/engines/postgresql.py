@@ -13,7 +13,7 @@ import hashlib
 import math
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from safe_migrations.core.database import application_name, connect
 from safe_migrations.core.errors import LockHeldError
 from safe_migrations.engines.base import Engine
+from safe_migrations.engines.libpq import keepalive_options
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
     from safe_migrations.core.config import Environment
     from safe_migrations.core.results import StepResult
+    from safe_migrations.engines.scratch import Copy
     from safe_migrations.stores.backupfiles import Progress, Stored
 
 LOCK_NAMESPACE = "alembic-invoke/migration-lock/v1"
@@ -129,6 +131,31 @@ class PostgreSQL(Engine):
 
         restore_postgres(env, path)
 
+    def database_copy(self, env: Environment, server: Environment) -> AbstractContextManager[Copy]:
+        from safe_migrations.engines.pgcopies import database_copy
+
+        return database_copy(env, server)
+
+    def check_can_create(self, server: Environment) -> None:
+        from safe_migrations.engines.pgcopies import check_can_create
+
+        check_can_create(server)
+
+    def copy_exists(self, server: Environment, name: str) -> bool:
+        from safe_migrations.engines.pgcopies import copy_exists
+
+        return copy_exists(server, name)
+
+    def create_database(self, server: Environment, name: str, role: str) -> None:
+        from safe_migrations.engines.pgcopies import create_database
+
+        create_database(server, name, role)
+
+    def drop_database(self, server: Environment, name: str, role: str) -> None:
+        from safe_migrations.engines.pgcopies import drop_database
+
+        drop_database(server, name, role)
+
     def backup_format(self, env: Environment) -> str:
         return env.settings.backup.format
 
@@ -210,20 +237,6 @@ def describe_holder(application: str, backend_pid: int, address: object, since: 
     else:
         host, pid = str(address or "unknown host"), f"backend {backend_pid}"
     return f"host {host}, pid {pid}, since {since.astimezone(UTC).isoformat(timespec='seconds')}"
-
-
-def keepalive_options(network_timeout: float) -> dict[str, int]:
-    """libpq options that notice a peer gone silent within about ``network_timeout``:
-    keepalive probes start after a third of it, and unacknowledged data or probes
-    abort the connection once it has passed (TCP_USER_TIMEOUT)."""
-    step = max(1, int(network_timeout // 3))
-    return {
-        "keepalives": 1,
-        "keepalives_idle": step,
-        "keepalives_interval": step,
-        "keepalives_count": 3,
-        "tcp_user_timeout": int(network_timeout * 1000),
-    }
 
 
 def _check_client_connection(dbapi_connection: Any, _record: Any) -> None:

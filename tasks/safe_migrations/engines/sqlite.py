@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine as SAEngine
 
     from safe_migrations.core.config import Environment
+    from safe_migrations.engines.scratch import Copy
     from safe_migrations.stores.backupfiles import Progress, Stored
 
 POLL_SECONDS = 0.2
@@ -64,6 +65,23 @@ class SQLite(Engine):
         from safe_migrations.engines.sqlitecopy import restore_sqlite
 
         restore_sqlite(env, path)
+
+    def database_copy(self, env: Environment, server: Environment) -> AbstractContextManager[Copy]:
+        from safe_migrations.engines.sqlitecopies import database_copy
+
+        return database_copy(env, server)
+
+    def copy_exists(self, server: Environment, name: str) -> bool:
+        from safe_migrations.engines.sqlitecopies import copy_exists
+
+        return copy_exists(server, name)
+
+    def scratch_database(
+        self, env: Environment, folder: Path
+    ) -> AbstractContextManager[Environment]:
+        from safe_migrations.engines.sqlitecopies import scratch_file
+
+        return scratch_file(env, folder)
 
     def backup_format(self, env: Environment) -> str:
         return "sqlite"

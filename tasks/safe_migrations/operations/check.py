@@ -4,16 +4,12 @@ request the stairway test (up, down one, up again, for every revision) on a scra
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from safe_migrations.core.config import Environment
 from safe_migrations.core.database import connect
 from safe_migrations.core.results import StepResult, timed
+from safe_migrations.engines import engine_for
 from safe_migrations.pipeline.health import check_single_head
 from safe_migrations.pipeline.status import read_current
 from safe_migrations.pipeline.validate import schema_drift
@@ -86,45 +82,15 @@ def _snapshot(connection: Any) -> dict[str, Any]:
     return snapshot
 
 
-@contextmanager
-def scratch_database(env: Environment, folder: Path) -> Iterator[Environment]:
-    """An empty database beside the environment's, dropped afterwards."""
-    from sqlalchemy import text
-    from sqlalchemy.engine import make_url
-
-    if env.is_sqlite:
-        target = folder / f"{env.settings.check.scratch_prefix}{uuid.uuid4().hex[:12]}.db"
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            yield replace(env, url=f"sqlite:///{target}")
-        finally:
-            target.unlink(missing_ok=True)
-        return
-    name = f"{env.settings.check.scratch_prefix}{uuid.uuid4().hex[:12]}"
-    with connect(env, role="check", autocommit=True) as connection:
-        connection.execute(
-            text(f"CREATE DATABASE `{name}`" if env.is_mysql else f'CREATE DATABASE "{name}"')
-        )
-    try:
-        url = make_url(env.url).set(database=name).render_as_string(hide_password=False)
-        yield replace(env, url=url)
-    finally:
-        with connect(env, role="check", autocommit=True) as connection:
-            connection.execute(
-                text(
-                    f"DROP DATABASE IF EXISTS `{name}`"
-                    if env.is_mysql
-                    else f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-                )
-            )
-
-
 def stairway(env: Environment, project: Project) -> StepResult:
     """For each revision: upgrade, downgrade one, compare with before, upgrade again."""
     from safe_migrations.pipeline.upgrade import run_migrations
 
     revisions = history(project.scripts())
-    with timed() as clock, scratch_database(env, env.resolve("var/scratch")) as scratch:
+    with (
+        timed() as clock,
+        engine_for(env.dialect).scratch_database(env, env.resolve("var/scratch")) as scratch,
+    ):
         for revision in revisions:
             with connect(scratch, role="stairway") as connection:
                 before = _snapshot(connection)

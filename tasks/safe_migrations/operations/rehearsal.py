@@ -1,10 +1,11 @@
 """`invoke rehearse`: the migration on a copy first, watched, with a verdict per revision.
 
 The copy is a verified backup (a fresh one, or the one named) restored into a temporary
-database (copies.py). On the copy the pipeline's own upgrade step runs, with an observer
-beside it (observer.py), then the validate step; then the copy is dropped. The
-environment's database is only read (its revision, and pg_dump's snapshot) and, once
-the copy is gone, gets one row of proof (proof.py). Its migration lock is not taken.
+database (the engine's copy, engines/scratch.py). On the copy the pipeline's own upgrade
+step runs, with an observer beside it (observer.py), then the validate step; then the
+copy is dropped. The environment's database is only read (its revision, and pg_dump's
+snapshot) and, once the copy is gone, gets one row of proof (proof.py). Its migration
+lock is not taken.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from safe_migrations.core.revisions import resolve_revision
 from safe_migrations.core.sampling import SAMPLE_INTERVAL
 from safe_migrations.engines import engine_for
 from safe_migrations.operations import proof
-from safe_migrations.operations.copies import check_can_create, copy_exists, database_copy
 from safe_migrations.operations.observer import BLOCKS_ALL, Findings, RevisionObserver, analyse
 from safe_migrations.operations.restore import find_backup, local_copy, restore_backup
 from safe_migrations.pipeline import upgrade, validate
@@ -228,7 +228,7 @@ def _rehearse(
         record.verdict = f"nothing to rehearse: {env.name} is already at {reported(target)}"
         console.say(record.verdict)
         return
-    check_can_create(server)
+    engine_for(server.dialect).check_can_create(server)
     backup = _backup(env, current, from_backup, console)
     record.backup = {k: backup.get(k) for k in ("path", "remote", "revision", "sha256", "size")}
     record.lock_details = engine_for(env.dialect).rehearsal_limits
@@ -278,7 +278,7 @@ def _dropped(server: Environment, name: str) -> bool | None:
     from sqlalchemy.exc import DBAPIError
 
     try:
-        return not copy_exists(server, name)
+        return not engine_for(server.dialect).copy_exists(server, name)
     except (ToolError, DBAPIError):
         return None
 
@@ -294,7 +294,7 @@ def _on_copy(
     record: RehearsalRecord,
 ) -> RevisionObserver:
     """Restore into a fresh copy, upgrade it under observation, validate it; dropped after."""
-    with database_copy(env, server) as made:
+    with engine_for(server.dialect).database_copy(env, server) as made:
         record.copy = {"name": made.name, "server": made.server, "dropped": False}
         if made.dropped_stale:
             console.say(
