@@ -740,6 +740,7 @@ def lint(
 ) -> None:
     """Check the migrations' SQL with squawk for locking and data-losing operations."""
     from safe_migrations.core.config import PROJECT_ROOT
+    from safe_migrations.engines import engine_for
     from safe_migrations.project.alembic_api import project_for
     from safe_migrations.project.baseline import Baseline, write_baseline
     from safe_migrations.project.lint import lint_revisions, selected_revisions
@@ -749,11 +750,12 @@ def lint(
     if baseline and (range_ or since):
         raise UsageError("--baseline covers the whole history; drop --range/--since.")
     chosen = selected_revisions(environment, project, range_, all_ or baseline, since)
-    if baseline and environment.is_mysql:
-        raise UsageError("--baseline accepts squawk's findings, and squawk does not run on MySQL.")
-    result = lint_revisions(
-        project, chosen, Baseline() if baseline else None, dialect=environment.dialect
-    )
+    if baseline and not engine_for(environment.dialect).squawk_rules:
+        raise UsageError(
+            "--baseline accepts squawk's findings, and squawk does not run on "
+            f"{engine_for(environment.dialect).name}."
+        )
+    result = engine_for(environment.dialect).lint(project, chosen, Baseline() if baseline else None)
     _print(json.dumps(result.to_dict(), indent=2) if json_ else result.render())
     if result.nothing_checked:
         raise result.nothing_rendered()

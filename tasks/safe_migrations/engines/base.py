@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from safe_migrations.core.results import StepResult
     from safe_migrations.engines.scratch import Copy
     from safe_migrations.pipeline.lockwait import Holder
+    from safe_migrations.project.alembic_api import Project, Revision
+    from safe_migrations.project.baseline import Baseline
+    from safe_migrations.project.lint import LintResult
     from safe_migrations.stores.backupfiles import Progress, Stored
 
 
@@ -105,6 +108,10 @@ class Engine:
 
     def backup_format(self, env: Environment) -> str:
         """The manifest's format name for this environment's dumps."""
+        raise self.cannot("A backup")
+
+    def backup_suffix(self, env: Environment) -> str:
+        """How the names of this environment's dumps end (before ``.age``)."""
         raise self.cannot("A backup")
 
     def count_tables(self, env: Environment) -> int:
@@ -194,6 +201,16 @@ class Engine:
     def session_checks(self, env: Environment, connection: Connection) -> list[StepResult]:
         """What other sessions or earlier runs hold that the migration would wait for."""
         return []
+
+    # --- lint ----------------------------------------------------------------------
+    # squawk's PostgreSQL rules apply to this engine's revisions (and --baseline with them).
+    squawk_rules: ClassVar[bool] = True
+
+    def lint(self, project: Project, path: list[Revision], baseline: Baseline | None) -> LintResult:
+        """The revisions' offline SQL checked: squawk's rules, rendered for PostgreSQL."""
+        from safe_migrations.project.lint import lint_revisions
+
+        return lint_revisions(project, path, baseline)
 
     # --- what the steps read -------------------------------------------------------
     def table_count(self, connection: Connection) -> int:

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from safe_migrations.core.results import StepResult
     from safe_migrations.engines.scratch import Copy
     from safe_migrations.pipeline.lockwait import Holder
+    from safe_migrations.project.alembic_api import Project, Revision
+    from safe_migrations.project.baseline import Baseline
+    from safe_migrations.project.lint import LintResult
     from safe_migrations.stores.backupfiles import Progress, Stored
 
 
@@ -129,8 +132,19 @@ class MySQL(Engine):
 
         drop_database(server, name, role)
 
+    squawk_rules = False
+
+    def lint(self, project: Project, path: list[Revision], baseline: Baseline | None) -> LintResult:
+        """MySQL commits each DDL statement: revisions with several are what is checked."""
+        from safe_migrations.project.lint import lint_mysql
+
+        return lint_mysql(project, path, "mysql")  # rendered offline with MySQL's dialect
+
     def backup_format(self, env: Environment) -> str:
         return "mysql"
+
+    def backup_suffix(self, env: Environment) -> str:
+        return ".sql.gz"
 
     def session_id(self, connection: Connection) -> int | None:
         return int(connection.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one())

@@ -159,6 +159,9 @@ class PostgreSQL(Engine):
     def backup_format(self, env: Environment) -> str:
         return env.settings.backup.format
 
+    def backup_suffix(self, env: Environment) -> str:
+        return ".dir" if env.settings.backup.format == "directory" else ".dump"
+
     def session_id(self, connection: Connection) -> int | None:
         return int(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
 

@@ -86,6 +86,9 @@ class SQLite(Engine):
     def backup_format(self, env: Environment) -> str:
         return "sqlite"
 
+    def backup_suffix(self, env: Environment) -> str:
+        return ".sqlite3"
+
     def identity(self, env: Environment) -> dict[str, Any]:
         path = sqlite_path(env.url)
         return {"engine": "sqlite", "database": str(Path(path).resolve()) if path else None}

@@ -55,7 +55,10 @@ def check_drift(env: Environment, project: Project) -> StepResult:
 
 def check_lint(env: Environment, project: Project) -> StepResult:
     return lint_pending(
-        project, read_current(env), project.scripts().get_current_head(), env.dialect
+        project,
+        read_current(env),
+        project.scripts().get_current_head(),
+        engine_for(env.dialect).lint,
     )
 
 

@@ -61,7 +61,7 @@ class RehearsalRecord:
     duration: float = 0.0
     success: bool = False
     exit_code: int = 1
-    engine: str = "postgresql"
+    engine: str = ""  # the URL's dialect
     pre_revision: str | None = None
     target_revision: str | None = None
     scripts_sha256: str | None = None

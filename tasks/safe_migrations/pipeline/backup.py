@@ -96,7 +96,10 @@ def take_backup(
     fmt = engine.backup_format(env)
     created = now()
     encrypted = env.settings.backup.encrypt_to is not None
-    target = folder / (backup_name(env, revision, created, fmt) + (".age" if encrypted else ""))
+    target = folder / (
+        backup_name(env, revision, created, engine.backup_suffix(env))
+        + (".age" if encrypted else "")
+    )
     started = time.perf_counter()
     try:
         with claimed(target):  # a SIGKILL leaves it to the next run's sweep
@@ -155,7 +158,9 @@ def take_remote_backup(
     engine.check_streamed_backup()
     store = store_for(env)
     encrypted = env.settings.backup.encrypt_to is not None
-    name = backup_name(env, revision, created, "custom") + (".age" if encrypted else "")
+    name = backup_name(env, revision, created, engine.backup_suffix(env)) + (
+        ".age" if encrypted else ""
+    )
     where = f"s3://{store.bucket}/{store.prefix}"
     started = time.perf_counter()
     try:

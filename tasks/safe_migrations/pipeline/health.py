@@ -236,7 +236,11 @@ def run_health(
     if env.settings.health.lint and results[0].ok and results[-1].ok:
         from safe_migrations.project.lint import lint_pending
 
-        results.append(lint_pending(project, current, results[-1].details["resolved"], env.dialect))
+        results.append(
+            lint_pending(
+                project, current, results[-1].details["resolved"], engine_for(env.dialect).lint
+            )
+        )
     return results
 
 

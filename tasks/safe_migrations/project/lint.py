@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,7 @@ def squawk(sql: str, path: str, config: Path = DEFAULT_SQUAWK_CONFIG) -> list[di
         raise ToolError(f"squawk printed no JSON for {path}: {result.stdout[:200]}") from None
 
 
+SQUAWK_DIALECT = "postgresql"  # squawk parses PostgreSQL's SQL, whatever the engine
 MYSQL_NOTE = (
     "squawk's rules are PostgreSQL's and do not apply to MySQL/MariaDB: not run. Checked "
     "instead: revisions with several DDL statements (MySQL commits each on its own)."
@@ -192,11 +194,12 @@ MYSQL_NOTE = (
 _DDL = re.compile(r"\s*(CREATE|ALTER|DROP|RENAME|TRUNCATE)\b", re.I)
 
 
-def lint_mysql(project: Project, path: list[Revision]) -> LintResult:
-    """Each revision rendered for MySQL: a warning for each one with more than one DDL
-    statement, since a failure after the first leaves it partly applied."""
+def lint_mysql(project: Project, path: list[Revision], dialect: str) -> LintResult:
+    """Each revision rendered offline for ``dialect`` (MySQL's): a warning for each one
+    with more than one DDL statement, since a failure after the first leaves it partly
+    applied."""
     outcome = LintResult(note=MYSQL_NOTE)
-    for item in render_sql(project.config(), project.scripts(), path, "mysql"):
+    for item in render_sql(project.config(), project.scripts(), path, dialect):
         if item.error or item.sql is None:
             outcome.unrendered[item.revision] = item.error or "no SQL"
             continue
@@ -229,21 +232,16 @@ def lint_mysql(project: Project, path: list[Revision]) -> LintResult:
 
 
 def lint_revisions(
-    project: Project,
-    path: list[Revision],
-    baseline: Baseline | None = None,
-    dialect: str = "postgresql",
+    project: Project, path: list[Revision], baseline: Baseline | None = None
 ) -> LintResult:
-    """Render each revision for PostgreSQL and check it; findings carry allow markers and
-    whether the baseline (the project's own, unless one is given) accepts them. MySQL
-    gets its own check instead (lint_mysql)."""
-    if dialect in ("mysql", "mariadb"):
-        return lint_mysql(project, path)
+    """Render each revision for PostgreSQL and check it with squawk; findings carry allow
+    markers and whether the baseline (the project's own, unless one is given) accepts
+    them."""
     cfg = project.config()
     config = squawk_config(project)
     accepted = load_baseline(project) if baseline is None else baseline
     outcome = LintResult()
-    for item in render_sql(cfg, project.scripts(), path, "postgresql"):
+    for item in render_sql(cfg, project.scripts(), path, SQUAWK_DIALECT):
         if item.error or item.sql is None:
             outcome.unrendered[item.revision] = item.error or "no SQL"
             continue
@@ -312,12 +310,15 @@ def parse_range(spec: str) -> tuple[str | None, str]:
 
 
 def lint_pending(
-    project: Project, current: str | None, target: str | None, dialect: str = "postgresql"
+    project: Project,
+    current: str | None,
+    target: str | None,
+    lint: Callable[[Project, list[Revision], Baseline | None], LintResult] | None = None,
 ) -> StepResult:
     """Lint the revisions between ``current`` and ``target`` as one check result."""
     with timed() as clock:
         pending = upgrade_path(project.scripts(), current, target)
-        result = lint_revisions(project, pending, dialect=dialect)
+        result = (lint or lint_revisions)(project, pending, None)  # the engine's, or squawk's
     blocking = result.blocking
     message = (
         f"{len(result.checked)} pending revision(s) linted, no finding that is not allowed"

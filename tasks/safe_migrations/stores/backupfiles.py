@@ -24,9 +24,9 @@ from safe_migrations.core.leftovers import remove_path, sweep
 CHUNK = 1024 * 1024
 
 
-def backup_name(env: Environment, revision: str | None, now: datetime, fmt: str) -> str:
+def backup_name(env: Environment, revision: str | None, now: datetime, suffix: str) -> str:
+    """``<env>-<UTC time to the millisecond>-<revision><suffix>``; the engine gives the suffix."""
     stamp = now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
-    suffix = {"custom": ".dump", "directory": ".dir", "sqlite": ".sqlite3", "mysql": ".sql.gz"}[fmt]
     return f"{env.name}-{stamp}-{revision or 'base'}{suffix}"
 
 
