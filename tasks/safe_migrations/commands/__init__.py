@@ -743,7 +743,7 @@ def lint(
     from safe_migrations.engines import engine_for
     from safe_migrations.project.alembic_api import project_for
     from safe_migrations.project.baseline import Baseline, write_baseline
-    from safe_migrations.project.lint import lint_revisions, selected_revisions
+    from safe_migrations.project.lint import selected_revisions
 
     environment = _one_database(_environment(env), "lint", only)
     project = project_for(environment)
