@@ -20,9 +20,10 @@ from safe_migrations.core.config import Environment
 from safe_migrations.core.errors import BackupError, ConfigError
 from safe_migrations.operations.restore import find_backup
 from safe_migrations.operations.standalone import restore
-from safe_migrations.pipeline.backup import list_backups, take_backup
+from safe_migrations.pipeline.backup import take_backup
 from safe_migrations.pipeline.upgrade import run_migrations
 from safe_migrations.project.alembic_api import DEFAULT_PROJECT
+from safe_migrations.stores.local import list_backups
 
 
 def seed(env: Environment, rows: int = 50) -> None:

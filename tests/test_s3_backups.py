@@ -345,7 +345,7 @@ def test_pruning_or_a_full_local_folder_after_the_dump_is_stored_only_warns(
 
     from botocore.exceptions import ClientError
 
-    from safe_migrations.pipeline import backup as backup_module
+    from safe_migrations.stores import s3 as backup_module
     from safe_migrations.stores.s3 import Store
 
     env = make_env(pg_url, backup={"storage": bucket, "required": True})

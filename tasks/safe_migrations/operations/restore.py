@@ -2,155 +2,44 @@
 
 A backup is the environment's own when it is a file this tool made in the
 environment's backup folder and its manifest names this environment and the same
-engine, host, port and database. Anything else needs ``--foreign``.
-
-PostgreSQL archives are replayed on our own connection, in one transaction, from
-``pg_restore --file=-`` (which reads the archive and connects nowhere): no psql,
-so nothing inside an archive can run as a client command. In the same transaction,
-every object of the archive's schemas that the archive does not hold is dropped
-first (tables, views, sequences, types, domains, functions), so the database is
-exactly the backup again; extensions are left alone.
+engine, host, port and database (``stores/base.py``). Anything else needs ``--foreign``.
+The store finds it and hands over a local copy; the checksum is checked, an encrypted
+backup decrypted into a private folder, and the engine puts the database back
+(``engines/pgrestore.py``, ``mysqldump.py``, ``sqlitecopy.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from safe_migrations.core.config import Environment
-from safe_migrations.core.errors import BackupError, ConfigError
+from safe_migrations.core.errors import BackupError
 from safe_migrations.core.leftovers import DECRYPTED_PREFIX, claimed, sweep
 from safe_migrations.engines import engine_for
-from safe_migrations.pipeline.backup import (
-    MANIFEST_SUFFIX,
-    archive_of,
-    database_identity,
-    is_own_backup,
-    list_backups,
-    sha256_of,
-)
+from safe_migrations.stores.backupfiles import sha256_of
 from safe_migrations.stores.encryption import SUFFIX
 
 
 def find_backup(env: Environment, spec: str, foreign: bool = False) -> dict[str, Any]:
-    """``latest`` or a path (archive or manifest) -> its manifest, with ``path`` (the
-    archive, by location), ``own`` and, for another's backup, ``foreign_reason``."""
-    from safe_migrations.stores.s3 import is_remote
+    """``latest`` or a path/name -> its manifest, from the environment's store."""
+    from safe_migrations.stores import store_for
 
-    if is_remote(env):
-        return find_remote_backup(env, spec)
-    if spec == "latest":
-        backups = list_backups(env)
-        if not backups:
-            raise ConfigError(
-                f"There is no backup for {env.name} in {env.backup_dir}; "
-                "take one with `invoke backup`."
-            )
-        data = dict(backups[0])
-        archive = Path(data["path"])
-    else:
-        given = Path(spec).absolute()
-        archive = archive_of(given) if given.name.endswith(MANIFEST_SUFFIX) else given
-        if not archive.exists():
-            raise ConfigError(
-                f"No backup at {spec}; pass a path that `invoke backup` printed, or 'latest'."
-            )
-        manifest = Path(str(archive) + MANIFEST_SUFFIX)
-        data = _read_manifest(manifest) or {}
-        data["manifest"] = str(manifest) if manifest.is_file() else None
-        data["path"] = str(archive)  # by location, never the manifest's own claim
-    reason = foreign_reason(env, archive, data)
-    data["own"], data["foreign_reason"] = reason is None, reason
-    if reason and not foreign:
-        raise ConfigError(
-            f"{archive} is not one of {env.name}'s own backups ({reason}); restore runs only "
-            "the environment's own backups. To restore it anyway pass --foreign (on a "
-            "terminal you will be shown what it holds and asked to type the environment's name)."
-        )
-    return data
+    return store_for(env).find(spec, foreign)
 
 
-def find_remote_backup(env: Environment, spec: str) -> dict[str, Any]:
-    """``latest``, or an object (s3:// URL, key or name) under the environment's prefix,
-    with its manifest object; ``path`` is where it will be downloaded to."""
-    from safe_migrations.stores.s3 import MANIFEST_SUFFIX as SUFFIX_
-    from safe_migrations.stores.s3 import check_provenance, remote_manifests, store_for
-
-    store = store_for(env)
-    if spec == "latest":
-        found = remote_manifests(env, store)
-        if not found:
-            raise ConfigError(
-                f"There is no backup for {env.name} in s3://{store.bucket}/{store.prefix}; "
-                "take one with `invoke backup`."
-            )
-        data = dict(found[0])
-    else:
-        name = store.name_of(spec)
-        if name is None:
-            raise ConfigError(
-                f"{spec} is not under s3://{store.bucket}/{store.prefix}, where {env.name}'s "
-                "backups are; restore runs only the environment's own backups (download "
-                "another object and pass the file with --foreign)."
-            )
-        name = name.removesuffix(SUFFIX_)
-        data = store.get_json(store.key(name + SUFFIX_)) or {}
-        data["manifest"] = store.url(store.key(name + SUFFIX_)) if data else None
-        data["name"] = name
-    data["remote"] = store.url(store.key(data["name"]))
-    data["path"] = str(env.backup_dir / data["name"])
-    reason = foreign_reason(env, Path(data["path"]), data)
-    if reason:
-        raise ConfigError(f"{data['remote']} is not one of {env.name}'s own backups ({reason}).")
-    check_provenance(env, store, data)
-    data["own"], data["foreign_reason"] = True, None
-    return data
-
-
-@contextlib.contextmanager
-def local_copy(env: Environment, backup: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def local_copy(env: Environment, backup: dict[str, Any]) -> AbstractContextManager[dict[str, Any]]:
     """The backup as a local file: itself, or a store's object downloaded into the backup
     folder (0600) for the restore and removed afterwards."""
-    if not backup.get("remote"):
-        yield backup
-        return
-    from safe_migrations.stores.s3 import downloaded
+    from safe_migrations.stores import store_for
 
-    with downloaded(env, backup) as local:
-        yield local
-
-
-def _read_manifest(manifest: Path) -> dict[str, Any] | None:
-    if manifest.is_symlink() or not manifest.is_file():
-        return None
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def foreign_reason(env: Environment, archive: Path, manifest: dict[str, Any]) -> str | None:
-    """Why a backup is not this environment's own, or None when it is."""
-    if not is_own_backup(env, archive):
-        return f"it is not a backup this tool made in {env.backup_dir}"
-    if not manifest.get("manifest"):
-        return "it has no readable manifest"
-    if manifest.get("environment") != env.name:
-        return f"its manifest names the environment {manifest.get('environment')!r}"
-    target = manifest.get("target")
-    if not isinstance(target, dict):
-        return "its manifest names no database (taken by an older version)"
-    if target != database_identity(env):
-        where = ", ".join(f"{k} {v}" for k, v in target.items() if k != "engine")
-        return f"it was taken of another database ({where})"
-    return None
+    return store_for(env).local_copy(backup)
 
 
 def verify_checksum(backup: dict[str, Any]) -> None:

@@ -7,7 +7,6 @@ migration", which is fine.
 
 from __future__ import annotations
 
-import shutil
 import threading
 from typing import Any
 
@@ -18,8 +17,6 @@ from safe_migrations.core.results import StepResult, timed
 from safe_migrations.core.revisions import resolve_revision
 from safe_migrations.engines import engine_for
 from safe_migrations.project.alembic_api import Project, current_revision, heads
-
-MB = 1024 * 1024
 
 
 def check_connection(env: Environment) -> StepResult:
@@ -82,50 +79,6 @@ def connection_message(env: Environment, exc: BaseException) -> str:
 
 def database_size(env: Environment, connection: Any) -> int:
     return engine_for(env.dialect).database_size(env, connection)
-
-
-def check_disk(env: Environment, db_size: int | None) -> StepResult:
-    """Free space where backups go, against the configured minimum and the database size."""
-    with timed() as clock:
-        folder = env.backup_dir
-        existing = folder
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        free = shutil.disk_usage(existing).free
-        need = max(env.settings.health.min_free_disk_mb * MB, db_size or 0)
-    ok = free >= need
-    message = f"{free / MB:,.0f} MB free in {folder}, need {need / MB:,.0f} MB" + (
-        "" if ok else " (a backup may not fit)"
-    )
-    return StepResult(
-        "disk",
-        ok,
-        message,
-        severity="warning",
-        duration=clock.seconds,
-        details={"free_bytes": free, "needed_bytes": need, "database_bytes": db_size},
-    )
-
-
-def check_store(env: Environment) -> StepResult:
-    """With backups in S3: credentials present, the bucket reachable and writable (a small
-    probe object, written and removed) before the backup step relies on it."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from safe_migrations.core.errors import ToolError
-    from safe_migrations.stores.s3 import store_for
-
-    storage = env.settings.backup.storage
-    where = f"s3://{storage.bucket}/{storage.prefix}"
-    with timed() as clock:
-        try:
-            store_for(env).probe()
-            ok, message = True, f"{where} takes writes"
-        except ToolError as exc:
-            ok, message = False, exc.message
-        except (BotoCoreError, ClientError) as exc:
-            ok, message = False, f"cannot write to {where}: {first_line(exc)}"
-    return StepResult("backup_store", ok, message, duration=clock.seconds)
 
 
 def check_report_folder(env: Environment) -> StepResult:
@@ -225,11 +178,9 @@ def run_health(
             results.append(check_version_table(connection, project))
             current = results[-1].details["current"]
             results += engine.session_checks(env, connection)
-    if env.settings.backup.storage.type == "s3":
-        if backing_up:
-            results.append(check_store(env))
-    else:
-        results.append(check_disk(env, db_size))
+    from safe_migrations.stores import store_for
+
+    results += store_for(env).health(db_size, backing_up)
     results.append(check_report_folder(env))
     results.append(check_single_head(project))
     results.append(check_target(project, target, current))

@@ -1,17 +1,18 @@
 """What every backup shares, whichever engine dumps it and whichever store keeps it:
-names, the private folder (swept of what killed runs left), the file sink and its
-stream chunks, the progress line, the child environment. Below backup.py, the engine
-dumps (mysqldump.py) and the stores (s3store.py), so none of them imports another.
+names, what a manifest holds, the private folder (swept of what killed runs left), the
+file sink and its stream chunks, the progress line, the child environment. Below the
+backup step, the engines' dumps and the stores, so none of them imports another.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,66 @@ from safe_migrations.core.files import private_folder
 from safe_migrations.core.leftovers import remove_path, sweep
 
 CHUNK = 1024 * 1024
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    path: str
+    manifest: str
+    environment: str
+    format: str
+    revision: str | None
+    size: int
+    sha256: str
+    created_at: str
+    duration: float
+    verify_seconds: float
+    tables: int
+    target: dict[str, Any]  # what was backed up: engine, host, port, database (no user)
+    encrypted_to: str | None = None  # the age recipient (a public key), when encrypted
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def write_manifest(info: BackupInfo, masked_url: str) -> None:
+    data = info.to_dict() | {"database": masked_url}
+    manifest = Path(info.manifest)
+    fd = os.open(manifest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)
+
+
+def restrict(path: Path) -> None:
+    if path.is_dir():
+        os.chmod(path, 0o700)
+        for file in path.rglob("*"):
+            os.chmod(file, 0o700 if file.is_dir() else 0o600)
+    else:
+        os.chmod(path, 0o600)
+
+
+def archive_of(manifest: Path) -> Path:
+    """The archive a manifest describes: its own name without the suffix, in its own folder.
+
+    Never the manifest's ``path`` field: a manifest can be forged, its location cannot
+    point outside the backup folder.
+    """
+    return manifest.with_name(manifest.name[: -len(MANIFEST_SUFFIX)])
+
+
+def is_own_backup(env: Environment, archive: Path) -> bool:
+    """A file (or folder) this tool made in the backup folder, itself no symlink.
+
+    The folder may be a symlink the user configured; what is inside it is compared
+    by resolved parent, so nothing reaches outside through a planted link.
+    """
+    return (
+        archive.parent.resolve() == env.backup_dir.resolve()
+        and not archive.is_symlink()
+        and is_backup_name(env, archive.name)
+    )
 
 
 def backup_name(env: Environment, revision: str | None, now: datetime, suffix: str) -> str:
@@ -145,3 +206,10 @@ def size_of(path: Path) -> int:
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size if path.exists() else 0
+
+
+def warn(text: str) -> None:
+    """A warning on stderr: the backup it concerns is good, the run goes on."""
+    from safe_migrations.core.escaping import terminal
+
+    print(terminal(text), file=sys.stderr)

@@ -16,17 +16,28 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safe_migrations.core.config import Environment
 from safe_migrations.core.errors import BackupError, ConfigError
+from safe_migrations.core.results import StepResult
+from safe_migrations.stores.backupfiles import (
+    MANIFEST_SUFFIX,
+    BackupInfo,
+    Progress,
+    backup_name,
+    prepare_folder,
+    warn,
+    write_manifest,
+)
+from safe_migrations.stores.base import BackupStore, foreign_reason
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from safe_migrations.engines.base import Engine
 
 PART_SIZE = 8 * 1024 * 1024  # S3 wants at least 5 MiB per part but the last
-MANIFEST_SUFFIX = ".manifest.json"
-
-
-def is_remote(env: Environment) -> bool:
-    return env.settings.backup.storage.type == "s3"
 
 
 class Store:
@@ -218,7 +229,7 @@ class ObjectSink:
             self._slots.release()
 
 
-def store_for(env: Environment) -> Store:
+def bucket_for(env: Environment) -> Store:
     """The environment's store; missing credentials are one sentence naming the chain."""
     import boto3
 
@@ -299,7 +310,7 @@ def remote_manifests(env: Environment, store: Store) -> list[dict[str, Any]]:
 @contextmanager
 def downloaded(env: Environment, backup: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """A remote backup as a private file in the backup folder, removed afterwards."""
-    store = store_for(env)
+    store = bucket_for(env)
     name = backup["name"]
     local = env.backup_dir / name
     from safe_migrations.core.leftovers import claimed
@@ -319,3 +330,194 @@ def downloaded(env: Environment, backup: dict[str, Any]) -> Iterator[dict[str, A
             yield backup | {"path": str(local), "remote": backup["path"]}
         finally:
             local.unlink(missing_ok=True)
+
+
+class S3Store(BackupStore):
+    """The environment's prefix in a bucket; a dump streams into a multipart upload."""
+
+    kind = "s3"
+
+    def __init__(self, env: Environment) -> None:
+        super().__init__(env)
+        self._bucket: Store | None = None
+
+    @property
+    def bucket(self) -> Store:
+        """The client, built on first use: credentials are looked up only when needed."""
+        if self._bucket is None:
+            self._bucket = bucket_for(self.env)
+        return self._bucket
+
+    @property
+    def where(self) -> str:
+        storage = self.env.settings.backup.storage
+        return f"s3://{storage.bucket}/{storage.prefix}"
+
+    @property
+    def prune_errors(self) -> tuple[type[BaseException], ...]:  # type: ignore[override]
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        return (BotoCoreError, ClientError)
+
+    def save(
+        self, engine: Engine, revision: str | None, progress: Progress, created: datetime
+    ) -> BackupInfo:
+        """The dump streamed into the store (encrypted on the way when configured), verified
+        before the upload is completed; the manifest goes beside it, a copy into the backup
+        folder (what the workflow keeps as an artifact)."""
+        import time
+        from dataclasses import replace
+
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        env = self.env
+        engine.check_streamed_backup()
+        store = self.bucket
+        encrypted = env.settings.backup.encrypt_to is not None
+        name = backup_name(env, revision, created, engine.backup_suffix(env)) + (
+            ".age" if encrypted else ""
+        )
+        started = time.perf_counter()
+        try:
+            abort_stale_uploads(env, store)
+            total = engine.count_tables(env)
+            sink = ObjectSink(store, name)
+            stored = engine.dump_to(env, sink, name, total, progress)
+        except (BotoCoreError, ClientError) as exc:
+            raise BackupError(
+                f"Storing the backup in {self.where} failed: {exc}; "
+                "the upload was aborted, so nothing was left in the store."
+            ) from None
+        info = BackupInfo(
+            path=sink.path,
+            manifest=sink.path + MANIFEST_SUFFIX,
+            environment=env.name,
+            format=engine.backup_format(env),
+            revision=revision,
+            size=stored.size,
+            sha256=stored.sha256,
+            created_at=created.isoformat(),
+            duration=round(time.perf_counter() - started, 4),
+            verify_seconds=0.0,  # read back on the way, while it was uploaded
+            tables=stored.tables,
+            target=engine.identity(env),
+            encrypted_to=env.settings.backup.encrypt_to,
+        )
+        try:
+            store.tag(
+                sink.key,
+                {"sha256": stored.sha256, "environment": env.name, "revision": revision or "base"},
+            )
+            store.put_json(
+                sink.key + MANIFEST_SUFFIX, info.to_dict() | {"database": env.masked_url}
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise BackupError(
+                f"The backup was stored as {sink.path}, but writing its manifest failed: {exc}; "
+                + _unlisted_removed(store, sink.key)
+            ) from None
+        try:
+            copy = env.backup_dir / "remote"
+            prepare_folder(copy)
+            kept = replace(info, manifest=str(copy / (name + MANIFEST_SUFFIX)))
+            write_manifest(kept, env.masked_url)
+        except (OSError, BackupError) as exc:
+            warn(
+                f"warning: the backup is stored and verified in {sink.path}, but the local copy "
+                f"of its manifest could not be written ({getattr(exc, 'strerror', None) or exc}); "
+                "the workflow's artifact will lack it. Free space in the backup folder."
+            )
+        return info
+
+    def manifests(self) -> list[dict[str, Any]]:
+        return remote_manifests(self.env, self.bucket)
+
+    def delete(self, backup: dict[str, Any]) -> None:
+        """The object, its manifest object and the manifest's copy in the backup folder."""
+        key = self.bucket.key(backup["name"])
+        self.bucket.delete(key)
+        self.bucket.delete(key + MANIFEST_SUFFIX)
+        (self.env.backup_dir / "remote" / (backup["name"] + MANIFEST_SUFFIX)).unlink(
+            missing_ok=True
+        )
+
+    def find(self, spec: str, foreign: bool = False) -> dict[str, Any]:
+        """``latest``, or an object (s3:// URL, key or name) under the environment's prefix,
+        with its manifest object; ``path`` is where it will be downloaded to. Another's
+        backup is never restored from the store (download it and pass the file)."""
+        env, store = self.env, self.bucket
+        if spec == "latest":
+            found = remote_manifests(env, store)
+            if not found:
+                raise ConfigError(
+                    f"There is no backup for {env.name} in {self.where}; "
+                    "take one with `invoke backup`."
+                )
+            data = dict(found[0])
+        else:
+            name = store.name_of(spec)
+            if name is None:
+                raise ConfigError(
+                    f"{spec} is not under {self.where}, where {env.name}'s "
+                    "backups are; restore runs only the environment's own backups (download "
+                    "another object and pass the file with --foreign)."
+                )
+            name = name.removesuffix(MANIFEST_SUFFIX)
+            data = store.get_json(store.key(name + MANIFEST_SUFFIX)) or {}
+            data["manifest"] = store.url(store.key(name + MANIFEST_SUFFIX)) if data else None
+            data["name"] = name
+        data["remote"] = store.url(store.key(data["name"]))
+        data["path"] = str(env.backup_dir / data["name"])
+        reason = foreign_reason(env, Path(data["path"]), data)
+        if reason:
+            raise ConfigError(
+                f"{data['remote']} is not one of {env.name}'s own backups ({reason})."
+            )
+        check_provenance(env, store, data)
+        data["own"], data["foreign_reason"] = True, None
+        return data
+
+    @contextmanager
+    def local_copy(self, backup: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Downloaded into the backup folder (0600) for the restore, removed afterwards."""
+        if not backup.get("remote"):  # a file passed with --foreign
+            yield backup
+            return
+        with downloaded(self.env, backup) as local:
+            yield local
+
+    def health(self, db_size: int | None, backing_up: bool) -> list[StepResult]:
+        """Credentials present, the bucket reachable and writable (a small probe object,
+        written and removed) before the backup step relies on it."""
+        if not backing_up:
+            return []
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from safe_migrations.core.errors import ToolError, first_line
+        from safe_migrations.core.results import timed
+
+        with timed() as clock:
+            try:
+                self.bucket.probe()
+                ok, message = True, f"{self.where} takes writes"
+            except ToolError as exc:
+                ok, message = False, exc.message
+            except (BotoCoreError, ClientError) as exc:
+                ok, message = False, f"cannot write to {self.where}: {first_line(exc)}"
+        return [StepResult("backup_store", ok, message, duration=clock.seconds)]
+
+
+def _unlisted_removed(store: Store, key: str) -> str:
+    """Delete a dump whose manifest could not be written (nothing would list or prune it);
+    the end of the sentence saying what is left."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        store.delete(key + MANIFEST_SUFFIX)
+        store.delete(key)
+    except (BotoCoreError, ClientError) as exc:
+        return (
+            f"deleting the dump again failed too ({exc}), so {store.url(key)} is left without "
+            "a manifest: nothing lists or prunes it; delete it by hand."
+        )
+    return "the dump was deleted again, so nothing was left in the store."
