@@ -5,6 +5,7 @@ type checking only), so the layers stay layers."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "tasks" / "safe_migrations"
@@ -93,6 +94,29 @@ def test_the_package_has_no_import_cycle() -> None:
 def test_the_cycle_finder_finds_a_loop_and_only_a_loop() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+
+
+ENGINE_BRANCH = re.compile(
+    r"is_sqlite|is_mysql|dialect\s*[!=]=|dialect\s+(not\s+)?in\b|storage\.type\s*[!=]="
+    r"|[!=]=\s*[\"'](postgresql|mysql|mariadb|sqlite|local|s3)[\"']"
+    r"|[\"'](postgresql|mysql|mariadb|sqlite|local|s3)[\"']\s*[!=]="
+)
+
+
+def test_no_engine_or_store_branch_outside_the_engines_and_the_configuration_parser() -> None:
+    """What differs by database is asked of the engine, what differs by store of the
+    store: the steps and operations hold no comparison of a dialect or a store type."""
+    allowed = {PACKAGE / "core" / "config.py"}
+    found = [
+        f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if "engines" not in path.relative_to(PACKAGE).parts[:1] and path not in allowed
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if ENGINE_BRANCH.search(line)
+    ]
+    assert found == []
+    assert ENGINE_BRANCH.search('if env.dialect == "mysql":')  # the pattern finds one
+    assert ENGINE_BRANCH.search('if settings.backup.storage.type == "s3":')
 
 
 def test_a_fourth_engine_registered_in_its_own_module_runs_status(tmp_path: Path) -> None:
