@@ -1,0 +1,173 @@
+"""Tasks about the project's revisions: generate one, lint them, check them (drift and
+the stairway), rehearse them on a copy."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from invoke import Exit, task
+
+from safe_migrations.commands.common import (
+    ENV_HELP,
+    FLEET_HELP,
+    JSON_HELP,
+    exits_with_documented_codes,
+    fleet_of,
+    load_env,
+    one_database,
+    say,
+)
+from safe_migrations.core.errors import EXIT_FAILED, UsageError
+
+
+@task(
+    help={
+        "message": "what the revision does (required)",
+        "autogenerate": "fill the revision from the difference between models and the "
+        "database of --env",
+        "env": ENV_HELP + "; used with --autogenerate",
+        "only": "fleet: the one member to work on",
+    }
+)
+@exits_with_documented_codes
+def generate(
+    c: Any, message: str = "", autogenerate: bool = False, env: str | None = None, only: str = ""
+) -> None:
+    """Create a new revision script in migrations/versions."""
+    from safe_migrations.project.generate import new_revision
+
+    if not message.strip():
+        raise UsageError("A revision needs a message: invoke generate -m 'add orders table'.")
+    from safe_migrations.project.alembic_api import project_for
+
+    environment = one_database(load_env(env), "generate", only) if autogenerate else load_env(env)
+    say(
+        new_revision(
+            message, autogenerate, environment if autogenerate else None, project_for(environment)
+        )
+    )
+
+
+@task(
+    help={
+        "env": ENV_HELP + "; its pending revisions are linted by default",
+        "range_": "revisions A:B to lint (A exclusive, as in Alembic), e.g. base:head",
+        "since": "lint only the revisions after this one (an id, prefix, head-2, ...)",
+        "all_": "lint every revision",
+        "baseline": "accept every finding of the whole history in the migrations folder's "
+        "lint-baseline.yml; later runs fail only on new findings",
+        "json_": JSON_HELP,
+        "only": "fleet: the one member to work on",
+    }
+)
+@exits_with_documented_codes
+def lint(
+    c: Any,
+    env: str | None = None,
+    range_: str = "",
+    since: str = "",
+    all_: bool = False,
+    baseline: bool = False,
+    json_: bool = False,
+    only: str = "",
+) -> None:
+    """Check the migrations' SQL with squawk for locking and data-losing operations."""
+    from safe_migrations.core.config import PROJECT_ROOT
+    from safe_migrations.engines import engine_for
+    from safe_migrations.project.alembic_api import project_for
+    from safe_migrations.project.baseline import Baseline, write_baseline
+    from safe_migrations.project.lint import selected_revisions
+
+    environment = one_database(load_env(env), "lint", only)
+    project = project_for(environment)
+    if baseline and (range_ or since):
+        raise UsageError("--baseline covers the whole history; drop --range/--since.")
+    chosen = selected_revisions(environment, project, range_, all_ or baseline, since)
+    if baseline and not engine_for(environment.dialect).squawk_rules:
+        raise UsageError(
+            "--baseline accepts squawk's findings, and squawk does not run on "
+            f"{engine_for(environment.dialect).name}."
+        )
+    result = engine_for(environment.dialect).lint(project, chosen, Baseline() if baseline else None)
+    say(json.dumps(result.to_dict(), indent=2) if json_ else result.render())
+    if result.nothing_checked:
+        raise result.nothing_rendered()
+    if baseline:
+        path, count = write_baseline(project, result.findings, PROJECT_ROOT)
+        say(f"wrote {path}: {count} finding(s) accepted; fill in each reason there.")
+        return
+    if result.blocking:
+        raise Exit(code=EXIT_FAILED)
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "stairway": "also run the stairway test (up, down one, up) on a scratch database",
+        "json_": JSON_HELP,
+    }
+    | FLEET_HELP
+)
+@exits_with_documented_codes
+def check(
+    c: Any,
+    env: str | None = None,
+    stairway: bool = False,
+    json_: bool = False,
+    only: str = "",
+    exclude: str = "",
+    jobs: int = 0,
+) -> None:
+    """One head, models match the database, pending SQL linted; --stairway for downgrades."""
+    from safe_migrations.core.results import render_checks
+    from safe_migrations.operations.check import run_check
+    from safe_migrations.project.alembic_api import project_for
+
+    environment = load_env(env)
+    if environment.is_fleet:
+        from safe_migrations.operations import fleet_work
+
+        work = fleet_work.check(stairway)
+        fleet_of(environment, "check", work, only, exclude, jobs, True, json_=json_, reports=False)
+        return
+    results = run_check(environment, project_for(environment), stairway)
+    failed = [r for r in results if r.blocks]  # a warning is shown, never fails the check
+    say(render_checks(results, failed, json_))
+    if failed:
+        raise Exit(f"check failed: {', '.join(r.name for r in failed)}", code=EXIT_FAILED)
+
+
+@task(
+    help={
+        "env": ENV_HELP,
+        "revision": "rehearse up to this revision (default: head)",
+        "from_backup": "copy from this backup (a path, s3:// URL or 'latest') instead of "
+        "a fresh one",
+        "json_": "print the rehearsal report as JSON instead of text",
+        "only": "fleet: the one member to work on",
+    }
+)
+@exits_with_documented_codes
+def rehearse(
+    c: Any,
+    env: str | None = None,
+    revision: str = "head",
+    from_backup: str = "",
+    json_: bool = False,
+    only: str = "",
+) -> None:
+    """Run the migration on a temporary copy; report locks, rewrites and timings per revision."""
+    from safe_migrations.operations.rehearsal import rehearse as run_rehearsal
+    from safe_migrations.pipeline.context import Console
+
+    def print_json(report: dict[str, Any]) -> None:
+        say(json.dumps(report, indent=2))
+
+    run_rehearsal(
+        one_database(load_env(env), "rehearse", only),
+        revision,
+        from_backup or None,
+        console=Console(say=lambda _text: None) if json_ else Console(),
+        on_report=print_json if json_ else None,
+    )
