@@ -75,7 +75,7 @@ def observer_cost(admin: str, backup: Path, envs: Path, runs: int) -> tuple[floa
     import time
 
     from safe_migrations.core.config import load_environment
-    from safe_migrations.operations.observer import RevisionObserver
+    from safe_migrations.engines.pgobserver import RevisionObserver
     from safe_migrations.pipeline.upgrade import run_migrations
     from safe_migrations.project.alembic_api import DEFAULT_PROJECT
 

@@ -254,7 +254,7 @@ def test_a_manifest_that_cannot_be_written_leaves_no_unlisted_dump_and_says_so(
 ) -> None:
     from botocore.exceptions import ClientError
 
-    from safe_migrations.stores.s3 import Store
+    from safe_migrations.stores.s3bucket import Store
 
     env = make_env(pg_url, backup={"storage": bucket})
     seed(env, rows=5)
@@ -346,7 +346,7 @@ def test_pruning_or_a_full_local_folder_after_the_dump_is_stored_only_warns(
     from botocore.exceptions import ClientError
 
     from safe_migrations.stores import s3 as backup_module
-    from safe_migrations.stores.s3 import Store
+    from safe_migrations.stores.s3bucket import Store
 
     env = make_env(pg_url, backup={"storage": bucket, "required": True})
 

@@ -2,6 +2,10 @@
 
 A file is checked when loaded, so a typo stops the run with one sentence that
 names the file, the key and what is allowed, before anything touches a database.
+
+Kept long: the file's schema is one piece (every setting's type, default and its
+one-sentence error side by side, and the cross-key checks that need all of them);
+split, a new key would need edits in two modules.
 """
 
 from __future__ import annotations

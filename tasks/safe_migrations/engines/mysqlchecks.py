@@ -14,7 +14,10 @@ if TYPE_CHECKING:
 
 def check_mysql_sessions(env: Environment, connection: Any) -> list[StepResult]:
     """Long transactions (InnoDB) and, where performance_schema records them, metadata-lock
-    holders: either makes DDL wait, and traffic queue behind that DDL."""
+    holders: either makes DDL wait, and traffic queue behind that DDL.
+
+    Kept long: one result per visibility case (transactions and metadata locks, each
+    seen or hidden), worded together so the cases read as one table."""
     from safe_migrations.engines.mysqlserver import PROCESS_GRANT, blocking_sessions
 
     age = env.settings.health.max_transaction_age

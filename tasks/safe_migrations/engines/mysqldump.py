@@ -13,6 +13,9 @@ scratch database to prove it replays whole, then into the target; objects the du
 does not hold are dropped after that clean replay. MySQL cannot do this in one
 transaction (DDL commits), so a failure midway is recorded (partial.py) and the next
 run's health step blocks until a restore completes.
+
+Kept long: dump, read-back and replay share the dump's format (its statements, markers
+and the names check in mysqlnames.py); each half depends on what the other writes.
 """
 
 from __future__ import annotations
@@ -128,7 +131,10 @@ def _database(env: Environment) -> str:
 
 def dump_mysql(env: Environment, target: Path, tables_total: int, progress: Progress) -> Stored:
     """The dump into ``target`` (gzip), hashed on the way, with a timeout; read back
-    afterwards. A partial file is removed on any failure."""
+    afterwards. A partial file is removed on any failure.
+
+    Kept long: the child, its reader threads and the clean-up share one try/finally, so
+    no failure leaves a half-written file or a running child."""
     from safe_migrations.stores.encryption import HashingWriter
 
     settings = env.settings.backup
@@ -350,7 +356,10 @@ def _quote(name: str) -> str:
 
 def restore_mysql(env: Environment, path: Path) -> None:
     """Prove the dump replays whole into a scratch database, then replay it into the
-    target and drop what it does not hold."""
+    target and drop what it does not hold.
+
+    Kept long: the scratch replay, the real replay and the record of a partial restore
+    share one try block, so every failure leaves a known state on record."""
     from pymysql import MySQLError
 
     from safe_migrations.pipeline import partial

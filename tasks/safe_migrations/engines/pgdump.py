@@ -52,6 +52,10 @@ def dump_postgres(
     and fed to ``pg_restore --list`` at the same time (the verification), so the
     archive is never read a second time; returns what was stored. The directory
     format is written by pg_dump itself (None: verify and hash it afterwards).
+
+    Kept long: pg_dump, its stderr reader, the stream's writer and the clean-up share
+    one try/finally, so no failure leaves a partial file, an open upload or a running
+    child.
     """
     settings = env.settings.backup
     streamed = settings.format == "custom"  # (and encrypted when configured)

@@ -211,7 +211,10 @@ def _blocking_io() -> Any:
 
 
 def restore_postgres(env: Environment, path: Path) -> None:
-    """Drop what the backup does not hold, replay the archive; one transaction."""
+    """Drop what the backup does not hold, replay the archive; one transaction.
+
+    Kept long: one transaction's lifetime (drops, the replayed script, COPY data) and
+    its rollback on every failure sit in one try block."""
     import psycopg2
 
     from safe_migrations.engines.sqlscript import Copy, ScriptError, split_script

@@ -7,6 +7,10 @@ two upgrades in one process would interfere. Processes are forked from this one,
 each starts with SQLAlchemy and Alembic already imported. A member's name is part of
 its environment's name (``<file>.<member>``), so its backups, manifests and reports
 carry it and retention, restore and rollback never take another member's files.
+
+Kept long: the scheduler (fork, collect, stop on failure or interrupt) and the summary
+it writes share the members' state; the work a member does (fleet_work.py) and the
+shards' merge (fleet_merge.py) are apart.
 """
 
 from __future__ import annotations
@@ -329,7 +333,11 @@ def run_fleet(
     """Run ``work`` on each member, ``jobs`` at a time, each in a forked process. After the
     first failure no new member starts (those running finish) unless ``keep_going``;
     SIGTERM or Ctrl-C stops starting members and interrupts the running ones, and the
-    summary is still written."""
+    summary is still written.
+
+    Kept long: the scheduling loop (start, collect, stop on a failure or an interrupt)
+    keeps every member's outcome in one place, so none goes unrecorded whatever ends the
+    run."""
     from safe_migrations.core.files import private_folder
 
     settings = env.settings.fleet

@@ -2,10 +2,14 @@
 
 The copy is a verified backup (a fresh one, or the one named) restored into a temporary
 database (the engine's copy, engines/scratch.py). On the copy the pipeline's own upgrade
-step runs, with an observer beside it (observer.py), then the validate step; then the
+step runs, with an observer beside it (engines/pgobserver.py), then the validate step; then the
 copy is dropped. The environment's database is only read (its revision, and pg_dump's
 snapshot) and, once the copy is gone, gets one row of proof (proof.py). Its migration
 lock is not taken.
+
+Kept long: the rehearsal's run (copy, observed upgrade, validate, proof) and its verdict
+and record are one report's lifecycle; the copy, the observer and the proof are already
+apart.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from safe_migrations.core.masking import redact, redact_data, url_password
 from safe_migrations.core.revisions import resolve_revision
 from safe_migrations.core.sampling import SAMPLE_INTERVAL
 from safe_migrations.engines import engine_for
+from safe_migrations.engines.pgobserver import BLOCKS_ALL, Findings, RevisionObserver, analyse
 from safe_migrations.operations import proof
-from safe_migrations.operations.observer import BLOCKS_ALL, Findings, RevisionObserver, analyse
 from safe_migrations.operations.restore import find_backup, local_copy, restore_backup
 from safe_migrations.pipeline import upgrade, validate
 from safe_migrations.pipeline.backup import take_backup

@@ -34,7 +34,10 @@ class RollbackPlan:
 def plan_rollback(
     environment: str, newest: tuple[Path, dict[str, Any]] | None, from_backup: bool = False
 ) -> RollbackPlan:
-    """The plan for undoing ``newest``, or a RefusedError saying why rollback refuses."""
+    """The plan for undoing ``newest``, or a RefusedError saying why rollback refuses.
+
+    Kept long: the refusals are checked in the order that decides which sentence the
+    user sees; split, that order would be spread over several functions."""
     if newest is None:
         raise RefusedError(
             f"There is no migration report for {environment} to roll back from; "

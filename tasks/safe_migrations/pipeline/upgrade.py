@@ -1,6 +1,10 @@
 """The upgrade (and downgrade) step: Alembic in process, one transaction per revision,
 lock and statement timeouts on the migration's connection, and lock waits that never
 queue the application for longer than one short lock timeout (lockwait.py).
+
+Kept long: the revision loop, its per-revision retry on a lock timeout and the observer
+hooks share one connection's state; the lock-wait watcher is already apart
+(lockwait.py).
 """
 
 from __future__ import annotations
@@ -181,6 +185,9 @@ def run_migrations(
     revision that completed. A lock timeout rolls the revision back; the runner then
     watches the sessions it queued behind and starts the revision again from the top
     the moment they let go, within ``migration.lock_budget`` seconds per revision.
+
+    Kept long: the connection, the engine's session set-up, the retry loop and the
+    partial-run record share one connection's lifetime.
     """
     from sqlalchemy.exc import DBAPIError
 

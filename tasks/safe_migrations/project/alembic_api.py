@@ -2,6 +2,10 @@
 
 Nothing here runs the ``alembic`` executable; the tasks own connections and
 hand them to ``migrations/env.py`` through ``config.attributes``.
+
+Kept long: it is the one seam to Alembic's API (config, scripts, env.py runs, offline
+SQL); keeping every call into Alembic here is what lets the rest not depend on Alembic's
+internals.
 """
 
 from __future__ import annotations
@@ -70,6 +74,9 @@ def run_env_on(
     before its first statement (exit 2). ``forced`` options (one transaction per
     revision, the callbacks that record applied revisions) apply whatever env.py
     passes to ``context.configure``; ``on_context`` is handed the MigrationContext.
+
+    Kept long: Alembic's global ``context`` and ``op`` proxies are set up and torn down
+    around one env.py run; the set-up and tear-down must stay in one try/finally.
     """
     from alembic.runtime.environment import EnvironmentContext
 

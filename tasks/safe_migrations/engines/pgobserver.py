@@ -7,6 +7,10 @@ before it commits, the migration's own connection lists the locks the revision h
 (every one it took, however short, since relation locks last until commit) and reads
 the catalog, so a changed ``relfilenode`` shows a rewritten table or index. The
 analysis below is pure: samples and snapshots in, findings per revision out.
+
+On engines that do not observe locks (their ``rehearsal_limits`` is set) it only times
+each revision. Kept long: the sampler, the snapshots and the pure analysis of both are
+one model of PostgreSQL's locks; the analysis is pure and tested on its own.
 """
 
 from __future__ import annotations
