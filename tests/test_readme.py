@@ -34,3 +34,13 @@ def test_readme_names_every_task_and_flag() -> None:
         for argument in task.get_arguments():
             flag = "--" + argument.names[0].strip("_").replace("_", "-")
             assert flag in text, f"invoke {name} {flag}"
+
+
+def test_the_readme_engine_table_is_what_the_engines_say() -> None:
+    """The table of what each engine does comes from the engine classes; after changing
+    one, `python -m safe_migrations.engines.table README.md` rewrites the README's copy."""
+    from safe_migrations.engines import table
+
+    readme = (ROOT / "README.md").read_text()
+    assert table.in_readme(readme) == table.render()
+    assert table.render().count("\n") == len(table.ROWS) + 1  # every row, every engine

@@ -38,6 +38,8 @@ class Engine:
     """One database engine's answers; stateless, one instance per engine."""
 
     name: ClassVar[str] = "base"
+    # The README's engine table: an answer per row of engines/table.py.
+    documented: ClassVar[dict[str, str]] = {}
     default_port: ClassVar[int | None] = None
 
     def cannot(self, what: str) -> Unsupported:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from safe_migrations.core.database import application_name, connect
 from safe_migrations.core.errors import LockHeldError
@@ -47,6 +47,24 @@ class PostgreSQL(Engine):
     name = "PostgreSQL"
     default_port = 5432
     version_sql = "SHOW server_version"
+
+    # The README's engine table (engines/table.py renders it; a test compares).
+    documented: ClassVar[dict[str, str]] = {
+        "tasks": "yes",
+        "one_at_a_time": "advisory lock",
+        "lock_waits": "`lock_timeout` (sub-second), holders watched through `pg_locks`",
+        "statement_limit": "`statement_timeout`",
+        "failed_revision": "rolled back",
+        "health_basics": "yes",
+        "health_sessions": "`pg_locks`, `pg_stat_activity`",
+        "backup": "`pg_dump`",
+        "restore": "one transaction",
+        "validate": "yes, plus invalid indexes",
+        "lint": "squawk",
+        "check": "yes",
+        "rehearse": "locks sampled, rewrites seen",
+        "fleets": "yes",
+    }
 
     def password_rejected(self, error: object) -> bool:
         return getattr(error, "pgcode", None) in AUTHENTICATION_FAILED

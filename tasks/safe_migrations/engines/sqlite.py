@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from safe_migrations.core.database import sqlite_path
 from safe_migrations.core.errors import BackupError, LockHeldError
@@ -38,6 +38,24 @@ class SQLite(Engine):
         "are PostgreSQL-only"
     )
     copies_on_servers = False
+
+    # The README's engine table (engines/table.py renders it; a test compares).
+    documented: ClassVar[dict[str, str]] = {
+        "tasks": "yes",
+        "one_at_a_time": "lock file",
+        "lock_waits": "—",
+        "statement_limit": "—",
+        "failed_revision": "rolled back",
+        "health_basics": "yes",
+        "health_sessions": "—",
+        "backup": "backup API",
+        "restore": "backup API",
+        "validate": "yes",
+        "lint": "squawk (PostgreSQL SQL)",
+        "check": "yes",
+        "rehearse": "timed",
+        "fleets": "yes",
+    }
 
     def dump(
         self, env: Environment, target: Path, encrypted: bool, progress: Progress
