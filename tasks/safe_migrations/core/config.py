@@ -113,6 +113,9 @@ class MigrationSettings:
     cancel_blockers_after: float | None = setting(None, gt=0)
     lock_wait: float = setting(60.0, ge=0)
     transaction_per_migration: bool = True
+    # PostgreSQL: Alembic's index, constraint and NOT NULL operations in their
+    # non-blocking form (engines/pgsafe.py); check: listed and refused; off: as written.
+    safe_operations: Literal["rewrite", "check", "off"] = "off"
     # No longer used (lock_budget bounds the wait); accepted with a warning.
     retries: int | None = setting(None, ge=0, le=100)
     retry_backoff: float | None = setting(None, ge=0)

@@ -90,6 +90,8 @@ def _value(hint: Any, value: Any, key: str, bounds: Any) -> Any:
         return _value(options[0], value, key, bounds)
     if origin is Literal:
         choices = typing.get_args(hint)
+        if value is False and "off" in choices:  # YAML 1.1 reads a bare `off` as false
+            return "off"
         if value not in choices:
             allowed = ", ".join(repr(c) for c in choices)
             raise SchemaError(f"key '{key}' must be one of {allowed} (got {_shown(value)})")

@@ -9,7 +9,7 @@ method that says so in one sentence (``Unsupported``). Imports nothing but the c
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from safe_migrations.core.errors import BackupError, ConfigError
@@ -83,6 +83,17 @@ class Engine:
 
     def begin_migration(self, connection: Connection, wait: float) -> None:
         """On the migration's own session, before its first revision."""
+
+    def safe_operations(self, env: Environment) -> AbstractContextManager[Any]:
+        """While a run (or its offline SQL) is made: Alembic's operations in the engine's
+        non-blocking form, as ``migration.safe_operations`` says. What it yields has
+        ``take()``: what was rewritten since the last call. Here: none, as written."""
+        return nullcontext(None)
+
+    def preflight(
+        self, env: Environment, project: Project, path: list[Revision], connection: Connection
+    ) -> None:
+        """Before the first statement of an upgrade: refuse what cannot run safely."""
 
     def is_lock_timeout(self, exc: BaseException) -> bool:
         """The statement gave up waiting for a lock (the revision is retried)."""

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from safe_migrations.core.config import Environment
     from safe_migrations.core.results import StepResult
     from safe_migrations.engines.scratch import Copy
+    from safe_migrations.project.alembic_api import Project, Revision
     from safe_migrations.stores.backupfiles import Progress, Stored
 
 LOCK_NAMESPACE = "alembic-invoke/migration-lock/v1"
@@ -65,6 +66,18 @@ class PostgreSQL(Engine):
         "rehearse": "locks sampled, rewrites seen",
         "fleets": "yes",
     }
+
+    def safe_operations(self, env: Environment) -> AbstractContextManager[Any]:
+        from safe_migrations.engines.pgsafe import safe_operations
+
+        return safe_operations(env, env.settings.migration.safe_operations)
+
+    def preflight(
+        self, env: Environment, project: Project, path: list[Revision], connection: Connection
+    ) -> None:
+        from safe_migrations.engines.pgrefusals import preflight
+
+        preflight(env, project, path, connection)
 
     def password_rejected(self, error: object) -> bool:
         return getattr(error, "pgcode", None) in AUTHENTICATION_FAILED

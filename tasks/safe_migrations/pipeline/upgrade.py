@@ -54,6 +54,8 @@ class AppliedRevision:
     # It ran an autocommit block: past it nothing could be rolled back, so it waited
     # for its locks without a lock timeout and was not retried from there.
     autocommit: bool = False
+    # Operations the engine ran in their non-blocking form (migration.safe_operations).
+    rewritten: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -110,7 +112,9 @@ class _Clock:
         lock_ms: int,
         observer: Observer | None = None,
         log: StatementLog | None = None,
+        rewrites: Any = None,
     ) -> None:
+        self.rewrites = rewrites
         self.path = path
         self.log = log
         self.observer = observer
@@ -139,6 +143,7 @@ class _Clock:
                 now - self.mark,
                 self.retries.get(revision, 0),
                 autocommit,
+                tuple(self.rewrites.take()) if self.rewrites is not None else (),
             )
         )
         self.mark = now
@@ -186,11 +191,9 @@ def run_migrations(
     watches the sessions it queued behind and starts the revision again from the top
     the moment they let go, within ``migration.lock_budget`` seconds per revision.
 
-    Kept long: the connection, the engine's session set-up, the retry loop and the
-    partial-run record share one connection's lifetime.
+    Where the engine has them, Alembic's operations run in their non-blocking form
+    (``migration.safe_operations``), after a preflight that refuses what cannot.
     """
-    from sqlalchemy.exc import DBAPIError
-
     settings = env.settings.migration
     impl = engine_for(env.dialect)
     engine = make_engine(
@@ -199,64 +202,92 @@ def run_migrations(
         lock_timeout=settings.lock_timeout if impl.session_timeouts else None,
         statement_timeout=settings.statement_timeout if impl.session_timeouts else None,
     )
+    try:
+        with impl.safe_operations(env) as rewrites:
+            return _attempts(
+                env, project, target, direction, on_retry, sleep, observer, engine, rewrites
+            )
+    finally:
+        engine.dispose()
+
+
+def _attempts(
+    env: Environment,
+    project: Project,
+    target: str | None,
+    direction: Direction,
+    on_retry: Callable[[MigrationAttempt], None] | None,
+    sleep: Callable[[float], None],
+    observer: Observer | None,
+    engine: Any,
+    rewrites: Any,
+) -> list[AppliedRevision]:
+    """The attempts of run_migrations, each revision retried after a lock timeout.
+
+    Kept long: the engine's session set-up, the retry bookkeeping and the partial-run
+    record share one connection's lifetime."""
+    from sqlalchemy.exc import DBAPIError
+
+    settings = env.settings.migration
+    impl = engine_for(env.dialect)
     retries: dict[str, int] = {}
     started: dict[str, float] = {}  # when each revision's first attempt began
     applied: list[AppliedRevision] = []
-    try:
-        while True:
-            with engine.connect() as connection:
-                current = current_revision(connection)
-                # The session's id: watched from the side where the engine does that,
-                # else left out of the holders named after a lock timeout.
-                session = impl.session_id(connection)
-                pid = session if impl.watches_lock_waits else None
-                own = None if impl.watches_lock_waits else session
-                impl.begin_migration(connection, settings.lock_wait)
-                if observer is not None:
-                    observer.begin(connection, pid)
+    checked = False
+    while True:
+        with engine.connect() as connection:
+            current = current_revision(connection)
+            # The session's id: watched from the side where the engine does that,
+            # else left out of the holders named after a lock timeout.
+            session = impl.session_id(connection)
+            pid = session if impl.watches_lock_waits else None
+            own = None if impl.watches_lock_waits else session
+            impl.begin_migration(connection, settings.lock_wait)
+            if observer is not None:
+                observer.begin(connection, pid)
+            connection.rollback()
+            path = plan(project, current, target, direction)
+            if not path:
+                return applied
+            if not checked and direction == "upgrade":  # before the first statement
+                impl.preflight(env, project, path, connection)
                 connection.rollback()
-                path = plan(project, current, target, direction)
-                if not path:
+                checked = True
+            lock_ms = int(settings.lock_timeout * 1000)
+            log = StatementLog() if impl.ddl_commits else None
+            if log is not None:
+                log.attach(connection)
+            clock = _Clock(path, direction, retries, lock_ms, observer, log, rewrites)
+            forced = {
+                "on_version_apply": clock,
+                "transaction_per_migration": settings.transaction_per_migration,
+            }
+            cfg = project.config(connection=connection)
+            hook = clock.guard_autocommit if impl.watches_lock_waits else None
+            with watching(env, pid) as watcher:
+                try:
+                    run_env_on(cfg, connection, direction, target, forced, on_context=hook)
+                    applied += clock.done
                     return applied
-                lock_ms = int(settings.lock_timeout * 1000)
-                log = StatementLog() if impl.ddl_commits else None
-                if log is not None:
-                    log.attach(connection)
-                clock = _Clock(path, direction, retries, lock_ms, observer, log)
-                forced = {
-                    "on_version_apply": clock,
-                    "transaction_per_migration": settings.transaction_per_migration,
-                }
-                cfg = project.config(connection=connection)
-                hook = clock.guard_autocommit if impl.watches_lock_waits else None
-                with watching(env, pid) as watcher:
-                    try:
-                        run_env_on(cfg, connection, direction, target, forced, on_context=hook)
+                except EnvPyContractError:
+                    raise  # nothing ran: env.py would have used another connection
+                except Exception as exc:  # user code may raise anything; re-raised with cause
+                    if settings.transaction_per_migration:  # else the failure undid them all
                         applied += clock.done
-                        return applied
-                    except EnvPyContractError:
-                        raise  # nothing ran: env.py would have used another connection
-                    except Exception as exc:  # user code may raise anything; re-raised with cause
-                        if settings.transaction_per_migration:  # else the failure undid them all
-                            applied += clock.done
-                        failed = clock.running()
-                        began = time.monotonic() - (time.perf_counter() - clock.mark)
-                        started.setdefault(failed.revision, began)
-                        if log is not None and (log.committed() or met_own_objects(log, exc)):
-                            raise _partly_applied(
-                                env, failed, direction, log, exc, applied
-                            ) from exc
-                        if not (isinstance(exc, DBAPIError) and impl.is_lock_timeout(exc)):
-                            raise _failure(env, failed, clock, exc, applied) from exc
-                        seen = watcher.take() if watcher is not None else None
-                        attempt = _wait_out(env, failed, retries, started, seen, exc, sleep, own)
-                        if on_retry is not None:
-                            on_retry(attempt)
-                        if time.monotonic() >= started[failed.revision] + settings.lock_budget:
-                            raise _out_of_budget(env, failed, attempt, applied) from exc
-                        sleep(jitter(settings.lock_timeout))
-    finally:
-        engine.dispose()
+                    failed = clock.running()
+                    began = time.monotonic() - (time.perf_counter() - clock.mark)
+                    started.setdefault(failed.revision, began)
+                    if log is not None and (log.committed() or met_own_objects(log, exc)):
+                        raise _partly_applied(env, failed, direction, log, exc, applied) from exc
+                    if not (isinstance(exc, DBAPIError) and impl.is_lock_timeout(exc)):
+                        raise _failure(env, failed, clock, exc, applied) from exc
+                    seen = watcher.take() if watcher is not None else None
+                    attempt = _wait_out(env, failed, retries, started, seen, exc, sleep, own)
+                    if on_retry is not None:
+                        on_retry(attempt)
+                    if time.monotonic() >= started[failed.revision] + settings.lock_budget:
+                        raise _out_of_budget(env, failed, attempt, applied) from exc
+                    sleep(jitter(settings.lock_timeout))
 
 
 def _wait_out(

@@ -1,0 +1,255 @@
+"""What cannot be made safe in place on PostgreSQL, refused before the first statement.
+
+Before a run with ``migration.safe_operations`` on, the pending revisions are rendered
+offline once with Alembic's operations listed (pgsafe.py's ``collect`` mode), and the
+listed operations are judged against the live catalog: a column added NOT NULL without
+a default, or with a volatile default, to a table that has rows (the table is
+rewritten, or the statement fails); a type change that rewrites the table; a column
+renamed or dropped under the running application. Each refusal names the revision, the
+operation and the expand/contract recipe; a revision that carries the allow marker for
+the rule (``# squawk: allow <rule> -- why``, as lint reads it) takes the risk knowingly.
+Tables the pending revisions create themselves are nobody else's yet and never refused.
+In ``check`` mode what would be rewritten is refused too, listed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from safe_migrations.core.errors import RefusedError
+
+if TYPE_CHECKING:
+    from safe_migrations.core.config import Environment
+    from safe_migrations.project.alembic_api import Project, Revision
+
+RECIPES = {
+    "adding-not-nullable-field": (
+        "add it nullable (or with a constant default, which PostgreSQL stores without a "
+        "rewrite), backfill it in short batches, then alter it to NOT NULL (rewritten into "
+        "a validated check, no long lock)"
+    ),
+    "adding-field-with-default": (
+        "add it without the default, set the default in a second statement (it then applies "
+        "to new rows only), and backfill the existing rows in short batches"
+    ),
+    "changing-column-type": (
+        "add a column of the new type, write both from the application, backfill in short "
+        "batches, switch reads, then drop the old column in a later release"
+    ),
+    "renaming-column": (
+        "add the new column, write both and backfill, move the application to the new "
+        "name, then drop the old one in a later release"
+    ),
+    "ban-drop-column": (
+        "release the application without any use of the column first, then drop it in a "
+        "later revision marked as such"
+    ),
+}
+_CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(")  # function names in a default, read only
+_LENGTHS = re.compile(r"\(([\d,\s]+)\)")
+
+
+def preflight(env: Environment, project: Project, path: list[Revision], connection: Any) -> None:
+    """Refuse the run (exit 2) before its first statement when a pending revision holds
+    what cannot be made safe; in ``check`` mode, also what would be rewritten."""
+    mode = env.settings.migration.safe_operations
+    if mode == "off" or not path:
+        return
+    collected = collect(env, project, path)
+    created = {_key(op) for _r, op in collected if _is(op, "CreateTableOp")}
+    refused = []
+    for revision, op in collected:
+        found = judge(connection, op, created)
+        if found is None:
+            continue
+        rule, what = found
+        step = next(r for r in path if r.revision == revision)
+        if rule in _markers(step):
+            continue
+        refused.append(
+            f"revision {revision} ({step.path}): {what}; instead, {RECIPES[rule]}, or mark "
+            f"the revision `# squawk: allow {rule} -- why` to take the risk knowingly"
+        )
+    if refused:
+        raise RefusedError(
+            "Refused before any statement ran, since PostgreSQL cannot do this without "
+            "blocking the application or failing midway: " + " | ".join(refused)
+        )
+    if mode == "check":
+        rewritable = [
+            f"{revision}: {_describe(op)}"
+            for revision, op in collected
+            if _rewritable(op) and _key(op) not in created
+        ]
+        if rewritable:
+            raise RefusedError(
+                "migration.safe_operations is check, and these operations would block the "
+                "application in the form written (rewrite would run them without blocking): "
+                + "; ".join(rewritable)
+                + ". Set safe_operations: rewrite, or write them in their non-blocking form."
+            )
+
+
+def collect(env: Environment, project: Project, path: list[Revision]) -> list[tuple[str, Any]]:
+    """The pending revisions' operations, in order, from one offline rendering each."""
+    from safe_migrations.engines.pgsafe import safe_operations
+    from safe_migrations.project.alembic_api import render_sql
+
+    with safe_operations(env, "collect") as safety:
+        assert safety is not None
+        for step in path:
+            safety.revision = step.revision
+            render_sql(project.config(), project.scripts(), [step], "postgresql")
+        return list(safety.collected)
+
+
+def judge(connection: Any, op: Any, created: set[str]) -> tuple[str, str] | None:
+    """(rule, what is wrong) for an operation that cannot be made safe, else None."""
+    if _key(op) in created or not hasattr(op, "table_name"):
+        return None
+    table = _qualified(op.schema, op.table_name)
+    if _is(op, "AddColumnOp"):
+        column = op.column
+        if not _has_rows(connection, table):
+            return None
+        if column.server_default is None and column.nullable is False:
+            return (
+                "adding-not-nullable-field",
+                f"op.add_column adds {column.name} NOT NULL without a default to "
+                f"{op.table_name}, which has rows (the statement fails, or with a volatile "
+                "default rewrites the table)",
+            )
+        default = _default_text(column.server_default, connection)
+        if default and _volatile(connection, default):
+            return (
+                "adding-field-with-default",
+                f"op.add_column adds {column.name} with the volatile default {default} to "
+                f"{op.table_name}, which has rows: PostgreSQL rewrites the whole table "
+                "under ACCESS EXCLUSIVE, blocking reads and writes",
+            )
+    if _is(op, "AlterColumnOp"):
+        if op.modify_name is not None:
+            return (
+                "renaming-column",
+                f"op.alter_column renames {op.table_name}.{op.column_name} to "
+                f"{op.modify_name}: the running application still uses the old name",
+            )
+        if op.modify_type is not None and _rewrites(connection, table, op):
+            return (
+                "changing-column-type",
+                f"op.alter_column changes the type of {op.table_name}.{op.column_name}: "
+                "PostgreSQL rewrites the table under ACCESS EXCLUSIVE, blocking reads and "
+                "writes",
+            )
+    if _is(op, "DropColumnOp"):
+        return (
+            "ban-drop-column",
+            f"op.drop_column drops {op.table_name}.{op.column_name}: the running application "
+            "may still read or write it",
+        )
+    return None
+
+
+def _rewrites(connection: Any, table: str, op: Any) -> bool:
+    """Whether the type change rewrites: not when the new type is the same one with
+    limits no tighter, or a binary-coercible one without a limit (varchar to text)."""
+    from sqlalchemy.dialects import postgresql
+
+    rows = connection.exec_driver_sql(
+        "SELECT atttypid, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = to_regclass(%(t)s) AND attname = %(c)s AND NOT attisdropped",
+        {"t": table, "c": op.column_name},
+    ).fetchall()
+    if not rows:
+        return False  # no such column yet: the revision fails on its own
+    old_oid, old_text = rows[0]
+    new_text = str(op.modify_type.compile(dialect=postgresql.dialect()))
+    new_oid = connection.exec_driver_sql(
+        "SELECT to_regtype(%(t)s)::oid", {"t": re.sub(r"\(.*\)", "", new_text)}
+    ).scalar()
+    new_limits, old_limits = _LENGTHS.search(new_text), _LENGTHS.search(old_text)
+    if new_oid == old_oid:
+        if new_limits is None:
+            return False
+        if old_limits is None:
+            return True
+        new = [int(x) for x in new_limits.group(1).split(",")]
+        old = [int(x) for x in old_limits.group(1).split(",")]
+        return len(new) != len(old) or new[0] < old[0] or new[1:] != old[1:]
+    method = connection.exec_driver_sql(
+        "SELECT castmethod FROM pg_cast WHERE castsource = %(o)s AND casttarget = %(n)s",
+        {"o": old_oid, "n": new_oid},
+    ).scalar()
+    return not (method == "b" and new_limits is None)
+
+
+def _has_rows(connection: Any, table: str) -> bool:
+    if connection.exec_driver_sql("SELECT to_regclass(%(t)s)", {"t": table}).scalar() is None:
+        return False
+    return bool(connection.exec_driver_sql(f"SELECT EXISTS (SELECT 1 FROM {table})").scalar())
+
+
+def _volatile(connection: Any, default: str) -> bool:
+    names = sorted({name.lower() for name in _CALL.findall(default)})
+    if not names:
+        return False
+    return bool(
+        connection.exec_driver_sql(
+            "SELECT coalesce(bool_or(provolatile = 'v'), false) FROM pg_proc "
+            "WHERE proname = ANY(%(names)s)",
+            {"names": names},
+        ).scalar()
+    )
+
+
+def _default_text(server_default: Any, connection: Any) -> str | None:
+    if server_default is None:
+        return None
+    arg = getattr(server_default, "arg", server_default)
+    if isinstance(arg, str):
+        return arg
+    return str(arg.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
+
+
+def _rewritable(op: Any) -> bool:
+    return (
+        _is(op, "CreateIndexOp")
+        or _is(op, "DropIndexOp")
+        or _is(op, "CreateForeignKeyOp")
+        or _is(op, "CreateCheckConstraintOp")
+        or _is(op, "CreateUniqueConstraintOp")
+        or _is(op, "CreatePrimaryKeyOp")
+        or (_is(op, "AlterColumnOp") and op.modify_nullable is False)
+    )
+
+
+def _describe(op: Any) -> str:
+    name = getattr(op, "index_name", None) or getattr(op, "constraint_name", None)
+    kind = re.sub(r"(?<!^)(?=[A-Z])", "_", type(op).__name__.removesuffix("Op")).lower()
+    return f"op.{kind} on {_key(op).lstrip('.')}" + (f" ({name})" if name else "")
+
+
+def _markers(step: Revision) -> dict[str, str | None]:
+    from safe_migrations.core.config import PROJECT_ROOT
+    from safe_migrations.project.lint import allow_markers
+
+    file = Path(step.path) if Path(step.path).is_absolute() else PROJECT_ROOT / step.path
+    return allow_markers(file)
+
+
+def _is(op: Any, name: str) -> bool:
+    return any(cls.__name__ == name for cls in type(op).__mro__)
+
+
+def _key(op: Any) -> str:
+    """The table an operation is on, as ``schema.table`` (a foreign key: its source)."""
+    schema = getattr(op, "schema", None) or getattr(op, "source_schema", None)
+    table = getattr(op, "table_name", None) or getattr(op, "source_table", None)
+    return f"{schema or ''}.{table}"
+
+
+def _qualified(schema: str | None, name: str) -> str:
+    quoted = '"' + name.replace('"', '""') + '"'
+    return f'"{schema}".{quoted}' if schema else quoted

@@ -1,0 +1,563 @@
+"""PostgreSQL's zero-downtime operations: Alembic's own operations run in their
+non-blocking form while a run's ``migration.safe_operations`` says ``rewrite``.
+
+The rewrite goes through Alembic's extension point, the operation implementations
+(``Operations.implementation_for``), never through the SQL text: each wrapped
+implementation hands the operation to Alembic's own unless a PostgreSQL run has
+switched the rewrite on (a context variable, so nothing else in the process sees it).
+
+- ``create_index`` -> ``CREATE INDEX CONCURRENTLY``, outside the revision's
+  transaction, after every older snapshot has ended (waited for within the lock
+  budget, named if it stays); a build that fails leaves an INVALID index, which is
+  dropped (and the build retried when the failure was a lock or a cancellation).
+- ``drop_index`` -> ``DROP INDEX CONCURRENTLY``.
+- a foreign key or check constraint -> ``ADD CONSTRAINT ... NOT VALID``, then
+  ``VALIDATE CONSTRAINT`` in a transaction of its own (SHARE UPDATE EXCLUSIVE only).
+- ``alter_column(nullable=False)`` -> a ``CHECK (col IS NOT NULL) NOT VALID``,
+  validated, then ``SET NOT NULL`` (no scan given the valid check), then the check
+  dropped.
+- a unique constraint or primary key -> ``CREATE UNIQUE INDEX CONCURRENTLY``, then
+  ``ADD CONSTRAINT ... USING INDEX`` (the same name, so the schema is the bare one's).
+
+Every part is idempotent (the catalog is read before each), so rerunning a revision
+that stopped after a committed part completes it. Short statements keep the run's
+lock timeout and are retried within ``migration.lock_budget``; the long ones (the
+build, the validation) block no reads or writes, and run without a lock or statement
+timeout. Tables and columns the same transaction created are left to Alembic: nobody
+else can see them yet.
+
+Kept long: the five rewrites share the catalog reads, the part runner and the
+clean-up of an interrupted build; each rewrite is a short function of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from safe_migrations.core.errors import ToolError
+
+if TYPE_CHECKING:
+    from alembic.operations import Operations
+
+    from safe_migrations.core.config import Environment
+
+MODES = ("rewrite", "check", "off")
+LOCK_NOT_AVAILABLE = "55P03"
+TRANSIENT = {LOCK_NOT_AVAILABLE, "40P01", "57014"}  # lock timeout, deadlock, cancelled
+POLL_SECONDS = 0.2
+
+
+@dataclass
+class Safety:
+    """One run's rewrite: its mode, the environment's limits, and what it rewrote."""
+
+    env: Environment
+    mode: str  # rewrite | check | collect (offline: the operations listed, not changed)
+    rewritten: list[dict[str, Any]] = field(default_factory=list)
+    collected: list[tuple[str, Any]] = field(default_factory=list)
+    revision: str = ""  # collect: the revision being rendered
+
+    def note(self, operation: str, target: str, parts: list[str], done: str = "ran") -> None:
+        self.rewritten.append(
+            {"operation": operation, "target": target, "parts": parts, "outcome": done}
+        )
+
+    def take(self) -> list[dict[str, Any]]:
+        """What was rewritten since the last call (the revision that just applied)."""
+        found, self.rewritten = self.rewritten, []
+        return found
+
+
+CURRENT: ContextVar[Safety | None] = ContextVar("safe_operations", default=None)
+_INSTALLED: list[bool] = []
+
+
+@contextlib.contextmanager
+def safe_operations(env: Environment, mode: str) -> Iterator[Safety | None]:
+    """While the block runs, PostgreSQL operations take their non-blocking form
+    (``rewrite``) or are listed without being changed (``check``); ``off``: Alembic's."""
+    if mode == "off":
+        yield None
+        return
+    install()
+    safety = Safety(env, mode)
+    token = CURRENT.set(safety)
+    try:
+        yield safety
+    finally:
+        CURRENT.reset(token)
+
+
+def install() -> None:
+    """Wrap Alembic's implementations once per process; each wrapper hands the
+    operation to the one it replaced unless a PostgreSQL run has the rewrite on."""
+    if _INSTALLED:
+        return
+    from alembic.operations import Operations
+    from alembic.operations import ops as alembic_ops
+
+    rewrites: dict[type, Callable[..., Any]] = {
+        alembic_ops.CreateIndexOp: _create_index,
+        alembic_ops.DropIndexOp: _drop_index,
+        alembic_ops.AddConstraintOp: _add_constraint,
+        alembic_ops.AlterColumnOp: _alter_column,
+        alembic_ops.AddColumnOp: _as_written,  # listed for the refusals (pgrefusals.py)
+        alembic_ops.DropColumnOp: _as_written,
+        alembic_ops.CreateTableOp: _as_written,
+    }
+    for op_class, rewrite in rewrites.items():
+        original = Operations._to_impl.dispatch(op_class)
+        Operations.implementation_for(op_class, replace=True)(_wrapped(original, rewrite))
+    _INSTALLED.append(True)
+
+
+def _wrapped(original: Callable[..., Any], rewrite: Callable[..., Any]) -> Callable[..., Any]:
+    def implementation(operations: Operations, operation: Any) -> Any:
+        safety = CURRENT.get()
+        if safety is None or operations.migration_context.dialect.name != "postgresql":
+            return original(operations, operation)
+        if safety.mode == "collect":
+            safety.collected.append((safety.revision, operation))
+            return original(operations, operation)
+        return rewrite(safety, operations, operation, lambda: original(operations, operation))
+
+    return implementation
+
+
+# --- the rewrites -----------------------------------------------------------------------
+
+
+def _as_written(safety: Safety, operations: Operations, operation: Any, bare: Any) -> None:
+    return bare()
+
+
+def _create_index(safety: Safety, operations: Operations, operation: Any, bare: Any) -> None:
+    context = operations.migration_context
+    index = operation.to_index(context)
+    table = _qualified(operation.schema, operation.table_name)
+    if index.name is None or _is_new(context, table):
+        return bare()
+    if safety.mode == "check":
+        safety.note("create_index", str(index.name), ["CREATE INDEX CONCURRENTLY"], "would rewrite")
+        return bare()
+    index.dialect_options["postgresql"]["concurrently"] = True
+    name = _qualified(operation.schema, str(index.name))
+    parts = [f"CREATE {'UNIQUE ' if index.unique else ''}INDEX CONCURRENTLY {index.name}"]
+    _build_index(safety, operations, name, table, lambda: operations.impl.create_index(index))
+    safety.note("create_index", str(index.name), parts)
+
+
+def _drop_index(safety: Safety, operations: Operations, operation: Any, bare: Any) -> None:
+    context = operations.migration_context
+    index = operation.to_index(context)
+    name = _qualified(operation.schema, str(index.name))
+    if _is_new(context, name):
+        return bare()
+    if safety.mode == "check":
+        safety.note("drop_index", str(index.name), ["DROP INDEX CONCURRENTLY"], "would rewrite")
+        return bare()
+    index.dialect_options["postgresql"]["concurrently"] = True
+    with _outside_transaction(context):
+        if context.as_sql or _relation_exists(context, name):
+            _long(safety, context, lambda: operations.impl.drop_index(index, if_exists=True))
+    safety.note("drop_index", str(index.name), [f"DROP INDEX CONCURRENTLY {index.name}"])
+
+
+def _add_constraint(safety: Safety, operations: Operations, operation: Any, bare: Any) -> None:
+    from sqlalchemy.schema import (
+        CheckConstraint,
+        ForeignKeyConstraint,
+        PrimaryKeyConstraint,
+        UniqueConstraint,
+    )
+
+    context = operations.migration_context
+    constraint = operation.to_constraint(context)
+    table = _qualified(constraint.table.schema, constraint.table.name)
+    name = constraint.name
+    deferred = getattr(constraint, "deferrable", None) or getattr(constraint, "initially", None)
+    if not name or deferred or _is_new(context, table):
+        return bare()
+    if isinstance(constraint, ForeignKeyConstraint | CheckConstraint):
+        if safety.mode == "check":
+            safety.note("add_constraint", str(name), ["NOT VALID", "VALIDATE"], "would rewrite")
+            return bare()
+        return _validated_later(safety, operations, constraint, table)
+    if isinstance(constraint, UniqueConstraint | PrimaryKeyConstraint):
+        if safety.mode == "check":
+            safety.note(
+                "add_constraint",
+                str(name),
+                ["UNIQUE INDEX CONCURRENTLY", "USING INDEX"],
+                "would rewrite",
+            )
+            return bare()
+        return _from_index(safety, operations, constraint, table)
+    return bare()
+
+
+def _alter_column(safety: Safety, operations: Operations, operation: Any, bare: Any) -> None:
+    context = operations.migration_context
+    table = _qualified(operation.schema, operation.table_name)
+    if operation.modify_nullable is not False or _is_new(context, table):
+        return bare()
+    if safety.mode == "check":
+        safety.note(
+            "alter_column",
+            f"{operation.table_name}.{operation.column_name}",
+            ["CHECK NOT VALID", "VALIDATE", "SET NOT NULL"],
+            "would rewrite",
+        )
+        return bare()
+    changes_more = (
+        operation.modify_type is not None
+        or operation.modify_server_default is not False
+        or operation.modify_name is not None
+        or operation.modify_comment is not False
+    )
+    if changes_more:  # the other changes first, as Alembic would, then the safe NOT NULL
+        operation.modify_nullable = None
+        try:
+            bare()
+        finally:
+            operation.modify_nullable = False
+    column = operation.modify_name or operation.column_name
+    _set_not_null(safety, operations, operation.table_name, column, operation.schema)
+
+
+# --- the parts --------------------------------------------------------------------------
+
+
+def _validated_later(safety: Safety, operations: Operations, constraint: Any, table: str) -> None:
+    """``ADD CONSTRAINT ... NOT VALID`` (a short lock), then ``VALIDATE CONSTRAINT`` in a
+    transaction of its own, which scans without blocking writes."""
+    context = operations.migration_context
+    name = str(constraint.name)
+    found = None if context.as_sql else _constraint_state(context, table, name)
+    constraint.dialect_options["postgresql"]["not_valid"] = True
+    with _outside_transaction(context):
+        if found is None:
+            _short(safety, context, lambda: operations.impl.add_constraint(constraint))
+        if found is not True:
+            _long(safety, context, lambda: _execute(context, _validate_sql(context, table, name)))
+    safety.note("add_constraint", name, [f"ADD CONSTRAINT {name} NOT VALID", f"VALIDATE {name}"])
+
+
+def _set_not_null(
+    safety: Safety, operations: Operations, table_name: str, column: str, schema: str | None
+) -> None:
+    """NOT NULL through a validated check: PostgreSQL 12+ then sets it without a scan."""
+    from sqlalchemy import text
+    from sqlalchemy.schema import CheckConstraint, Column, MetaData, Table
+
+    context = operations.migration_context
+    table = _qualified(schema, table_name)
+    if not context.as_sql and _is_not_null(context, table, column):
+        return
+    check = _check_name(table_name, column)
+    preparer = context.dialect.identifier_preparer
+    stub = Table(table_name, MetaData(), Column(column), schema=schema)
+    constraint = CheckConstraint(
+        text(f"{preparer.quote(column)} IS NOT NULL"), name=check, postgresql_not_valid=True
+    )
+    stub.append_constraint(constraint)
+    found = None if context.as_sql else _constraint_state(context, table, check)
+    quoted = _quoted_table(context, schema, table_name)
+    with _outside_transaction(context):
+        if found is None:
+            _short(safety, context, lambda: operations.impl.add_constraint(constraint))
+        if found is not True:
+            _long(safety, context, lambda: _execute(context, _validate_sql(context, table, check)))
+        _short(
+            safety,
+            context,
+            lambda: _execute(
+                context, f"ALTER TABLE {quoted} ALTER COLUMN {preparer.quote(column)} SET NOT NULL"
+            ),
+        )
+        _short(
+            safety,
+            context,
+            lambda: _execute(
+                context, f"ALTER TABLE {quoted} DROP CONSTRAINT IF EXISTS {preparer.quote(check)}"
+            ),
+        )
+    safety.note(
+        "alter_column",
+        f"{table_name}.{column}",
+        [f"CHECK ({column} IS NOT NULL) NOT VALID", "VALIDATE", "SET NOT NULL", "DROP CHECK"],
+    )
+
+
+def _from_index(safety: Safety, operations: Operations, constraint: Any, table: str) -> None:
+    """A unique constraint or primary key from an index built concurrently, same name."""
+    from sqlalchemy.schema import PrimaryKeyConstraint
+
+    context = operations.migration_context
+    name = str(constraint.name)
+    columns = [c.name for c in constraint.columns]
+    primary = isinstance(constraint, PrimaryKeyConstraint)
+    if not context.as_sql and _constraint_state(context, table, name) is not None:
+        return
+    table_name, schema = constraint.table.name, constraint.table.schema
+    if primary:  # ADD PRIMARY KEY would set NOT NULL with a scan under ACCESS EXCLUSIVE
+        for column in columns:
+            _set_not_null(safety, operations, table_name, column, schema)
+    index = operations.schema_obj.index(name, table_name, columns, schema=schema, unique=True)
+    index.dialect_options["postgresql"]["concurrently"] = True
+    qualified = _qualified(schema, name)
+    _build_index(safety, operations, qualified, table, lambda: operations.impl.create_index(index))
+    preparer = context.dialect.identifier_preparer
+    kind = "PRIMARY KEY" if primary else "UNIQUE"
+    quoted = _quoted_table(context, schema, table_name)
+    with _outside_transaction(context):
+        _short(
+            safety,
+            context,
+            lambda: _execute(
+                context,
+                f"ALTER TABLE {quoted} ADD CONSTRAINT {preparer.quote(name)} {kind} "
+                f"USING INDEX {preparer.quote(name)}",
+            ),
+        )
+    safety.note(
+        "add_constraint", name, [f"CREATE UNIQUE INDEX CONCURRENTLY {name}", f"{kind} USING INDEX"]
+    )
+
+
+def _build_index(
+    safety: Safety, operations: Operations, name: str, table: str, create: Callable[[], Any]
+) -> None:
+    """The concurrent build, after older snapshots end; an INVALID index a failed or
+    interrupted build left (now or in an earlier run) is dropped before a new build."""
+    context = operations.migration_context
+    if context.as_sql:
+        with _outside_transaction(context):
+            create()
+        return
+    state = _index_state(context, name)
+    if state is True:
+        return  # built by an earlier run that stopped after this part
+    budget = safety.env.settings.migration.lock_budget
+    deadline = time.monotonic() + budget
+    with _outside_transaction(context):
+        if state is False:
+            _drop_invalid(safety, context, name)
+        while True:
+            _wait_for_old_snapshots(safety, context, table, deadline)
+            try:
+                _long(safety, context, create)
+                return
+            except Exception as exc:
+                _drop_invalid_aside(safety, name)
+                if _sqlstate(exc) not in TRANSIENT or time.monotonic() >= deadline:
+                    raise
+                time.sleep(_jitter(safety))
+
+
+def _wait_for_old_snapshots(safety: Safety, context: Any, table: str, deadline: float) -> None:
+    """A concurrent build waits for every transaction older than it: wait for those open
+    now from the side (they block nothing of ours yet), and name them if they stay."""
+    sql = (
+        "SELECT pid, usename, application_name, coalesce(state, 'hidden'), "
+        "extract(epoch FROM now() - xact_start) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+        "AND backend_type = 'client backend' AND backend_xmin IS NOT NULL"
+    )
+    first = {row[0]: row for row in context.connection.exec_driver_sql(sql).fetchall()}
+    while first:
+        now = {row[0]: row for row in context.connection.exec_driver_sql(sql).fetchall()}
+        first = {pid: now[pid] for pid in first if pid in now}
+        if not first:
+            return
+        if time.monotonic() >= deadline:
+            described = "; ".join(
+                f"pid {pid} ({user}, {app or 'no application name'}, {state}, "
+                f"transaction {float(age or 0):.1f}s)"
+                for pid, user, app, state, age in list(first.values())[:5]
+            )
+            raise ToolError(
+                f"CREATE INDEX CONCURRENTLY on {table} waits for every transaction older "
+                f"than it, and these stayed open past migration.lock_budget="
+                f"{safety.env.settings.migration.lock_budget:g}s: {described}; end them (or "
+                "raise the budget) and run again. Nothing of this index was built."
+            )
+        time.sleep(POLL_SECONDS)
+
+
+def _drop_invalid(safety: Safety, context: Any, name: str) -> None:
+    _long(
+        safety,
+        context,
+        lambda: _execute(context, f"DROP INDEX CONCURRENTLY IF EXISTS {name}"),
+    )
+
+
+def _drop_invalid_aside(safety: Safety, name: str) -> None:
+    """After a failed build, on a connection of its own (the run's may be gone): drop the
+    INVALID index it left, so none stays behind; a next run would drop it anyway."""
+    from safe_migrations.core.database import connect
+
+    with contextlib.suppress(Exception), connect(safety.env, "migrate", autocommit=True) as c:
+        valid = c.exec_driver_sql(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%(n)s)", {"n": name}
+        ).scalar()
+        if valid is False:
+            c.exec_driver_sql("SET lock_timeout = 0")
+            c.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")  # quoted
+
+
+# --- running a part ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _outside_transaction(context: Any) -> Iterator[None]:
+    """Each part in a transaction of its own: the revision's transaction is committed
+    (Alembic's autocommit block), unless a block is already open."""
+    if not context.as_sql and context.connection.get_isolation_level() == "AUTOCOMMIT":
+        yield
+        return
+    with context.autocommit_block():
+        yield
+
+
+def _short(safety: Safety, context: Any, run: Callable[[], Any]) -> None:
+    """A statement that takes a strong lock for an instant: the run's lock timeout, and
+    retried (it is a transaction of its own) within ``migration.lock_budget``."""
+    if context.as_sql:
+        run()
+        return
+    settings = safety.env.settings.migration
+    deadline = time.monotonic() + settings.lock_budget
+    connection = context.connection
+    connection.exec_driver_sql(f"SET lock_timeout = {int(settings.lock_timeout * 1000)}")
+    try:
+        while True:
+            try:
+                run()
+                return
+            except Exception as exc:
+                if _sqlstate(exc) != LOCK_NOT_AVAILABLE or time.monotonic() >= deadline:
+                    raise
+                time.sleep(_jitter(safety))
+    finally:
+        with contextlib.suppress(Exception):
+            connection.exec_driver_sql("SET lock_timeout = 0")
+
+
+def _long(safety: Safety, context: Any, run: Callable[[], Any]) -> None:
+    """A statement that scans or builds without blocking reads or writes: no lock or
+    statement timeout (a timeout would only throw the work away)."""
+    if context.as_sql:
+        run()
+        return
+    connection = context.connection
+    connection.exec_driver_sql("SET lock_timeout = 0")
+    connection.exec_driver_sql("SET statement_timeout = 0")
+    try:
+        run()
+    finally:
+        limit = safety.env.settings.migration.statement_timeout
+        with contextlib.suppress(Exception):
+            connection.exec_driver_sql(f"SET statement_timeout = {int((limit or 0) * 1000)}")
+
+
+def _execute(context: Any, sql: str) -> None:
+    from sqlalchemy import text
+
+    context.impl._exec(text(sql))
+
+
+def _jitter(safety: Safety) -> float:
+    return safety.env.settings.migration.lock_timeout * (0.5 + random.random())  # noqa: S311
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    return getattr(getattr(exc, "orig", None), "pgcode", None)
+
+
+# --- the catalog ------------------------------------------------------------------------
+
+
+def _is_new(context: Any, relation: str) -> bool:
+    """Made by the transaction running now (or not there yet): no one else sees it, so
+    Alembic's plain statement blocks nobody. Offline, nothing can be read: not new."""
+    if context.as_sql:
+        return False
+    found = context.connection.exec_driver_sql(
+        "SELECT c.xmin::text = (pg_current_xact_id_if_assigned()::xid)::text "
+        "FROM pg_class c WHERE c.oid = to_regclass(%(name)s)",
+        {"name": relation},
+    ).fetchall()
+    return not found or bool(found[0][0])
+
+
+def _relation_exists(context: Any, name: str) -> bool:
+    return bool(
+        context.connection.exec_driver_sql(
+            "SELECT to_regclass(%(name)s) IS NOT NULL", {"name": name}
+        ).scalar()
+    )
+
+
+def _index_state(context: Any, name: str) -> bool | None:
+    """None: no such index; True: valid; False: INVALID (a failed concurrent build)."""
+    rows = context.connection.exec_driver_sql(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%(name)s)",
+        {"name": name},
+    ).fetchall()
+    return bool(rows[0][0]) if rows else None
+
+
+def _constraint_state(context: Any, table: str, name: str) -> bool | None:
+    """None: no such constraint on the table; else whether it is validated."""
+    rows = context.connection.exec_driver_sql(
+        "SELECT convalidated FROM pg_constraint "
+        "WHERE conrelid = to_regclass(%(table)s) AND conname = %(name)s",
+        {"table": table, "name": name},
+    ).fetchall()
+    return bool(rows[0][0]) if rows else None
+
+
+def _is_not_null(context: Any, table: str, column: str) -> bool:
+    return bool(
+        context.connection.exec_driver_sql(
+            "SELECT attnotnull FROM pg_attribute WHERE attrelid = to_regclass(%(table)s) "
+            "AND attname = %(column)s AND NOT attisdropped",
+            {"table": table, "column": column},
+        ).scalar()
+    )
+
+
+def _qualified(schema: str | None, name: str) -> str:
+    """A name as ``to_regclass`` reads it (quoted, so case and dots are kept)."""
+    quoted = '"' + name.replace('"', '""') + '"'
+    return f'"{schema}".{quoted}' if schema else quoted
+
+
+def _quoted_table(context: Any, schema: str | None, table: str) -> str:
+    preparer = context.dialect.identifier_preparer
+    return (
+        preparer.quote_schema(schema) + "." + preparer.quote(table)
+        if schema
+        else preparer.quote(table)
+    )
+
+
+def _validate_sql(context: Any, table: str, name: str) -> str:
+    return (
+        f"ALTER TABLE {table} VALIDATE CONSTRAINT {context.dialect.identifier_preparer.quote(name)}"
+    )
+
+
+def _check_name(table: str, column: str) -> str:
+    """The temporary check's name: at most 63 characters, the same on every run."""
+    digest = hashlib.sha256(f"{table}.{column}".encode()).hexdigest()[:10]
+    return f"sm_nn_{table[:24]}_{column[:20]}_{digest}"
