@@ -269,3 +269,28 @@ def test_an_unknown_mode_is_one_sentence(make_env: Callable[..., Environment]) -
 
     with pytest.raises(ConfigError, match="safe_operations' must be one of 'rewrite', 'check'"):
         make_env("sqlite:///x.db", migration={"safe_operations": "sometimes"})
+
+
+def test_lint_and_dry_run_show_the_rewritten_form(
+    pg_url: str, make_env: Callable[..., Environment], scratch: ScratchProject
+) -> None:
+    from safe_migrations.engines import engine_for
+    from safe_migrations.pipeline.migrate import Console, RunOptions, migrate
+    from safe_migrations.project.alembic_api import upgrade_path
+
+    project = project_with(scratch, OPERATIONS["create_index"], rows=10)
+    path = upgrade_path(project.scripts(), "r001", "r002")
+    bare = make_env(pg_url, name="bare", migration={"safe_operations": "off"})
+    safe = make_env(pg_url, migration={"safe_operations": "rewrite"})
+    written = engine_for("postgresql").lint(bare, project, path, None)
+    rewritten = engine_for("postgresql").lint(safe, project, path, None)
+    assert "require-concurrent-index-creation" in {f.rule for f in written.findings}
+    assert "require-concurrent-index-creation" not in {f.rule for f in rewritten.findings}
+    assert "removed by safe_operations' rewrite" in (rewritten.note or "")
+    assert "r002 require-concurrent-index-creation" in (rewritten.note or "")
+    said: list[str] = []
+    console = Console(say=said.append)
+    run_migrations(safe, project, "r001")
+    migrate(safe, RunOptions(yes=True, dry_run=True, backup=False), project, console)
+    printed = "\n".join(said)
+    assert "CREATE INDEX CONCURRENTLY ix_t_v ON t (v)" in printed

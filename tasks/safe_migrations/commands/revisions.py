@@ -89,7 +89,9 @@ def lint(
             "--baseline accepts squawk's findings, and squawk does not run on "
             f"{engine_for(environment.dialect).name}."
         )
-    result = engine_for(environment.dialect).lint(project, chosen, Baseline() if baseline else None)
+    result = engine_for(environment.dialect).lint(
+        environment, project, chosen, Baseline() if baseline else None
+    )
     say(json.dumps(result.to_dict(), indent=2) if json_ else result.render())
     if result.nothing_checked:
         raise result.nothing_rendered()

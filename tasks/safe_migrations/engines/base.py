@@ -219,7 +219,9 @@ class Engine:
     # squawk's PostgreSQL rules apply to this engine's revisions (and --baseline with them).
     squawk_rules: ClassVar[bool] = True
 
-    def lint(self, project: Project, path: list[Revision], baseline: Baseline | None) -> LintResult:
+    def lint(
+        self, env: Environment, project: Project, path: list[Revision], baseline: Baseline | None
+    ) -> LintResult:
         """The revisions' offline SQL checked: squawk's rules, rendered for PostgreSQL."""
         from safe_migrations.project.lint import lint_revisions
 

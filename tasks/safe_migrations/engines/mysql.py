@@ -184,7 +184,9 @@ class MySQL(Engine):
 
     squawk_rules = False
 
-    def lint(self, project: Project, path: list[Revision], baseline: Baseline | None) -> LintResult:
+    def lint(
+        self, env: Environment, project: Project, path: list[Revision], baseline: Baseline | None
+    ) -> LintResult:
         """MySQL commits each DDL statement: revisions with several are what is checked."""
         from safe_migrations.project.lint import lint_mysql
 

@@ -421,7 +421,8 @@ def _drop_invalid_aside(safety: Safety, name: str) -> None:
 def _outside_transaction(context: Any) -> Iterator[None]:
     """Each part in a transaction of its own: the revision's transaction is committed
     (Alembic's autocommit block), unless a block is already open."""
-    if not context.as_sql and context.connection.get_isolation_level() == "AUTOCOMMIT":
+    options = {} if context.as_sql else context.connection.get_execution_options()
+    if options.get("isolation_level") == "AUTOCOMMIT":
         yield
         return
     with context.autocommit_block():

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from safe_migrations.core.results import StepResult
     from safe_migrations.engines.scratch import Copy
     from safe_migrations.project.alembic_api import Project, Revision
+    from safe_migrations.project.baseline import Baseline
+    from safe_migrations.project.lint import LintResult
     from safe_migrations.stores.backupfiles import Progress, Stored
 
 LOCK_NAMESPACE = "alembic-invoke/migration-lock/v1"
@@ -78,6 +80,20 @@ class PostgreSQL(Engine):
         from safe_migrations.engines.pgrefusals import preflight
 
         preflight(env, project, path, connection)
+
+    def lint(
+        self, env: Environment, project: Project, path: list[Revision], baseline: Baseline | None
+    ) -> LintResult:
+        """squawk on the SQL that would run: with safe_operations on, the rewritten form,
+        and a note of the findings the rewrite removed from the form as written."""
+        from safe_migrations.project.lint import lint_revisions, removed_by_rewrite
+
+        if env.settings.migration.safe_operations == "off":
+            return lint_revisions(project, path, baseline)
+        written = lint_revisions(project, path, baseline)
+        with self.safe_operations(env):
+            result = lint_revisions(project, path, baseline)
+        return removed_by_rewrite(written, result)
 
     def password_rejected(self, error: object) -> bool:
         return getattr(error, "pgcode", None) in AUTHENTICATION_FAILED

@@ -4,6 +4,7 @@ request the stairway test (up, down one, up again, for every revision) on a scra
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from safe_migrations.core.config import Environment
@@ -58,7 +59,7 @@ def check_lint(env: Environment, project: Project) -> StepResult:
         project,
         read_current(env),
         project.scripts().get_current_head(),
-        engine_for(env.dialect).lint,
+        functools.partial(engine_for(env.dialect).lint, env),
     )
 
 

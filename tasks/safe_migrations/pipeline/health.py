@@ -7,6 +7,7 @@ migration", which is fine.
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
@@ -189,7 +190,10 @@ def run_health(
 
         results.append(
             lint_pending(
-                project, current, results[-1].details["resolved"], engine_for(env.dialect).lint
+                project,
+                current,
+                results[-1].details["resolved"],
+                functools.partial(engine_for(env.dialect).lint, env),
             )
         )
     return results

@@ -150,13 +150,16 @@ def _pending(run: Run) -> list[alembic_api.Revision]:
 
 def dry_run_step(run: Run) -> None:
     """Print the offline SQL of each pending revision; name those that cannot be rendered."""
-    rendered = alembic_api.render_sql(
-        run.project.config(),
-        run.project.scripts(),
-        run.pending,
-        run.env.dialect,
-        upgrade=run.options.direction == "upgrade",
-    )
+    from safe_migrations.engines import engine_for
+
+    with engine_for(run.env.dialect).safe_operations(run.env):  # the form that would run
+        rendered = alembic_api.render_sql(
+            run.project.config(),
+            run.project.scripts(),
+            run.pending,
+            run.env.dialect,
+            upgrade=run.options.direction == "upgrade",
+        )
     unrendered = [r for r in rendered if r.error]
     for item in rendered:
         run.console.say(f"-- revision {item.revision}: {item.message} ({item.path})")

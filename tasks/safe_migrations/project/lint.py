@@ -348,3 +348,15 @@ def lint_pending(
     return StepResult(
         "lint", not blocking, message, duration=clock.seconds, details=result.to_dict()
     )
+
+
+def removed_by_rewrite(written: LintResult, rewritten: LintResult) -> LintResult:
+    """The rewritten form's findings, noting those of the form as written that the
+    rewrite removes (migration.safe_operations runs them without blocking)."""
+    kept = {(f.revision, f.rule) for f in rewritten.findings}
+    gone = sorted({(f.revision, f.rule) for f in written.findings} - kept)
+    if gone:
+        said = ", ".join(f"{revision} {rule}" for revision, rule in gone)
+        note = f"removed by safe_operations' rewrite (run in their non-blocking form): {said}"
+        rewritten.note = f"{rewritten.note}; {note}" if rewritten.note else note
+    return rewritten
