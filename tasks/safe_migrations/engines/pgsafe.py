@@ -367,14 +367,19 @@ def _wait_for_old_snapshots(safety: Safety, context: Any, table: str, deadline: 
     now from the side (they block nothing of ours yet), and name them if they stay."""
     sql = (
         "SELECT pid, usename, application_name, coalesce(state, 'hidden'), "
-        "extract(epoch FROM now() - xact_start) FROM pg_stat_activity "
+        "extract(epoch FROM now() - xact_start), xact_start FROM pg_stat_activity "
         "WHERE datname = current_database() AND pid <> pg_backend_pid() "
         "AND backend_type = 'client backend' AND backend_xmin IS NOT NULL"
     )
-    first = {row[0]: row for row in context.connection.exec_driver_sql(sql).fetchall()}
+
+    def open_now() -> dict[tuple[Any, Any], Any]:  # a transaction: its backend and start
+        rows = context.connection.exec_driver_sql(sql).fetchall()
+        return {(row[0], row[5]): row[:5] for row in rows}
+
+    first = open_now()
     while first:
-        now = {row[0]: row for row in context.connection.exec_driver_sql(sql).fetchall()}
-        first = {pid: now[pid] for pid in first if pid in now}
+        now = open_now()
+        first = {key: now[key] for key in first if key in now}
         if not first:
             return
         if time.monotonic() >= deadline:
