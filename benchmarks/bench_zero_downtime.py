@@ -144,12 +144,12 @@ def main() -> None:
             }
             shutil.rmtree(work, ignore_errors=True)
             ratio = rounds["rewrite"]["worst_s"] / rounds["bare"]["worst_s"]
-            print(
-                f"{name:<18} rewrite: worst {rounds['rewrite']['worst_s']:.3f} s, p99 "
-                f"{rounds['rewrite']['p99_s']:.4f} s, migration {rounds['rewrite']['migration_s']:.1f} s"
-                f" | bare: worst {rounds['bare']['worst_s']:.3f} s, p99 {rounds['bare']['p99_s']:.4f} s"
-                f", migration {rounds['bare']['migration_s']:.1f} s | worst ratio {ratio:.2f}"
+            said = " | ".join(
+                f"{side}: worst {found['worst_s']:.3f} s, p99 {found['p99_s']:.4f} s, "
+                f"migration {found['migration_s']:.1f} s"
+                for side, found in rounds.items()
             )
+            print(f"{name:<18} {said} | worst ratio {ratio:.2f}")
             for side, found in rounds.items():
                 figures.update({f"{name}_{side}_{k}": v for k, v in found.items()})
             figures[f"{name}_worst_ratio"] = round(ratio, 3)
