@@ -34,6 +34,8 @@ op.execute("INSERT INTO parent SELECT i FROM generate_series(0, 99) i")
 op.execute(
     "INSERT INTO t SELECT i, i, i % 100 FROM generate_series(1, {rows}) i"
 )
+op.create_table("k", sa.Column("id", sa.Integer), sa.Column("v", sa.Integer))
+op.execute("INSERT INTO k SELECT i, i FROM generate_series(1, {keyed}) i")
 """
 OPERATIONS = {
     "create_index": 'op.create_index("ix_t_v", "t", ["v"])',
@@ -42,7 +44,9 @@ OPERATIONS = {
     "create_check_constraint": 'op.create_check_constraint("ck_t_v", "t", "v > 0")',
     "alter_column_not_null": 'op.alter_column("t", "v", existing_type=sa.Integer, nullable=False)',
     "create_unique_constraint": 'op.create_unique_constraint("uq_t_v", "t", ["v"])',
+    "create_primary_key": 'op.create_primary_key("pk_k", "k", ["id"])',
 }
+ON_TABLE = {"create_primary_key": "k"}  # the table each operation works on (else t)
 
 
 def snapshot(url: str) -> dict[str, Any]:
@@ -128,8 +132,8 @@ def write_blocking_holds(url: str, table: str = "t") -> Iterator[list[float]]:
         sampler.join(10)
 
 
-def project_with(scratch: ScratchProject, operation: str, rows: int = ROWS) -> Any:
-    scratch.add(BASE.format(rows=rows))
+def project_with(scratch: ScratchProject, operation: str, rows: int = ROWS, keyed: int = 10) -> Any:
+    scratch.add(BASE.format(rows=rows, keyed=keyed))
     scratch.add(operation)
     return scratch.project()
 
@@ -148,11 +152,13 @@ def test_each_operation_runs_without_a_write_blocking_hold_and_ends_as_the_bare_
     make_env: Callable[..., Environment],
     scratch: ScratchProject,
 ) -> None:
-    project = project_with(scratch, OPERATIONS[name])
+    table = ON_TABLE.get(name, "t")
+    rows, keyed = (10, ROWS) if table == "k" else (ROWS, 10)
+    project = project_with(scratch, OPERATIONS[name], rows=rows, keyed=keyed)
     safe = make_env(pg_url, migration={"safe_operations": "rewrite", "lock_timeout": 0.2})
     bare = make_env(second_url, name="bare", migration={"safe_operations": "off"})
     run_migrations(safe, project, "r001")
-    with write_blocking_holds(pg_url) as holds:
+    with write_blocking_holds(pg_url, table) as holds:
         applied = run_migrations(safe, project, "r002")
     assert applied[-1].rewritten, applied  # the report lists what was rewritten
     assert max(holds, default=0.0) < 0.5, holds
@@ -218,7 +224,7 @@ def test_a_concurrent_build_killed_midway_leaves_no_invalid_index_and_a_rerun_co
 def test_a_volatile_default_on_a_table_with_rows_is_refused_before_any_statement(
     pg_url: str, make_env: Callable[..., Environment], scratch: ScratchProject
 ) -> None:
-    scratch.add(BASE.format(rows=1000))
+    scratch.add(BASE.format(rows=1000, keyed=10))
     scratch.add(OPERATIONS["create_index"])
     scratch.add(
         'op.add_column("t", sa.Column("token", sa.Text, '
@@ -241,7 +247,7 @@ def test_a_volatile_default_on_a_table_with_rows_is_refused_before_any_statement
 def test_the_allow_marker_takes_the_risk_knowingly(
     pg_url: str, make_env: Callable[..., Environment], scratch: ScratchProject
 ) -> None:
-    scratch.add(BASE.format(rows=1000))
+    scratch.add(BASE.format(rows=1000, keyed=10))
     scratch.add(
         "# squawk: allow adding-field-with-default -- a 1,000-row table\n"
         'op.add_column("t", sa.Column("token", sa.Text, '
@@ -294,3 +300,50 @@ def test_lint_and_dry_run_show_the_rewritten_form(
     migrate(safe, RunOptions(yes=True, dry_run=True, backup=False), project, console)
     printed = "\n".join(said)
     assert "CREATE INDEX CONCURRENTLY ix_t_v ON t (v)" in printed
+
+
+BACKFILL = """
+from safe_migrations.ops import backfill
+
+done = backfill("t", {{"note": "'v' || v"}}, batch_size=1000)
+assert done.rows == {expected}, done
+"""
+STOP_AT_15000 = """
+CREATE FUNCTION stop_at() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN IF NEW.id = 15000 THEN RAISE EXCEPTION 'interrupted at 15000'; END IF; RETURN NEW; END $$;
+CREATE TRIGGER stop_at BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION stop_at();
+"""
+
+
+def test_backfill_updates_in_batches_resumes_from_the_data_and_is_reported(
+    pg_url: str, make_env: Callable[..., Environment], scratch: ScratchProject
+) -> None:
+    """A third of the rows done before; a batch fails midway (a trigger stops at one row):
+    the batches before it stay committed, and the rerun does exactly the rest."""
+    scratch.add(
+        BASE.format(rows=30_000, keyed=10) + '\nop.add_column("t", sa.Column("note", sa.Text))'
+    )
+    env = make_env(pg_url, migration={"safe_operations": "rewrite"})
+    run_migrations(env, scratch.project(), "r001")
+    engine = create_engine(pg_url, poolclass=NullPool)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE t SET note = 'v' || v WHERE id <= 10000"))
+        connection.exec_driver_sql(STOP_AT_15000)
+    revision = scratch.add(BACKFILL.format(expected=16_000))
+    with pytest.raises(MigrationError, match="interrupted at 15000"):
+        run_migrations(env, scratch.project(), revision)
+
+    def left() -> int:
+        with engine.connect() as connection:
+            return int(
+                connection.execute(text("SELECT count(*) FROM t WHERE note IS NULL")).scalar()
+            )
+
+    assert left() == 16_000  # 10001..14000 committed in their own batches
+    with engine.begin() as connection:
+        connection.execute(text("DROP TRIGGER stop_at ON t"))
+    applied = run_migrations(env, scratch.project(), revision)
+    assert left() == 0
+    engine.dispose()
+    backfilled = [r for r in applied[-1].rewritten if r["operation"] == "backfill"]
+    assert backfilled and backfilled[0]["parts"][0].startswith("16000 rows in 16 batches")

@@ -1,0 +1,125 @@
+"""Helpers for revision files: ``from safe_migrations.ops import backfill``.
+
+``backfill`` updates a table in key-ordered batches, each its own short transaction,
+so no row lock is held for longer than one batch and the application's writes go on
+between them. It is resumable: which rows are left is read from the data (the rows
+whose new values are not yet in place, or those ``where`` selects), never from a
+counter, so a rerun after an interruption carries on where the data says it stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Backfilled:
+    table: str
+    rows: int
+    batches: int
+    seconds: float
+
+
+def backfill(
+    table: str,
+    set_: dict[str, str],
+    where: str | None = None,
+    batch_size: int = 10_000,
+    pause: float = 0.0,
+    schema: str | None = None,
+) -> Backfilled:
+    """``UPDATE table SET column = expression, ...`` in batches of ``batch_size`` rows
+    in primary-key order, ``pause`` seconds apart.
+
+    ``set_`` maps each column to a SQL expression (``{"status": "'active'"}``,
+    ``{"email_lower": "lower(email)"}``). ``where`` (SQL) selects the rows still to
+    do; by default, the rows where any column differs from its expression. Progress
+    goes to a terminal; the run's report gets the rows, batches and duration (through
+    ``migration.safe_operations``, when it is on).
+    """
+    from alembic import op
+    from sqlalchemy import inspect
+
+    if not set_ or batch_size < 1:
+        raise ValueError("backfill needs set_ (column -> SQL expression) and batch_size >= 1")
+    context = op.get_context()
+    preparer = context.dialect.identifier_preparer
+    if context.as_sql:  # offline (--dry-run, lint): nothing to walk; say what would run
+        context.impl.static_output(
+            f"-- backfill {table}: SET {', '.join(set_)} in batches of {batch_size} rows, "
+            "each its own transaction"
+        )
+        return Backfilled(table, 0, 0, 0.0)
+    key = inspect(context.connection).get_pk_constraint(table, schema=schema)
+    columns = key.get("constrained_columns") or []
+    if len(columns) != 1:
+        raise ValueError(
+            f"backfill walks {table} by its primary key, which must be one column "
+            f"(found {columns or 'none'}); update it with op.execute in batches of your own."
+        )
+    pk = preparer.quote(columns[0])
+    name = preparer.quote(table)
+    if schema:
+        name = f"{preparer.quote_schema(schema)}.{name}"
+    assignments = ", ".join(f"{preparer.quote(c)} = {e}" for c, e in set_.items())
+    pending = where or " OR ".join(
+        f"{preparer.quote(c)} IS DISTINCT FROM ({e})" for c, e in set_.items()
+    )
+    statement = (
+        f"UPDATE {name} SET {assignments} WHERE {pk} IN (SELECT {pk} FROM {name} "
+        f"WHERE ({pending}) AND {pk} > :last ORDER BY {pk} LIMIT :size) RETURNING {pk}"
+    )
+    first = f"SELECT min({pk}) FROM {name} WHERE ({pending})"
+    started = time.perf_counter()
+    rows = batches = 0
+    with context.autocommit_block():  # each batch commits on its own
+        from sqlalchemy import text
+
+        connection = context.connection
+        assert connection is not None  # online: a connection of the run's
+        low = connection.execute(text(first)).scalar()
+        last: Any = None if low is None else _before(low)
+        while last is not None:
+            done = connection.execute(text(statement), {"last": last, "size": batch_size})
+            keys = [row[0] for row in done]
+            if not keys:
+                break
+            rows, batches, last = rows + len(keys), batches + 1, max(keys)
+            _progress(table, rows, batches)
+            if pause:
+                time.sleep(pause)
+    result = Backfilled(table, rows, batches, round(time.perf_counter() - started, 3))
+    if sys.stderr.isatty() and batches:
+        sys.stderr.write("\n")
+    _record(result)
+    return result
+
+
+def _before(low: Any) -> Any:
+    """A key just below the first row left, so the first batch starts with it."""
+    if isinstance(low, int):
+        return low - 1
+    if isinstance(low, str):
+        return ""
+    raise ValueError(f"backfill walks integer or text keys, not {type(low).__name__}")
+
+
+def _progress(table: str, rows: int, batches: int) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\rbackfill {table}: {rows:,} rows in {batches} batches")
+        sys.stderr.flush()
+
+
+def _record(result: Backfilled) -> None:
+    from safe_migrations.engines.pgsafe import CURRENT
+
+    safety = CURRENT.get()
+    if safety is not None and safety.mode != "collect":
+        safety.note(
+            "backfill",
+            result.table,
+            [f"{result.rows} rows in {result.batches} batches, {result.seconds:.1f} s"],
+        )
