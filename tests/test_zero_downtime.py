@@ -347,3 +347,19 @@ def test_backfill_updates_in_batches_resumes_from_the_data_and_is_reported(
     engine.dispose()
     backfilled = [r for r in applied[-1].rewritten if r["operation"] == "backfill"]
     assert backfilled and backfilled[0]["parts"][0].startswith("16000 rows in 16 batches")
+
+
+def test_the_example_history_migrates_with_rewrite_as_it_does_bare(
+    pg_url: str, second_url: str, make_env: Callable[..., Environment]
+) -> None:
+    """Up, down to base and up again with rewrite; the schema is the bare run's."""
+    from safe_migrations.project.alembic_api import DEFAULT_PROJECT
+
+    safe = make_env(pg_url, migration={"safe_operations": "rewrite"})
+    bare = make_env(second_url, name="bare", migration={"safe_operations": "off"})
+    assert run_migrations(safe, DEFAULT_PROJECT, "head")
+    run_migrations(safe, DEFAULT_PROJECT, None, "downgrade")
+    applied = run_migrations(safe, DEFAULT_PROJECT, "head")
+    run_migrations(bare, DEFAULT_PROJECT, "head")
+    assert [a.revision for a in applied][-1] == "0007"
+    assert snapshot(pg_url) == snapshot(second_url)

@@ -70,6 +70,9 @@ class MySQL(Engine):
         ),
         "restore": "proven on a scratch database first, then replayed; see below",
         "validate": "yes",
+        "zero_downtime": (
+            "not yet: the setting is ignored and `ALTER TABLE` takes the algorithm the server picks"
+        ),
         "lint": (
             "squawk does not apply and is skipped, said in one sentence; our own check warns "
             "about revisions with several DDL statements; `--baseline` refused"

@@ -63,6 +63,12 @@ class PostgreSQL(Engine):
         "backup": "`pg_dump`",
         "restore": "one transaction",
         "validate": "yes, plus invalid indexes",
+        "zero_downtime": (
+            "`rewrite`: indexes built and dropped `CONCURRENTLY`, foreign keys and checks "
+            "`NOT VALID` then validated, NOT NULL through a validated check, unique "
+            "constraints and primary keys from a concurrent index; what cannot be made safe "
+            "refused before the first statement; `check` refuses what rewrite would change"
+        ),
         "lint": "squawk",
         "check": "yes",
         "rehearse": "locks sampled, rewrites seen",

@@ -51,6 +51,7 @@ class SQLite(Engine):
         "backup": "backup API",
         "restore": "backup API",
         "validate": "yes",
+        "zero_downtime": "— (a writer locks the whole file anyway; the setting is ignored)",
         "lint": "squawk (PostgreSQL SQL)",
         "check": "yes",
         "rehearse": "timed",

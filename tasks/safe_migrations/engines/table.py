@@ -23,6 +23,7 @@ ROWS = (
     ("backup", "backup"),
     ("restore", "restore"),
     ("validate", "validate (revision, models)"),
+    ("zero_downtime", "zero-downtime operations (`migration.safe_operations`)"),
     ("lint", "`lint`"),
     ("check", "`check`, `check --stairway`"),
     ("rehearse", "`rehearse`"),
