@@ -363,3 +363,22 @@ def test_the_example_history_migrates_with_rewrite_as_it_does_bare(
     run_migrations(bare, DEFAULT_PROJECT, "head")
     assert [a.revision for a in applied][-1] == "0007"
     assert snapshot(pg_url) == snapshot(second_url)
+
+
+def test_a_failure_after_a_rewritten_part_names_what_stays_and_a_rerun_completes(
+    pg_url: str, make_env: Callable[..., Environment], scratch: ScratchProject
+) -> None:
+    from safe_migrations.project.alembic_api import Project
+
+    scratch.add(BASE.format(rows=1000, keyed=10))
+    revision = scratch.add(OPERATIONS["create_index"] + '\nop.execute("SELECT 1/0")')
+    env = make_env(pg_url, migration={"safe_operations": "rewrite"})
+    run_migrations(env, scratch.project(), "r001")
+    with pytest.raises(MigrationError) as failed:
+        run_migrations(env, scratch.project(), revision)
+    assert "create_index ix_t_v" in failed.value.message
+    assert "running the revision again completes it" in failed.value.message
+    path = scratch.folder / "versions" / f"{revision}.py"
+    path.write_text(path.read_text().replace('op.execute("SELECT 1/0")', "pass"))
+    assert run_migrations(env, Project(script_location=scratch.folder), revision)
+    assert [i for i in snapshot(pg_url)["t"]["indexes"] if i[0] == "ix_t_v"]

@@ -444,6 +444,13 @@ def _failure(
         if failed.revision in clock.autocommitted
         else ""
     )
+    done = clock.rewrites.take() if clock.rewrites is not None else []
+    if done:  # rewritten parts commit one by one; each is idempotent, so a rerun completes
+        parts = "; ".join(f"{d['operation']} {d['target']}" for d in done)
+        note += (
+            f" These operations had run in their non-blocking form and stay applied: {parts};"
+            " running the revision again completes it."
+        )
     return MigrationError(
         f"Revision {failed.revision} ({failed.message}) failed and was rolled "
         f"back: {redact(_short(exc), [env.password])}.{note}",
