@@ -382,3 +382,19 @@ def test_a_failure_after_a_rewritten_part_names_what_stays_and_a_rerun_completes
     path.write_text(path.read_text().replace('op.execute("SELECT 1/0")', "pass"))
     assert run_migrations(env, Project(script_location=scratch.folder), revision)
     assert [i for i in snapshot(pg_url)["t"]["indexes"] if i[0] == "ix_t_v"]
+
+
+def test_tables_the_pending_revisions_make_are_never_refused(
+    pg_url: str, make_env: Callable[..., Environment], scratch: ScratchProject
+) -> None:
+    """Found on CKAN's 110 revisions: a table made by SQL in a pending revision, then a
+    column dropped and renamed there, and an index dropped without its table's name."""
+    scratch.add('op.execute("CREATE TABLE legacy (id int PRIMARY KEY, a int, b int)")')
+    scratch.add('op.create_index("ix_legacy_a", "legacy", ["a"])')
+    scratch.add(
+        'op.drop_index("ix_legacy_a")\nop.drop_column("legacy", "a")\n'
+        'op.alter_column("legacy", "b", new_column_name="c")'
+    )
+    env = make_env(pg_url, migration={"safe_operations": "rewrite"})
+    assert [a.revision for a in run_migrations(env, scratch.project(), "head")][-1] == "r003"
+    assert [c[0] for c in snapshot(pg_url)["legacy"]["columns"]] == ["id", "c"]

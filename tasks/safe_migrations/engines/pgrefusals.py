@@ -8,7 +8,8 @@ rewritten, or the statement fails); a type change that rewrites the table; a col
 renamed or dropped under the running application. Each refusal names the revision, the
 operation and the expand/contract recipe; a revision that carries the allow marker for
 the rule (``# squawk: allow <rule> -- why``, as lint reads it) takes the risk knowingly.
-Tables the pending revisions create themselves are nobody else's yet and never refused.
+Tables that are not there before the run (the pending revisions make them, by
+``create_table`` or by SQL) are nobody else's yet and never refused.
 In ``check`` mode what would be rewritten is refused too, listed.
 """
 
@@ -107,9 +108,11 @@ def collect(env: Environment, project: Project, path: list[Revision]) -> list[tu
 
 def judge(connection: Any, op: Any, created: set[str]) -> tuple[str, str] | None:
     """(rule, what is wrong) for an operation that cannot be made safe, else None."""
-    if _key(op) in created or not hasattr(op, "table_name"):
-        return None
+    if _key(op) in created or not getattr(op, "table_name", None):
+        return None  # a table of the run's own, or an operation on none (drop_index)
     table = _qualified(op.schema, op.table_name)
+    if connection.exec_driver_sql("SELECT to_regclass(%(t)s)", {"t": table}).scalar() is None:
+        return None  # not there before the run: made by its revisions, used by no one yet
     if _is(op, "AddColumnOp"):
         column = op.column
         if not _has_rows(connection, table):
@@ -186,8 +189,6 @@ def _rewrites(connection: Any, table: str, op: Any) -> bool:
 
 
 def _has_rows(connection: Any, table: str) -> bool:
-    if connection.exec_driver_sql("SELECT to_regclass(%(t)s)", {"t": table}).scalar() is None:
-        return False
     return bool(connection.exec_driver_sql(f"SELECT EXISTS (SELECT 1 FROM {table})").scalar())
 
 
