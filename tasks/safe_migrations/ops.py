@@ -41,38 +41,17 @@ def backfill(
     ``migration.safe_operations``, when it is on).
     """
     from alembic import op
-    from sqlalchemy import inspect
 
     if not set_ or batch_size < 1:
         raise ValueError("backfill needs set_ (column -> SQL expression) and batch_size >= 1")
     context = op.get_context()
-    preparer = context.dialect.identifier_preparer
     if context.as_sql:  # offline (--dry-run, lint): nothing to walk; say what would run
         context.impl.static_output(
             f"-- backfill {table}: SET {', '.join(set_)} in batches of {batch_size} rows, "
             "each its own transaction"
         )
         return Backfilled(table, 0, 0, 0.0)
-    key = inspect(context.connection).get_pk_constraint(table, schema=schema)
-    columns = key.get("constrained_columns") or []
-    if len(columns) != 1:
-        raise ValueError(
-            f"backfill walks {table} by its primary key, which must be one column "
-            f"(found {columns or 'none'}); update it with op.execute in batches of your own."
-        )
-    pk = preparer.quote(columns[0])
-    name = preparer.quote(table)
-    if schema:
-        name = f"{preparer.quote_schema(schema)}.{name}"
-    assignments = ", ".join(f"{preparer.quote(c)} = {e}" for c, e in set_.items())
-    pending = where or " OR ".join(
-        f"{preparer.quote(c)} IS DISTINCT FROM ({e})" for c, e in set_.items()
-    )
-    statement = (
-        f"UPDATE {name} SET {assignments} WHERE {pk} IN (SELECT {pk} FROM {name} "
-        f"WHERE ({pending}) AND {pk} > :last ORDER BY {pk} LIMIT :size) RETURNING {pk}"
-    )
-    first = f"SELECT min({pk}) FROM {name} WHERE ({pending})"
+    statement, first = _statements(context, table, set_, where, schema)
     started = time.perf_counter()
     rows = batches = 0
     with context.autocommit_block():  # each batch commits on its own
@@ -96,6 +75,37 @@ def backfill(
         sys.stderr.write("\n")
     _record(result)
     return result
+
+
+def _statements(
+    context: Any, table: str, set_: dict[str, str], where: str | None, schema: str | None
+) -> tuple[str, str]:
+    """The batch's UPDATE (by primary key, after ``:last``) and the query for the first
+    key left; the table must have a one-column primary key."""
+    from sqlalchemy import inspect
+
+    preparer = context.dialect.identifier_preparer
+    key = inspect(context.connection).get_pk_constraint(table, schema=schema)
+    columns = key.get("constrained_columns") or []
+    if len(columns) != 1:
+        raise ValueError(
+            f"backfill walks {table} by its primary key, which must be one column "
+            f"(found {columns or 'none'}); update it with op.execute in batches of your own."
+        )
+    pk = preparer.quote(columns[0])
+    name = preparer.quote(table)
+    if schema:
+        name = f"{preparer.quote_schema(schema)}.{name}"
+    assignments = ", ".join(f"{preparer.quote(c)} = {e}" for c, e in set_.items())
+    pending = where or " OR ".join(
+        f"{preparer.quote(c)} IS DISTINCT FROM ({e})" for c, e in set_.items()
+    )
+    statement = (
+        f"UPDATE {name} SET {assignments} WHERE {pk} IN (SELECT {pk} FROM {name} "
+        f"WHERE ({pending}) AND {pk} > :last ORDER BY {pk} LIMIT :size) RETURNING {pk}"
+    )
+    first = f"SELECT min({pk}) FROM {name} WHERE ({pending})"
+    return statement, first
 
 
 def _before(low: Any) -> Any:
