@@ -11,7 +11,6 @@ from sqlalchemy.pool import NullPool
 from safe_migrations.core.config import Environment
 from safe_migrations.pipeline.status import get_status
 from safe_migrations.pipeline.upgrade import run_migrations
-from safe_migrations.pipeline.validate import schema_drift
 from safe_migrations.project.alembic_api import (
     DEFAULT_PROJECT,
     heads,
@@ -19,6 +18,7 @@ from safe_migrations.project.alembic_api import (
     render_sql,
     upgrade_path,
 )
+from safe_migrations.project.drift import differences
 
 
 def test_single_head_revision() -> None:
@@ -36,7 +36,7 @@ def test_up_down_up_consistency(
     assert [a.revision for a in applied] == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
     engine = create_engine(env.url, poolclass=NullPool)
     with engine.connect() as connection:
-        assert schema_drift(connection, DEFAULT_PROJECT.metadata(connection)) == []
+        assert differences(connection, *DEFAULT_PROJECT.comparison(connection)) == []
     undone = run_migrations(env, DEFAULT_PROJECT, None, "downgrade")
     assert [a.revision for a in undone][0] == "0007" and len(undone) == 7
     with engine.connect() as connection:

@@ -22,10 +22,10 @@ from sqlalchemy.pool import NullPool
 from safe_migrations.core.config import Environment
 from safe_migrations.core.errors import (
     BlockedError,
+    DriftError,
     LockHeldError,
     RefusedError,
     UsageError,
-    ValidationError,
 )
 from safe_migrations.operations.standalone import rollback
 from safe_migrations.pipeline.locking import migration_lock
@@ -230,9 +230,13 @@ def test_schema_drift_fails_validation_naming_the_table(
     sa.Table(
         "a", models, sa.Column("id", sa.Integer, primary_key=True), sa.Column("extra", sa.Integer)
     )
-    with pytest.raises(ValidationError, match=r"add_column a\.extra") as failure:
+    with pytest.raises(DriftError, match=r"add_column a\.extra") as failure:
         migrate(env, UNATTENDED, scratch.project(models), QUIET)
-    assert failure.value.exit_code == 1
+    # Every revision applied: drift alone is its own exit code, never a failed migration
+    # (the workflow's automatic rollback does not fire for it), and this run made it.
+    assert failure.value.exit_code == 5
+    assert "The schema is at the target; the models differ" in failure.value.message
+    assert "introduced by this run: add_column a.extra" in failure.value.message
 
 
 def test_no_backup_is_refused_where_a_backup_is_required(

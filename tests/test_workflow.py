@@ -368,3 +368,31 @@ def test_missing_secrets_are_named_up_front(tmp_path: Path, checkout: Path, fake
     body = (fake_gh / "body.md").read_text()
     assert "failed before the migration wrote a report" in body
     assert not condition(workflow["jobs"]["rollback"]["if"], context, "failure")
+
+
+def test_drift_alone_exits_5_opens_the_issue_and_never_rolls_back(
+    pg_url: str, tmp_path: Path, checkout: Path, fake_gh: Path
+) -> None:
+    """A complete migration whose new table no model describes: exit 5, the issue says
+    the schema is at the target and the models differ, and the rollback job stays off."""
+    versions = checkout / "migrations" / "versions"
+    (versions / "0008_test.py").write_text(
+        '"""a table no model describes"""\nimport sqlalchemy as sa\nfrom alembic import op\n\n'
+        "revision = '0008'\ndown_revision = '0007'\nbranch_labels = None\ndepends_on = None\n\n\n"
+        'def upgrade():\n    op.create_table("canary", sa.Column("id", sa.Integer))\n\n\n'
+        "def downgrade():\n    op.drop_table('canary')\n"
+    )
+    workflow = load_workflow()
+    env = runner_env(tmp_path, fake_gh)
+    context = context_for(pg_url)
+    run = play_job(workflow, "migrate", context, checkout, env, skip_run=("pip install",))
+    assert run.status == "failure" and run.outputs["migrate_exit_code"] == "5", run.logs
+    assert "the models differ" in run.logs["Migrate"]
+    context["needs"] = {"migrate": {"result": "failure", "outputs": run.outputs}}
+    assert not condition(workflow["jobs"]["rollback"]["if"], context, "failure")
+    failure = play_failure_job(workflow, context, checkout, env)
+    assert failure.outcomes["Open an issue"] == "success", failure.logs
+    body = (fake_gh / "body.md").read_text()
+    assert "Schema drift after migrating: staging" in body
+    assert "introduced by this run: remove_table canary" in body
+    assert "--accept-drift" in body and "canary" in table_names(pg_url)

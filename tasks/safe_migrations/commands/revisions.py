@@ -107,6 +107,8 @@ def lint(
     help={
         "env": ENV_HELP,
         "stairway": "also run the stairway test (up, down one, up) on a scratch database",
+        "accept_drift": "write today's differences from the models into drift-baseline.yml "
+        "(beside the revisions): validation and check then fail only on new ones",
         "json_": JSON_HELP,
     }
     | FLEET_HELP
@@ -116,6 +118,7 @@ def check(
     c: Any,
     env: str | None = None,
     stairway: bool = False,
+    accept_drift: bool = False,
     json_: bool = False,
     only: str = "",
     exclude: str = "",
@@ -123,10 +126,15 @@ def check(
 ) -> None:
     """One head, models match the database, pending SQL linted; --stairway for downgrades."""
     from safe_migrations.core.results import render_checks
+    from safe_migrations.operations.check import accept_drift as accept
     from safe_migrations.operations.check import run_check
     from safe_migrations.project.alembic_api import project_for
 
     environment = load_env(env)
+    if accept_drift:
+        path, count = accept(one_database(environment, "check", only), project_for(environment))
+        say(f"wrote {path}: {count} difference(s) accepted; fill in each reason there.")
+        return
     if environment.is_fleet:
         from safe_migrations.operations import fleet_work
 

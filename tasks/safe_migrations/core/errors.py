@@ -2,7 +2,9 @@
 
 One rule for every task: the database cannot be reached, 3; it failed after
 connecting, 1; the request is refused (configuration, usage, policy), 2; blocked by a
-health check, the user or a missing terminal, 3; another run holds the lock, 4.
+health check, the user or a missing terminal, 3; another run holds the lock, 4; every
+revision applied and the database is at the target, but the schema differs from the
+models (drift, which no rollback undoes), 5.
 A leaf module: the step modules import it, never the reverse.
 """
 
@@ -13,6 +15,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_BLOCKED = 3
 EXIT_LOCKED = 4
+EXIT_DRIFT = 5
 
 
 class ToolError(Exception):
@@ -64,6 +67,13 @@ class LockHeldError(ToolError):
 
 class ValidationError(ToolError):
     """The database after migrating is not what the migration promised."""
+
+
+class DriftError(ToolError):
+    """The migration is complete; the schema differs from the models (not a failure of
+    the migration, so the workflow's automatic rollback does not fire for it)."""
+
+    exit_code = EXIT_DRIFT
 
 
 class NothingRenderedError(ToolError):

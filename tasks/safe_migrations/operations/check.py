@@ -13,17 +13,21 @@ from safe_migrations.core.results import StepResult, timed
 from safe_migrations.engines import engine_for
 from safe_migrations.pipeline.health import check_single_head
 from safe_migrations.pipeline.status import read_current
-from safe_migrations.pipeline.validate import schema_drift
 from safe_migrations.project.alembic_api import Project, current_revision, history
 from safe_migrations.project.lint import lint_pending
 
 
 def check_drift(env: Environment, project: Project) -> StepResult:
-    """Models against the database; only meaningful when the database is at the head."""
+    """Models against the database, with env.py's compare options and the drift baseline;
+    only meaningful when the database is at the head."""
+    from pathlib import Path
+
+    from safe_migrations.project.drift import against_baseline, differences
+
     with timed() as clock, connect(env, role="check") as connection:
         current = current_revision(connection)
         head = project.scripts().get_current_head()
-        metadata = project.metadata(connection)
+        metadata, options = project.comparison(connection)
         if metadata is None:
             return StepResult(
                 "drift",
@@ -42,16 +46,53 @@ def check_drift(env: Environment, project: Project) -> StepResult:
                 severity="info",
                 duration=clock.seconds,
             )
-        drift = schema_drift(connection, metadata)
+        drift = against_baseline(
+            differences(connection, metadata, options), Path(project.scripts().dir)
+        )
     message = (
         "models match the database"
-        if not drift
+        if not drift.new
         else f"models differ from the database (a model change without a revision?): "
-        f"{'; '.join(drift)}"
+        f"{'; '.join(drift.new)}"
     )
+    if drift.accepted:
+        message += f"; {len(drift.accepted)} accepted in the drift baseline"
+    if drift.stale:
+        message += f"; stale baseline entries (no longer differ): {'; '.join(drift.stale)}"
     return StepResult(
-        "drift", not drift, message, duration=clock.seconds, details={"differences": drift}
+        "drift",
+        not drift.new,
+        message,
+        duration=clock.seconds,
+        details={"differences": drift.new, "accepted": drift.accepted, "stale": drift.stale},
     )
+
+
+def accept_drift(env: Environment, project: Project) -> tuple[str, int]:
+    """Write every current difference into the drift baseline (reasons kept); the
+    database must be at the head, where the models describe it."""
+    from pathlib import Path
+
+    from safe_migrations.core.errors import UsageError
+    from safe_migrations.project.drift import differences, write_baseline
+
+    with connect(env, role="check") as connection:
+        current = current_revision(connection)
+        head = project.scripts().get_current_head()
+        if current != head:
+            raise UsageError(
+                f"--accept-drift compares the models with the database at the head {head}, "
+                f"but {env.name} is at {current or 'base'}; migrate it first."
+            )
+        metadata, options = project.comparison(connection)
+        if metadata is None:
+            raise UsageError(
+                "--accept-drift needs models: the project's env.py passes no target_metadata "
+                "to context.configure."
+            )
+        found = differences(connection, metadata, options)
+    path, count = write_baseline(Path(project.scripts().dir), found, head)
+    return str(path), count
 
 
 def check_lint(env: Environment, project: Project) -> StepResult:

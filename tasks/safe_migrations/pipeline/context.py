@@ -81,6 +81,7 @@ class Run:
     current: str | None = None
     pending: list[Revision] = field(default_factory=list)
     lock_wait: float = 0.0
+    drift_before: list[str] | None = None  # differences from the models before the run
 
     @classmethod
     def start(

@@ -17,6 +17,7 @@ from typing import Any
 from safe_migrations.core.config import Environment
 from safe_migrations.core.errors import (
     BlockedError,
+    DriftError,
     NothingRenderedError,
     RefusedError,
     UsageError,
@@ -57,6 +58,7 @@ def migrate(
         confirm_step(run)
         with lock_step(run):
             backup_step(run)
+            drift_before(run)
             upgrade_step(run)
         validate_step(run)
         return run.record
@@ -299,9 +301,10 @@ def validate_step(run: Run) -> None:
     if run.options.skip_validation:
         run.skip("validate", "--skip-validation")
         return
-    at_head = [run.target] == alembic_api.heads(run.project.scripts())
     with timed() as clock:
-        results = validate.validate(run.env, run.project, run.target, compare_models=at_head)
+        results = validate.validate(
+            run.env, run.project, run.target, compare_models=at_head(run), before=run.drift_before
+        )
     run.record.validation = [r.to_dict() for r in results]
     failed = [r for r in results if not r.ok]
     message = (
@@ -310,5 +313,30 @@ def validate_step(run: Run) -> None:
         else ", ".join(r.message for r in results)
     )
     run.step(StepResult("validate", not failed, message, duration=clock.seconds))
+    if failed and all(r.name == "schema" for r in failed):  # complete, and only drift
+        raise DriftError(
+            f"The schema is at the target; the models differ: {message}. Not a failed "
+            "migration: nothing is rolled back. Fix the models (or a revision), or accept "
+            "what the project lives with: `invoke check --accept-drift`."
+        )
     if failed:
         raise ValidationError(f"Validation failed after migrating: {message}")
+
+
+def at_head(run: Run) -> bool:
+    """The models are compared only at the head (elsewhere they describe another schema)."""
+    return [run.target] == alembic_api.heads(run.project.scripts())
+
+
+def drift_before(run: Run) -> None:
+    """The differences from the models before the run, so validation can name the ones
+    the run introduced; only when validation will compare."""
+    from safe_migrations.core.database import connect
+    from safe_migrations.project.drift import differences
+
+    if run.options.skip_validation or run.options.direction != "upgrade" or not at_head(run):
+        return
+    with connect(run.env, role="validate") as connection:
+        metadata, options = run.project.comparison(connection)
+        if metadata is not None:
+            run.drift_before = differences(connection, metadata, options)

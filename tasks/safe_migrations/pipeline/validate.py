@@ -14,41 +14,47 @@ from safe_migrations.engines import engine_for
 from safe_migrations.project.alembic_api import Project, current_revision
 
 
-def schema_drift(connection: Any, metadata: Any) -> list[str]:
-    """Alembic's compare, as ``alembic check`` does it: one readable line per difference."""
-    from alembic.autogenerate import compare_metadata
-    from alembic.runtime.migration import MigrationContext
+def schema_drift(connection: Any, project: Project, before: list[str] | None = None) -> Any:
+    """The schema step's result: the differences from the models (the project's compare
+    options), split by the drift baseline, and those this run introduced (not there in
+    ``before``, the differences found before the run)."""
+    from pathlib import Path
 
-    from safe_migrations.operations.proof import TOOL_TABLES
+    from safe_migrations.project.drift import against_baseline, differences
 
-    def include_object(obj: Any, name: str | None, kind: str, reflected: bool, _other: Any) -> bool:
-        return not (kind == "table" and reflected and name in TOOL_TABLES)  # ours, not a model's
-
-    context = MigrationContext.configure(
-        connection,
-        opts={"compare_type": True, "target_metadata": metadata, "include_object": include_object},
+    metadata, options = project.comparison(connection)
+    if metadata is None:
+        return None
+    with timed() as clock:
+        drift = against_baseline(
+            differences(connection, metadata, options), Path(project.scripts().dir)
+        )
+    introduced = [d for d in drift.new if before is not None and d not in before]
+    said = []
+    if drift.new:
+        said.append(
+            "schema differs from the models"
+            + (f" (introduced by this run: {'; '.join(introduced)})" if introduced else "")
+            + f": {'; '.join(drift.new)}"
+        )
+    else:
+        said.append("schema matches the models")
+    if drift.accepted:
+        said.append(f"{len(drift.accepted)} accepted difference(s) in the drift baseline")
+    if drift.stale:
+        said.append(f"stale baseline entries (no longer differ): {'; '.join(drift.stale)}")
+    return StepResult(
+        "schema",
+        not drift.new,
+        ", ".join(said),
+        duration=clock.seconds,
+        details={
+            "differences": drift.new,
+            "accepted": drift.accepted,
+            "stale": drift.stale,
+            "introduced": introduced,
+        },
     )
-    return [describe_diff(diff) for diff in compare_metadata(context, metadata)]
-
-
-def describe_diff(diff: Any) -> str:
-    """'add_column users.nickname' style text for one autogenerate difference."""
-    if isinstance(diff, list):  # modify_* diffs come grouped per column
-        return "; ".join(describe_diff(d) for d in diff)
-    kind = diff[0]
-    if kind in ("add_table", "remove_table"):
-        return f"{kind} {diff[1].name}"
-    if kind in ("add_column", "remove_column"):
-        return f"{kind} {diff[2]}.{diff[3].name}"
-    if kind in ("add_index", "remove_index", "add_constraint", "remove_constraint"):
-        obj = diff[1]
-        table = getattr(getattr(obj, "table", None), "name", "?")
-        return f"{kind} {table}.{obj.name}"
-    if kind.startswith("modify_"):
-        return f"{kind} {diff[2]}.{diff[3]}: {diff[-2]!r} -> {diff[-1]!r}"
-    if kind in ("add_fk", "remove_fk"):
-        return f"{kind} {diff[1].parent.name}.{diff[1].name}"
-    return str(diff)
 
 
 def invalid_indexes(connection: Any) -> list[str]:
@@ -61,7 +67,11 @@ def invalid_indexes(connection: Any) -> list[str]:
 
 
 def validate(
-    env: Environment, project: Project, target: str | None, compare_models: bool
+    env: Environment,
+    project: Project,
+    target: str | None,
+    compare_models: bool,
+    before: list[str] | None = None,
 ) -> list[StepResult]:
     """Each check as a result; any failure makes the run fail.
 
@@ -90,21 +100,9 @@ def validate(
                     details={"current": current, "target": target},
                 )
             )
-            metadata = project.metadata(connection) if compare_models else None
-            if metadata is not None:
-                with timed() as clock:
-                    drift = schema_drift(connection, metadata)
-                results.append(
-                    StepResult(
-                        "schema",
-                        not drift,
-                        "schema matches the models"
-                        if not drift
-                        else f"schema differs from the models: {'; '.join(drift)}",
-                        duration=clock.seconds,
-                        details={"differences": drift},
-                    )
-                )
+            schema = schema_drift(connection, project, before) if compare_models else None
+            if schema is not None:
+                results.append(schema)
             if engine_for(env.dialect).invalid_indexes:  # MySQL builds all or nothing
                 with timed() as clock:
                     invalid = invalid_indexes(connection)

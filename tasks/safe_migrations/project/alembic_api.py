@@ -134,9 +134,25 @@ class _Configured(Exception):
     """Raised inside env.py's context.configure once its options are known."""
 
 
+# What `alembic check` compares with, as the project's env.py configures it.
+COMPARE_OPTIONS = (
+    "include_object",
+    "include_name",
+    "include_schemas",
+    "compare_type",
+    "compare_server_default",
+)
+
+
 def configured_metadata(cfg: Config, connection: Any) -> Any:
-    """Run the project's env.py just far enough to see the ``target_metadata`` it passes
-    to ``context.configure``, as `alembic check` compares with; nothing is executed."""
+    """The ``target_metadata`` the project's env.py passes to ``context.configure``."""
+    return configured_comparison(cfg, connection)[0]
+
+
+def configured_comparison(cfg: Config, connection: Any) -> tuple[Any, dict[str, Any]]:
+    """Run the project's env.py just far enough to see what it passes to
+    ``context.configure``: the ``target_metadata`` and the compare options (COMPARE_OPTIONS)
+    that `alembic check` honours; nothing is executed."""
     from alembic.runtime.environment import EnvironmentContext
 
     script = script_directory(cfg)
@@ -144,6 +160,7 @@ def configured_metadata(cfg: Config, connection: Any) -> Any:
 
     def configure(connection: Any = None, **options: Any) -> None:
         seen["metadata"] = options.get("target_metadata")
+        seen["options"] = {k: options[k] for k in COMPARE_OPTIONS if k in options}
         raise _Configured
 
     probe = EnvironmentContext(cfg, script, fn=lambda _rev, _ctx: [], as_sql=False)
@@ -158,7 +175,7 @@ def configured_metadata(cfg: Config, connection: Any) -> Any:
                 f"{Path(script.dir) / 'env.py'} failed before configuring Alembic "
                 f"({first_line(exc)}), so its target_metadata cannot be read."
             ) from exc
-    return seen.get("metadata")
+    return seen.get("metadata"), seen.get("options", {})
 
 
 def alembic_config(
@@ -396,6 +413,13 @@ class Project:
         if "target_metadata" in given:
             return given["target_metadata"]
         return configured_metadata(self.config(connection=connection), connection)
+
+    def comparison(self, connection: Any) -> tuple[Any, dict[str, Any]]:
+        """(models, compare options) as `alembic check` would use them: env.py's own
+        ``include_object``, ``compare_type``, ...; models handed in take precedence."""
+        metadata, options = configured_comparison(self.config(connection=connection), connection)
+        given = dict(self.attributes)
+        return given.get("target_metadata", metadata), options
 
 
 DEFAULT_PROJECT = Project()
