@@ -331,12 +331,18 @@ def at_head(run: Run) -> bool:
 def drift_before(run: Run) -> None:
     """The differences from the models before the run, so validation can name the ones
     the run introduced; only when validation will compare."""
+    from sqlalchemy.exc import DBAPIError
+
     from safe_migrations.core.database import connect
     from safe_migrations.project.drift import differences
 
     if run.options.skip_validation or run.options.direction != "upgrade" or not at_head(run):
         return
-    with connect(run.env, role="validate") as connection:
-        metadata, options = run.project.comparison(connection)
-        if metadata is not None:
-            run.drift_before = differences(connection, metadata, options)
+    wait = run.env.settings.migration.lock_timeout or None
+    try:  # reflection waits behind a strong lock: never longer than a revision would
+        with connect(run.env, role="validate", lock_timeout=wait) as connection:
+            metadata, options = run.project.comparison(connection)
+            if metadata is not None:
+                run.drift_before = differences(connection, metadata, options)
+    except DBAPIError:  # validation then names the differences without telling which are new
+        run.drift_before = None
