@@ -69,7 +69,9 @@ def make_project(folder: Path, operation: str, rows: int) -> None:
     )
 
 
-def one_round(admin: str, work: Path, side: str, rows: int, duration: int) -> dict[str, float]:
+def one_round(
+    admin: str, work: Path, side: str, rows: int, duration: int, quick: bool = False
+) -> dict[str, float]:
     url = create_database(admin, prefix=f"zd_{side}")
     env = os.environ | {"DATABASE_URL": url, "MIGRATE_ENVIRONMENTS_DIR": str(work / "environments")}
     alembic = [str(BIN / "alembic"), "-c", str(work / "alembic.ini")]
@@ -113,7 +115,7 @@ def one_round(admin: str, work: Path, side: str, rows: int, duration: int) -> di
     drop_database(admin, url)
     if migration.returncode != 0:
         raise SystemExit(f"{side} migration failed:\n{migration.stdout}\n{migration.stderr}")
-    if seconds > duration - 2:
+    if seconds > duration - 2 and not quick:
         raise SystemExit(f"{side}: the migration outlasted the clients; raise --duration")
     return {
         "worst_s": round(values[-1], 3) if values else float("nan"),
@@ -125,7 +127,7 @@ def one_round(admin: str, work: Path, side: str, rows: int, duration: int) -> di
 
 def main() -> None:
     args = arguments(__doc__, runs=1, rows=2_000_000, duration=14)
-    rows, duration = (50_000, 12) if args.quick else (args.rows, args.duration)
+    rows, duration = (20_000, 6) if args.quick else (args.rows, args.duration)
     chosen = ["create_index"] if args.quick else list(OPERATIONS)
     figures: dict[str, float] = {}
     with postgres() as admin:
@@ -140,7 +142,8 @@ def main() -> None:
                 health={"check_blocking_sessions": False, "lint": False},
             )
             rounds = {
-                side: one_round(admin, work, side, rows, duration) for side in ("rewrite", "bare")
+                side: one_round(admin, work, side, rows, duration, args.quick)
+                for side in ("rewrite", "bare")
             }
             shutil.rmtree(work, ignore_errors=True)
             ratio = rounds["rewrite"]["worst_s"] / rounds["bare"]["worst_s"]
