@@ -515,3 +515,18 @@ def test_one_transaction_for_all_revisions_rolls_back_the_whole_run(
     assert read_current(env) is None and tables(env.url) == set()
     report = last_report(env)[1]
     assert report["applied"] == [] and report["post_revision"] == "base"
+
+
+def test_a_bare_assert_in_a_revision_names_the_file_and_line(
+    sqlite_url: str, scratch: ScratchProject, make_env: Callable[..., Environment]
+) -> None:
+    """Was "AssertionError: AssertionError.": now the revision file, its line and code."""
+    env = make_env(sqlite_url)
+    scratch.add(
+        'op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))\nassert 1 == 2'
+    )
+    with pytest.raises(MigrationError) as failure:
+        run_migrations(env, scratch.project(), "head")
+    message = failure.value.message
+    assert "AssertionError: AssertionError" not in message
+    assert "back: AssertionError at " in message and "r001.py, line 13: assert 1 == 2" in message

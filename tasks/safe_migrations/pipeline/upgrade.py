@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from safe_migrations.core.config import Environment
@@ -453,12 +454,29 @@ def _failure(
         )
     return MigrationError(
         f"Revision {failed.revision} ({failed.message}) failed and was rolled "
-        f"back: {redact(_short(exc), [env.password])}.{note}",
+        f"back: {redact(_short(exc) + _where(exc, failed), [env.password])}.{note}",
         failed.revision,
         tuple(applied),
     )
 
 
+def _where(exc: BaseException, failed: Revision) -> str:
+    """For an error with no text of its own (a bare ``assert``): the line of the revision
+    file it was raised at, so the sentence says where to look."""
+    import traceback
+
+    if str(getattr(exc, "orig", None) or exc).strip():
+        return ""
+    name = Path(failed.path).name
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).name == name]
+    if not frames:
+        return f" in {failed.path}"
+    frame = frames[-1]
+    return f" at {failed.path}, line {frame.lineno}: {(frame.line or '').strip()}"
+
+
 def _short(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
+    if not str(orig).strip():  # no text: the type alone (and _where says where)
+        return type(orig).__name__
     return f"{type(orig).__name__}: {first_line(exc)}"
