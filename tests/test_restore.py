@@ -20,6 +20,7 @@ from sqlalchemy.pool import NullPool
 from safe_migrations.core.config import Environment
 from safe_migrations.core.errors import BackupError, BlockedError, ConfigError
 from safe_migrations.engines.sqlscript import ScriptError, split_script
+from safe_migrations.operations.restore import find_backup
 from safe_migrations.operations.standalone import restore
 from safe_migrations.pipeline.backup import take_backup
 from safe_migrations.pipeline.migrate import Console, RunOptions, migrate
@@ -241,3 +242,17 @@ def test_restore_waits_no_longer_than_the_lock_timeout_and_shows_the_error(
             restore(env, info.path, yes=True, interactive=False, console=QUIET)
     finally:
         release.set()
+
+
+def test_latest_is_the_newest_of_this_databases_own_backups(
+    pg_url: str, second_database: str, make_env: Callable[..., Environment]
+) -> None:
+    """Was: the newest file in the folder, another database's, refused with --foreign
+    suggested. Now: the newest backup of this database, though another's is newer."""
+    env = make_env(pg_url)
+    seed(env, rows=4)
+    own = take_backup(env, "0007")
+    other = make_env(second_database)  # same name and folders, another database
+    seed(other, rows=3)
+    take_backup(other, "0007")
+    assert find_backup(env, "latest")["path"] == own.path

@@ -103,14 +103,21 @@ class LocalStore(BackupStore):
         """``latest`` or a path (archive or manifest) -> its manifest, with ``path`` (the
         archive, by location), ``own`` and, for another's backup, ``foreign_reason``."""
         env = self.env
-        if spec == "latest":
+        if spec == "latest":  # the newest of this database's own, not merely the newest file
             backups = list_backups(env)
-            if not backups:
-                raise ConfigError(
-                    f"There is no backup for {env.name} in {env.backup_dir}; "
-                    "take one with `invoke backup`."
+            own = [b for b in backups if foreign_reason(env, Path(b["path"]), b) is None]
+            if not own:
+                others = (
+                    f" (the newest there, {Path(backups[0]['path']).name}: "
+                    f"{foreign_reason(env, Path(backups[0]['path']), backups[0])})"
+                    if backups
+                    else ""
                 )
-            data = dict(backups[0])
+                raise ConfigError(
+                    f"There is no backup for {env.name}'s database in {env.backup_dir}{others}; "
+                    "take one with `invoke backup`, or pass a file with --foreign."
+                )
+            data = dict(own[0])
             archive = Path(data["path"])
         else:
             given = Path(spec).absolute()
