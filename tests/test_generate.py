@@ -38,3 +38,27 @@ def test_autogenerate_diffs_models_against_the_database(
     new_revision("add label", autogenerate=True, env=env, project=scratch.project(models))
     created = next((scratch.folder / "versions").glob("*add_label*.py")).read_text()
     assert "batch_op.add_column(sa.Column('label'" in created or "add_column('a'" in created
+
+
+def test_autogenerate_never_drops_the_tools_own_tables(
+    sqlite_url: str, scratch: ScratchProject, make_env: Callable[..., Environment]
+) -> None:
+    """Was: on SQLite the revision dropped the rehearsal proof table, which no model has."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from safe_migrations.operations.proof import TOOL_TABLES
+
+    env = make_env(sqlite_url)
+    scratch.add('op.create_table("a", sa.Column("id", sa.Integer, primary_key=True))')
+    models = sa.MetaData()
+    sa.Table("a", models, sa.Column("id", sa.Integer, primary_key=True))
+    run_migrations(env, scratch.project(models), "head")
+    engine = create_engine(sqlite_url, poolclass=NullPool)
+    with engine.begin() as connection:
+        for table in sorted(TOOL_TABLES):
+            connection.execute(text(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY)"))
+    engine.dispose()
+    new_revision("nothing new", autogenerate=True, env=env, project=scratch.project(models))
+    created = next((scratch.folder / "versions").glob("*nothing_new*.py")).read_text()
+    assert "drop_table" not in created and not any(t in created for t in TOOL_TABLES)
