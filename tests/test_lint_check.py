@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from helpers import QUIET, ScratchProject, run_invoke
+from helpers import QUIET, ScratchProject, cli_env, run_invoke
 
 from safe_migrations.core.config import Environment
 from safe_migrations.core.errors import BlockedError
@@ -156,3 +157,19 @@ def test_environment_with_lint_refuses_to_migrate_an_unallowed_finding(
     with pytest.raises(BlockedError, match=r"\(lint\): r002: ban-drop-column"):
         migrate(env, RunOptions(yes=True, skip_validation=True), scratch.project(), QUIET)
     assert read_current(env) is None
+
+
+def test_a_downgrade_that_raises_is_the_stairways_finding_among_the_check_lines(
+    pg_url: str, scratch: ScratchProject, tmp_path: Path
+) -> None:
+    """Was: only "failed and was rolled back", none of check's other lines."""
+    scratch.add(BASE_TABLE, 'op.drop_table("orders")')
+    broken = scratch.add(
+        'op.add_column("orders", sa.Column("note", sa.Text))',
+        'raise RuntimeError("this downgrade is broken")',
+    )
+    env = cli_env(tmp_path, pg_url, alembic={"script_location": str(scratch.folder)})
+    done = run_invoke("check", "--env", "staging", "--stairway", env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "single_head" in done.stdout and "lint" in done.stdout
+    assert f"revision {broken}" in done.stdout and "this downgrade is broken" in done.stdout

@@ -129,7 +129,7 @@ def _snapshot(connection: Any) -> dict[str, Any]:
 
 def stairway(env: Environment, project: Project) -> StepResult:
     """For each revision: upgrade, downgrade one, compare with before, upgrade again."""
-    from safe_migrations.pipeline.upgrade import run_migrations
+    from safe_migrations.pipeline.upgrade import MigrationError, run_migrations
 
     revisions = history(project.scripts())
     with (
@@ -139,8 +139,17 @@ def stairway(env: Environment, project: Project) -> StepResult:
         for revision in revisions:
             with connect(scratch, role="stairway") as connection:
                 before = _snapshot(connection)
-            run_migrations(scratch, project, revision.revision)
-            run_migrations(scratch, project, revision.down_revision, "downgrade")
+            try:
+                run_migrations(scratch, project, revision.revision)
+                run_migrations(scratch, project, revision.down_revision, "downgrade")
+            except MigrationError as exc:  # a failed step is the stairway's finding
+                return StepResult(
+                    "stairway",
+                    False,
+                    f"revision {revision.revision} ({revision.path}): {exc.message}",
+                    duration=clock.seconds,
+                    details={"revision": revision.revision, "failed": exc.revision},
+                )
             with connect(scratch, role="stairway") as connection:
                 after = _snapshot(connection)
             if after != before:
