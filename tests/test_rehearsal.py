@@ -675,3 +675,34 @@ def test_a_rehearsal_that_fails_while_migrate_waits_for_the_lock_stops_it(
     with pytest.raises(BlockedError, match="failed"):
         migrate(env, UNATTENDED, project, QUIET)
     assert read_current(env) == "r001"
+
+
+def test_each_revision_counts_only_its_own_row_writes(
+    pg_url: str, scratch: ScratchProject, make_env: Callable[..., Environment]
+) -> None:
+    """PostgreSQL 15 keeps a backend's unflushed counts in pg_stat_xact_user_tables across
+    its transactions: a revision that only adds a column was reported as writing rows."""
+    from safe_migrations.engines.pgobserver import RevisionObserver
+    from safe_migrations.pipeline.upgrade import run_migrations
+
+    scratch.add(
+        'op.create_table("w", sa.Column("id", sa.Integer, primary_key=True))\n'
+        'op.execute("INSERT INTO w SELECT generate_series(1, 1000)")'
+    )
+    scratch.add('op.add_column("w", sa.Column("note", sa.Text))')
+    scratch.add("op.execute(\"UPDATE w SET note = 'x' WHERE id <= 10\")")
+    env = make_env(pg_url)
+    observer = RevisionObserver(env)
+    try:
+        run_migrations(env, scratch.project(), "head", observer=observer)
+    finally:
+        observer.stop()
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(pg_url, poolclass=NullPool)
+    with engine.connect() as connection:
+        table = int(connection.execute(text("SELECT 'w'::regclass::oid")).scalar())
+    engine.dispose()
+    rows = {w.revision: w.rows.get(table) for w in observer.windows}
+    assert rows == {"r001": (1000, 0), "r002": None, "r003": (0, 10)}

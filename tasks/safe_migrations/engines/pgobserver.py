@@ -86,6 +86,30 @@ def rows_written(connection: Any) -> dict[int, tuple[int, int]]:
     return {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
 
 
+def _raw_rows_written(connection: Any) -> dict[int, tuple[int, int]]:
+    """rows_written on the driver's own cursor: read from inside a "begin" event, where a
+    statement through SQLAlchemy would start what is being begun."""
+    cursor = connection.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute(_ROWS_SQL)
+        return {int(r[0]): (int(r[1]), int(r[2])) for r in cursor.fetchall()}
+    finally:
+        cursor.close()
+
+
+def _since(
+    now: dict[int, tuple[int, int]], before: dict[int, tuple[int, int]]
+) -> dict[int, tuple[int, int]]:
+    """The revision's own writes: the counters now less those when it began."""
+    found = {}
+    for oid, (inserted, changed) in now.items():
+        was = before.get(oid, (0, 0))
+        own = (inserted - was[0], changed - was[1])
+        if own != (0, 0):
+            found[oid] = own
+    return found
+
+
 def mode_name(mode: str) -> str:
     """'AccessExclusiveLock' -> 'ACCESS EXCLUSIVE', as PostgreSQL's documentation names it."""
     return " ".join(re.findall(r"[A-Z][a-z]*", mode.removesuffix("Lock"))).upper()
@@ -168,6 +192,9 @@ class RevisionObserver:
     _before: Catalog = field(default_factory=dict)
     _start: float = 0.0
     _next: bool = False  # the next transaction to begin is the next revision's
+    # The write counters when the revision's transaction began: PostgreSQL 15 keeps a
+    # backend's unflushed counts in pg_stat_xact_user_tables across its transactions.
+    _counted: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def observed(self) -> bool:
@@ -197,7 +224,7 @@ class RevisionObserver:
         rows: dict[int, tuple[int, int]] = {}
         if self.observed:  # elsewhere timed only
             held, after = own_locks(connection), read_catalog(connection)
-            rows = rows_written(connection)
+            rows = _since(rows_written(connection), self._counted)
         self.windows.append(Window(revision, self._start, now, self._before, after, held, rows))
         self._before, self._start, self._next = after, time.perf_counter(), True
 
@@ -207,6 +234,8 @@ class RevisionObserver:
         transactions an autocommit block opens inside a revision do not move it."""
         if self._next:
             self._start, self._next = time.perf_counter(), False
+            if self.observed:  # the baseline, inside the transaction (no flush until it ends)
+                self._counted = _raw_rows_written(_connection)
 
     def failed(self, revision: str, error: str, statement: str | None) -> None:
         """The revision that failed: rolled back, so its catalog is the one before it."""
