@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from helpers import ROOT, ScratchProject, cli_env, run_invoke
@@ -195,3 +196,44 @@ def test_debug_switch_shows_the_traceback_with_the_same_exit_code(tmp_path: Path
     assert plain.returncode == debug.returncode == 3
     assert "Traceback" not in plain.stderr and "Traceback" in debug.stderr
     assert "UnreachableError" in debug.stderr and "pw@" not in debug.stderr
+
+
+def test_both_entry_points_import_the_application_from_the_project_root(tmp_path: Path) -> None:
+    """An env.py importing the application's package: `invoke` put the project root on
+    sys.path, `safe-migrations` did not (ModuleNotFoundError)."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    project = tmp_path / "service"
+    shutil.copytree(root / "migrations", project / "migrations")
+    shutil.copytree(root / "environments", project / "environments")
+    ini = (root / "alembic.ini").read_text()  # without Alembic's own prepend_sys_path
+    (project / "alembic.ini").write_text(
+        "\n".join(line for line in ini.splitlines() if not line.startswith("prepend_sys_path"))
+    )
+    (project / "myapp").mkdir()
+    (project / "myapp" / "__init__.py").write_text("IMPORTED = True\n")
+    env_py = project / "migrations" / "env.py"
+    text = env_py.read_text().replace(
+        "from alembic import context\n",
+        "from alembic import context\n\nimport myapp  # noqa: F401 - the application's package\n",
+        1,
+    )
+    assert "import myapp" in text
+    env_py.write_text(text)
+    (project / "tasks.py").write_text("from safe_migrations.commands import ns\n")
+    bin_dir = Path(sys.executable).parent
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "PYTHON"))}
+    for program in ("safe-migrations", "invoke"):
+        done = subprocess.run(
+            [str(bin_dir / program), "migrate"],
+            cwd=project,
+            env=clean,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, (program, done.stdout, done.stderr)
+        (project / "var" / "local.db").unlink()

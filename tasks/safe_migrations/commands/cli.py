@@ -39,4 +39,12 @@ program = Program(
 
 
 def main() -> None:
+    """Run the program with the project's root first on ``sys.path``, as `invoke` puts the
+    folder of tasks.py there: an env.py that imports the application works from both."""
+    import sys
+
+    from safe_migrations.core.config import PROJECT_ROOT
+
+    if str(PROJECT_ROOT) not in sys.path:
+        sys.path.insert(0, str(PROJECT_ROOT))
     program.run()
