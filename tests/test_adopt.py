@@ -365,3 +365,87 @@ def test_init_never_writes_through_a_symlink_or_outside_the_project(
     assert "symbolic link" in refused.stderr and "Traceback" not in refused.stderr
     assert victim.read_text() == before
     assert sorted(p.name for p in outside.iterdir()) == ["victim.py"]
+
+
+ARGUMENTS = """
+def include_object(obj, name, type_, reflected, compare_to):
+    return name != "legacy"
+
+
+def process_revision_directives(context, revision, directives):
+    pass
+
+
+"""
+
+
+@pytest.mark.parametrize("template", ["generic", "pyproject"])
+def test_init_keeps_every_argument_env_py_passes_to_configure(
+    template: str, tmp_path: Path
+) -> None:
+    """The adapted env.py's configure() gets the project's own arguments, checked by
+    running it with a connection handed in; one that cannot run that early is named."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.runtime.environment import EnvironmentContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from safe_migrations.project.adopt import adapted_env_py
+
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    ini = tmp_path / "alembic.ini"
+    config = Config(str(ini), toml_file=str(tmp_path / "pyproject.toml"))
+    command.init(config, str(tmp_path / "migrations"), template=template)
+    env_py = tmp_path / "migrations" / "env.py"
+    text = env_py.read_text().replace(
+        "def run_migrations_online", ARGUMENTS + "def run_migrations_online", 1
+    )
+    indent = "\n            "
+    original = f"context.configure({indent}connection=connection, target_metadata=target_metadata"
+    assert original in text
+    opened = "    with connectable.connect() as connection:"
+    text = text.replace(opened, '    table_name = "versions"\n' + opened, 1)
+    arguments = [
+        "connection=connection",
+        "target_metadata=target_metadata",
+        "include_object=include_object",
+        "render_as_batch=True",
+        "compare_type=False",
+        'user_module_prefix="myapp.types."',
+        "process_revision_directives=process_revision_directives",
+        "version_table=table_name",
+    ]
+    text = text.replace(original, "context.configure(" + indent + ("," + indent).join(arguments))
+    adapted = adapted_env_py(text, env_py)
+    assert adapted is not None
+    said = "# not carried over (it uses a name defined later in this function): "
+    assert said + "version_table=table_name" in adapted
+    env_py.write_text(adapted)
+    seen: dict[str, object] = {}
+    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}", poolclass=NullPool)
+    with engine.connect() as connection:
+        if (tmp_path / "alembic.ini").is_file():
+            cfg = Config(str(ini), toml_file=str(tmp_path / "pyproject.toml"))
+        else:
+            cfg = Config(toml_file=str(tmp_path / "pyproject.toml"))
+        cfg.attributes["connection"] = connection
+        script = ScriptDirectory.from_config(cfg)
+        probe = EnvironmentContext(cfg, script, fn=lambda _rev, _ctx: [])
+
+        class Configured(Exception):
+            pass
+
+        def configure(**options: object) -> None:
+            seen.update(options)
+            raise Configured  # what it was given is all this test reads
+
+        probe.configure = configure  # type: ignore[method-assign,assignment]
+        with probe, pytest.raises(Configured):
+            script.run_env()
+    engine.dispose()
+    assert seen["connection"] is not None and seen["render_as_batch"] is True
+    assert seen["compare_type"] is False and seen["user_module_prefix"] == "myapp.types."
+    assert callable(seen["include_object"]) and callable(seen["process_revision_directives"])
+    assert "version_table" not in seen

@@ -120,11 +120,68 @@ def adapted_env_py(text: str, path: Path = Path("env.py")) -> str | None:
     )
     if function is None:
         return None
+    if kind != "async":  # async hands the connection to do_run_migrations: its own configure
+        block = SYNC_BLOCK.replace(
+            "context.configure(connection=connection, target_metadata=target_metadata)",
+            _configure_call(text, function),
+        )
     first = function.body[0]
     is_docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
     after = (first.end_lineno or first.lineno) if is_docstring else first.lineno - 1
     lines = text.splitlines(keepends=True)
     return "".join(lines[:after]) + "\n" + block + "".join(lines[after:]).lstrip("\n")
+
+
+def _configure_call(text: str, function: ast.FunctionDef) -> str:
+    """The block's ``context.configure(...)``: the connection handed in, and every other
+    argument of the project's own online ``configure()`` call. An argument that uses a
+    name the function defines later cannot run this early: it is left out, and said so in
+    a comment the diff shows."""
+    call = next(
+        (
+            node
+            for node in ast.walk(function)
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "configure"
+        ),
+        None,
+    )
+    if call is None:
+        return "context.configure(connection=connection, target_metadata=target_metadata)"
+    local = {
+        target.id
+        for node in ast.walk(function)
+        if isinstance(node, ast.Assign | ast.AnnAssign | ast.FunctionDef | ast.With)
+        for target in _bound(node)
+    }
+    kept: list[str] = ["connection=connection"]
+    dropped: list[str] = []
+    for keyword in call.keywords:
+        if keyword.arg == "connection":
+            continue
+        source = ast.get_source_segment(text, keyword) or ""
+        used = {n.id for n in ast.walk(keyword.value) if isinstance(n, ast.Name)}
+        (dropped if used & local else kept).append(source)
+    said = "".join(
+        f"\n        # not carried over (it uses a name defined later in this function): {d}"
+        for d in dropped
+    )
+    arguments = ",\n            ".join(kept)
+    return f"context.configure(\n            {arguments},\n        ){said}"
+
+
+def _bound(node: ast.AST) -> list[ast.Name]:
+    """The plain names an assignment, a nested def or a ``with ... as`` binds."""
+    if isinstance(node, ast.FunctionDef):
+        return [ast.Name(id=node.name)]
+    if isinstance(node, ast.With):
+        targets = [item.optional_vars for item in node.items if item.optional_vars]
+    elif isinstance(node, ast.Assign):
+        targets = list(node.targets)
+    else:
+        targets = [node.target]  # type: ignore[attr-defined]
+    return [n for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
 
 
 def install_line(root: Path) -> str:
