@@ -1,5 +1,5 @@
 """MySQL and MariaDB through PyMySQL: each session's limits (mysqlsession.py), the
-migration lock as GET_LOCK (mysql.py), and what health and backup read."""
+migration lock as GET_LOCK (mysqlserver.py), and what health and backup read."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 ``migrate`` is the step list; each step below takes the run, decides its own skip,
 does its work through its own module (health.py, confirm.py, backup.py,
 upgrade.py, validate.py) and records its result. Operations that are not the
-pipeline (rollback, restore, a backup on its own) live in operations.py.
+pipeline (rollback, restore, a backup on its own) live in operations/standalone.py.
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ class Stored:
 
 class FileSink:
     """A dump's destination on local disk: a new private file (0600), fsynced when the
-    stream ends; ``abort`` removes it. The store's twin is ``s3store.ObjectSink``."""
+    stream ends; ``abort`` removes it. The store's twin is ``s3bucket.ObjectSink``."""
 
     def __init__(self, path: Path) -> None:
         self.path = str(path)
