@@ -163,3 +163,26 @@ def test_no_metadata_is_a_warning_that_says_how_to_provide_it(
     drift = check_drift(env, project)
     assert not drift.ok and drift.severity == "warning" and not drift.blocks
     assert "target_metadata" in drift.message
+
+
+def test_an_import_env_py_cannot_make_names_the_module_and_asks_for_no_lines(
+    pg_url: str, scratch: ScratchProject, make_env: Callable[..., Environment]
+) -> None:
+    """Was: "failed before configuring Alembic (No module named ...)" and then the lines
+    to add, which this env.py already has."""
+    from safe_migrations.project.alembic_api import ENV_PY_LINES
+
+    env = make_env(pg_url)
+    _two_revisions(scratch)
+    env_py = scratch.folder / "env.py"
+    text = env_py.read_text().replace(
+        "from alembic import context\n", "from alembic import context\n\nimport nosuchapp\n", 1
+    )
+    assert "import nosuchapp" in text
+    env_py.write_text(text)
+    with pytest.raises(EnvPyContractError) as refused:
+        run_migrations(env, scratch.project(), "head")
+    message = refused.value.message
+    assert "could not import nosuchapp" in message and "looked for in" in message
+    assert ENV_PY_LINES.strip().splitlines()[0] not in message
+    assert refused.value.exit_code == 2 and table_names(pg_url) == set()

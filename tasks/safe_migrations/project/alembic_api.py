@@ -124,10 +124,35 @@ def run_env_on(
             raise
         except Exception as exc:
             if not configured:
-                raise refuse(f"failed before configuring Alembic ({first_line(exc)})") from exc
+                raise _failed_early(env_py, exc, refuse) from exc
             raise
     if not configured:
         raise refuse("never configured Alembic with the connection it was handed")
+
+
+def _failed_early(
+    env_py: Path, exc: BaseException, refuse: Callable[[str], EnvPyContractError]
+) -> EnvPyContractError:
+    """env.py raised before configuring Alembic: an import that failed names the module
+    and where it was looked for; the contract's lines are asked for only when missing."""
+    import sys
+
+    if isinstance(exc, ImportError) and exc.name:
+        searched = ", ".join(p or "." for p in sys.path[:4])
+        return EnvPyContractError(
+            f"{env_py} could not import {exc.name} ({first_line(exc)}); it was looked for "
+            f"in {searched}, ...: run the tasks from the project's root folder, or install "
+            "that package into this environment. Nothing was run."
+        )
+    try:
+        lines_there = 'attributes.get("connection")' in env_py.read_text(encoding="utf-8")
+    except OSError:
+        lines_there = False
+    if lines_there:
+        return EnvPyContractError(
+            f"{env_py} failed before configuring Alembic ({first_line(exc)}); nothing was run."
+        )
+    return refuse(f"failed before configuring Alembic ({first_line(exc)})")
 
 
 class _Configured(Exception):
