@@ -37,11 +37,12 @@ from common import (
     drop_database,
     empty_project,
     environment_file,
+    failed_transactions,
     finish,
     invoke,
-    libpq_env,
+    latencies,
+    pgbench,
     postgres,
-    which,
 )
 
 UPDATE_SCRIPT = (
@@ -122,24 +123,6 @@ class LockWaitMonitor:
         engine.dispose()
 
 
-def latencies(folder: Path, prefix: str) -> list[float]:
-    """Per-transaction latencies in seconds from pgbench's -l logs."""
-    values = []
-    for log in folder.glob(f"{prefix}*"):
-        for line in log.read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 3 and parts[2].isdigit():
-                values.append(int(parts[2]) / 1e6)
-    return sorted(values)
-
-
-def failed_transactions(output: str) -> int:
-    for line in output.splitlines():
-        if "number of failed transactions" in line:
-            return int(line.split(":")[1].split()[0])
-    return 0
-
-
 def run_round(
     admin: str, work: Path, environments: Path, side: str, duration: int, hold: float
 ) -> dict[str, float]:
@@ -156,26 +139,7 @@ def run_round(
     prefix = f"pgbench_{side}"
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
-    bench = subprocess.Popen(
-        [
-            which("pgbench"),
-            "-n",
-            "-c",
-            "8",
-            "-j",
-            "2",
-            "-T",
-            str(duration),
-            "-f",
-            str(script),
-            "-l",
-            f"--log-prefix={logs / prefix}",
-        ],
-        env=libpq_env(url),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    bench = pgbench(url, script, logs / prefix, duration)
     time.sleep(2)
     started, ended = threading.Event(), []
     blocker = threading.Thread(target=hold_lock, args=(url, hold, started, ended))

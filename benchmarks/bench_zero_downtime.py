@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_traffic import failed_transactions, latencies
 from common import (
     BIN,
     alembic_settings,
@@ -30,11 +29,12 @@ from common import (
     drop_database,
     empty_project,
     environment_file,
+    failed_transactions,
     finish,
     invoke,
-    libpq_env,
+    latencies,
+    pgbench,
     postgres,
-    which,
 )
 
 OPERATIONS = {
@@ -81,26 +81,7 @@ def one_round(
     logs = work / f"logs-{side}"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir()
-    bench = subprocess.Popen(
-        [
-            which("pgbench"),
-            "-n",
-            "-c",
-            "8",
-            "-j",
-            "2",
-            "-T",
-            str(duration),
-            "-f",
-            str(script),
-            "-l",
-            f"--log-prefix={logs / 'pgbench'}",
-        ],
-        env=libpq_env(url),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    bench = pgbench(url, script, logs / "pgbench", duration)
     time.sleep(2)
     began = time.perf_counter()
     command = (

@@ -208,3 +208,46 @@ def moto_server() -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(10)
+
+
+def pgbench(url: str, script: Path, log_prefix: Path, duration: int) -> subprocess.Popen[str]:
+    """8 pgbench clients (2 threads) running ``script`` for ``duration`` seconds, each
+    transaction's latency logged under ``log_prefix`` (read back by ``latencies``)."""
+    return subprocess.Popen(
+        [
+            which("pgbench"),
+            "-n",
+            "-c",
+            "8",
+            "-j",
+            "2",
+            "-T",
+            str(duration),
+            "-f",
+            str(script),
+            "-l",
+            f"--log-prefix={log_prefix}",
+        ],
+        env=libpq_env(url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def latencies(folder: Path, prefix: str) -> list[float]:
+    """Per-transaction latencies in seconds from pgbench's -l logs."""
+    values = []
+    for log in folder.glob(f"{prefix}*"):
+        for line in log.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[2].isdigit():
+                values.append(int(parts[2]) / 1e6)
+    return sorted(values)
+
+
+def failed_transactions(output: str) -> int:
+    for line in output.splitlines():
+        if "number of failed transactions" in line:
+            return int(line.split(":")[1].split()[0])
+    return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safe_migrations.core.errors import RefusedError
+from safe_migrations.engines.pgsafe import qualified
 
 if TYPE_CHECKING:
     from safe_migrations.core.config import Environment
@@ -110,7 +111,7 @@ def judge(connection: Any, op: Any, created: set[str]) -> tuple[str, str] | None
     """(rule, what is wrong) for an operation that cannot be made safe, else None."""
     if _key(op) in created or not getattr(op, "table_name", None):
         return None  # a table of the run's own, or an operation on none (drop_index)
-    table = _qualified(op.schema, op.table_name)
+    table = qualified(op.schema, op.table_name)
     if connection.exec_driver_sql("SELECT to_regclass(%(t)s)", {"t": table}).scalar() is None:
         return None  # not there before the run: made by its revisions, used by no one yet
     if _is(op, "AddColumnOp"):
@@ -249,8 +250,3 @@ def _key(op: Any) -> str:
     schema = getattr(op, "schema", None) or getattr(op, "source_schema", None)
     table = getattr(op, "table_name", None) or getattr(op, "source_table", None)
     return f"{schema or ''}.{table}"
-
-
-def _qualified(schema: str | None, name: str) -> str:
-    quoted = '"' + name.replace('"', '""') + '"'
-    return f'"{schema}".{quoted}' if schema else quoted

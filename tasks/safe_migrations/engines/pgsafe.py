@@ -141,14 +141,14 @@ def _as_written(safety: Safety, operations: Operations, operation: Any, bare: An
 def _create_index(safety: Safety, operations: Operations, operation: Any, bare: Any) -> None:
     context = operations.migration_context
     index = operation.to_index(context)
-    table = _qualified(operation.schema, operation.table_name)
+    table = qualified(operation.schema, operation.table_name)
     if index.name is None or _is_new(context, table):
         return bare()
     if safety.mode == "check":
         safety.note("create_index", str(index.name), ["CREATE INDEX CONCURRENTLY"], "would rewrite")
         return bare()
     index.dialect_options["postgresql"]["concurrently"] = True
-    name = _qualified(operation.schema, str(index.name))
+    name = qualified(operation.schema, str(index.name))
     parts = [f"CREATE {'UNIQUE ' if index.unique else ''}INDEX CONCURRENTLY {index.name}"]
     _build_index(safety, operations, name, table, lambda: operations.impl.create_index(index))
     safety.note("create_index", str(index.name), parts)
@@ -157,7 +157,7 @@ def _create_index(safety: Safety, operations: Operations, operation: Any, bare: 
 def _drop_index(safety: Safety, operations: Operations, operation: Any, bare: Any) -> None:
     context = operations.migration_context
     index = operation.to_index(context)
-    name = _qualified(operation.schema, str(index.name))
+    name = qualified(operation.schema, str(index.name))
     if _is_new(context, name):
         return bare()
     if safety.mode == "check":
@@ -180,7 +180,7 @@ def _add_constraint(safety: Safety, operations: Operations, operation: Any, bare
 
     context = operations.migration_context
     constraint = operation.to_constraint(context)
-    table = _qualified(constraint.table.schema, constraint.table.name)
+    table = qualified(constraint.table.schema, constraint.table.name)
     name = constraint.name
     deferred = getattr(constraint, "deferrable", None) or getattr(constraint, "initially", None)
     if not name or deferred or _is_new(context, table):
@@ -205,7 +205,7 @@ def _add_constraint(safety: Safety, operations: Operations, operation: Any, bare
 
 def _alter_column(safety: Safety, operations: Operations, operation: Any, bare: Any) -> None:
     context = operations.migration_context
-    table = _qualified(operation.schema, operation.table_name)
+    table = qualified(operation.schema, operation.table_name)
     if operation.modify_nullable is not False or _is_new(context, table):
         return bare()
     if safety.mode == "check":
@@ -258,7 +258,7 @@ def _set_not_null(
     from sqlalchemy.schema import CheckConstraint, Column, MetaData, Table
 
     context = operations.migration_context
-    table = _qualified(schema, table_name)
+    table = qualified(schema, table_name)
     if not context.as_sql and _is_not_null(context, table, column):
         return
     check = _check_name(table_name, column)
@@ -312,8 +312,8 @@ def _from_index(safety: Safety, operations: Operations, constraint: Any, table: 
             _set_not_null(safety, operations, table_name, column, schema)
     index = operations.schema_obj.index(name, table_name, columns, schema=schema, unique=True)
     index.dialect_options["postgresql"]["concurrently"] = True
-    qualified = _qualified(schema, name)
-    _build_index(safety, operations, qualified, table, lambda: operations.impl.create_index(index))
+    index_name = qualified(schema, name)
+    _build_index(safety, operations, index_name, table, lambda: operations.impl.create_index(index))
     preparer = context.dialect.identifier_preparer
     kind = "PRIMARY KEY" if primary else "UNIQUE"
     quoted = _quoted_table(context, schema, table_name)
@@ -542,7 +542,7 @@ def _is_not_null(context: Any, table: str, column: str) -> bool:
     )
 
 
-def _qualified(schema: str | None, name: str) -> str:
+def qualified(schema: str | None, name: str) -> str:
     """A name as ``to_regclass`` reads it (quoted, so case and dots are kept)."""
     quoted = '"' + name.replace('"', '""') + '"'
     return f'"{schema}".{quoted}' if schema else quoted

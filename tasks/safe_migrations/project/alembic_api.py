@@ -169,11 +169,6 @@ COMPARE_OPTIONS = (
 )
 
 
-def configured_metadata(cfg: Config, connection: Any) -> Any:
-    """The ``target_metadata`` the project's env.py passes to ``context.configure``."""
-    return configured_comparison(cfg, connection)[0]
-
-
 def configured_comparison(cfg: Config, connection: Any) -> tuple[Any, dict[str, Any]]:
     """Run the project's env.py just far enough to see what it passes to
     ``context.configure``: the ``target_metadata`` and the compare options (COMPARE_OPTIONS)
@@ -430,14 +425,6 @@ class Project:
 
     def scripts(self) -> ScriptDirectory:
         return script_directory(self.config())
-
-    def metadata(self, connection: Any) -> Any:
-        """The models the database is compared with: handed in, else the ``target_metadata``
-        that the project's env.py passes to ``context.configure`` (None when it passes none)."""
-        given = dict(self.attributes)
-        if "target_metadata" in given:
-            return given["target_metadata"]
-        return configured_metadata(self.config(connection=connection), connection)
 
     def comparison(self, connection: Any) -> tuple[Any, dict[str, Any]]:
         """(models, compare options) as `alembic check` would use them: env.py's own
