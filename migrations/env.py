@@ -96,7 +96,8 @@ def run_migrations_online() -> None:
     if isinstance(handed, Engine):
         with handed.connect() as connection:
             run_with(connection)
-            connection.commit()
+            if hasattr(connection, "commit"):  # SQLAlchemy 2.x, or 1.4 with future=True
+                connection.commit()
         return
     if handed is not None:
         run_with(handed)

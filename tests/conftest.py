@@ -112,28 +112,51 @@ def scratch(tmp_path: Path) -> ScratchProject:
     return ScratchProject(tmp_path / "scratch_migrations")
 
 
+# The oldest versions supported (pyproject.toml): a Flask-SQLAlchemy 2.x application
+# pins SQLAlchemy 1.4, and the tool must install and run beside it.
+OLDEST = ("sqlalchemy==1.4.42", "alembic==1.17.2")
+
+
 @pytest.fixture(scope="session")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv with this project installed from its wheel, as a user would, plus what
-    an `alembic init -t async` project of theirs brings (asyncpg, greenlet)."""
-    folder = tmp_path_factory.mktemp("installed")
-    wheels = folder / "wheels"
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This project's wheel, built once per session, as a user's pip would install it."""
+    wheels = tmp_path_factory.mktemp("wheels")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
         check=True,
         capture_output=True,
         timeout=600,
     )
+    return next(wheels.glob("safe_alembic_migrations-*.whl"))
+
+
+def _venv(folder: Path, *requirements: str) -> Path:
+    """A fresh venv with ``requirements`` installed by pip's own resolver."""
     venv = folder / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    wheel = next(wheels.glob("safe_alembic_migrations-*.whl"))
-    subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", str(wheel), "asyncpg", "greenlet"],
-        check=True,
+    installed = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", *requirements],
         capture_output=True,
+        text=True,
         timeout=900,
+        check=False,
     )
+    assert installed.returncode == 0, installed.stderr[-2000:]
     return venv
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Path:
+    """A fresh venv with this project installed from its wheel, as a user would, plus what
+    an `alembic init -t async` project of theirs brings (asyncpg, greenlet)."""
+    return _venv(tmp_path_factory.mktemp("installed"), str(wheel), "asyncpg", "greenlet")
+
+
+@pytest.fixture(scope="session")
+def installed_oldest(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Path:
+    """The same install beside an application pinning the oldest SQLAlchemy and Alembic
+    supported: pip must resolve it, and the tool must run on them."""
+    return _venv(tmp_path_factory.mktemp("oldest"), str(wheel), *OLDEST)
 
 
 @pytest.fixture(scope="session")

@@ -240,7 +240,7 @@ def test_timeout_kills_pg_dump_and_removes_the_partial_file(
     slow.mkdir()
     (slow / "pg_dump").write_text(
         '#!/bin/sh\nfor a in "$@"; do case $a in --file=*) echo partial > "${a#--file=}";; '
-        "esac; done\nsleep 30\n"
+        "esac; done\nexec sleep 30\n"
     )
     (slow / "pg_dump").chmod(0o755)
     monkeypatch.setenv("PATH", f"{slow}{os.pathsep}{os.environ['PATH']}")

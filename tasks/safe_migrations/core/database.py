@@ -89,6 +89,7 @@ def _build_engine(
     autocommit: bool,
 ) -> Engine:
     """The engine's connect arguments and session listeners (engines/), no pool."""
+    import sqlalchemy
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
@@ -99,6 +100,8 @@ def _build_engine(
     options: dict[str, Any] = {"poolclass": NullPool}
     if autocommit:
         options["isolation_level"] = "AUTOCOMMIT"
+    if sqlalchemy.__version__.startswith("1."):
+        options["future"] = True  # 2.0's Connection (commit, rollback) on 1.4
     engine = create_engine(
         env.url,
         connect_args=impl.connect_args(env, role, lock_timeout, statement_timeout),

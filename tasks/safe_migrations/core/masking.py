@@ -37,15 +37,17 @@ _URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@/\s]+@
 
 
 def secret_forms(secret: str) -> set[str]:
-    """The ways a password shows up in text: raw, URL-quoted (several styles), JSON-escaped."""
-    forms = {
+    """The ways a password shows up in text: raw, URL-quoted (several styles, SQLAlchemy
+    1.4's quoting only ``:@/`` among them), and each of those JSON-escaped."""
+    quoted = {
         secret,
         unquote(secret),
         quote(secret, safe=""),
         quote(secret, safe=" +"),
         quote_plus(secret),
-        json.dumps(secret)[1:-1],
+        re.sub(r"[:@/]", lambda m: f"%{ord(m.group(0)):02X}", secret),
     }
+    forms = quoted | {json.dumps(form)[1:-1] for form in quoted}
     return {form for form in forms if form}
 
 
