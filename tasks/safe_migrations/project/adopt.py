@@ -17,6 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safe_migrations.core.errors import ConfigError, RefusedError
+from safe_migrations.project.flask_layout import (
+    adapted_flask_env_py,
+    find_flask_app,
+    flask_alembic_ini,
+    is_multidb,
+)
 
 SCAFFOLD = Path(__file__).parent / "scaffold"
 PACKAGE = "safe-alembic-migrations"
@@ -197,8 +203,15 @@ def install_line(root: Path) -> str:
 
 def planned(root: Path) -> tuple[list[Change], list[str], int]:
     """(files to write, messages, exit code): nothing is written here."""
-    ini, toml = alembic_settings(root)
-    folder = script_folder(root, ini, toml)
+    flask_ini = None
+    try:
+        ini, toml = alembic_settings(root)
+    except ConfigError:
+        flask_ini = flask_alembic_ini(root)  # `flask db init`: alembic.ini in migrations/
+        if flask_ini is None:
+            raise
+        ini, toml = flask_ini, None
+    folder = flask_ini.parent if flask_ini is not None else script_folder(root, ini, toml)
     changes: list[Change] = []
     notes: list[str] = []
     code = 0
@@ -214,7 +227,10 @@ def planned(root: Path) -> tuple[list[Change], list[str], int]:
         changes.append(Change(root / "tasks.py", TASKS_PY, "loads the migration tasks"))
     for source in sorted((SCAFFOLD / "environments").glob("*.yml")):
         text = source.read_text(encoding="utf-8")
-        if ini.name != "alembic.ini":
+        if flask_ini is not None:  # Flask-Migrate sets script_location itself
+            where = folder.relative_to(root)
+            text += f"alembic:\n  ini: {ini.relative_to(root)}\n  script_location: {where}\n"
+        elif ini.name != "alembic.ini":
             text += f"alembic:\n  ini: {ini.relative_to(root)}\n"
         changes.append(Change(root / "environments" / source.name, text, "an environment"))
     workflow = (SCAFFOLD / "workflows" / "db-migrate.yml").read_text(encoding="utf-8")
@@ -225,6 +241,9 @@ def planned(root: Path) -> tuple[list[Change], list[str], int]:
     env_py = folder / "env.py"
     text = env_py.read_text(encoding="utf-8") if env_py.is_file() else ""
     kind = template_of(text)
+    if flask_ini is not None and kind != "adapted":
+        change, said = _flask_env_py(root, env_py, text)
+        return [*changes, change], notes + said, code
     if kind == "multidb":
         raise RefusedError(
             f"{env_py} follows Alembic's multidb template, which migrates several "
@@ -246,6 +265,41 @@ def planned(root: Path) -> tuple[list[Change], list[str], int]:
         )
         code = 1
     return changes, notes, code
+
+
+def _flask_env_py(root: Path, env_py: Path, text: str) -> tuple[Change, list[str]]:
+    """Flask-Migrate's env.py, adapted, and what to tell about it; refused for its
+    multidb template."""
+    if is_multidb(text):
+        raise RefusedError(
+            f"{env_py} follows Flask-Migrate's multidb template, which migrates several "
+            "databases in one run; safe-migrations runs one database per environment."
+        )
+    app = find_flask_app(root, env_py.parent)
+    adapted = adapted_flask_env_py(text, app)
+    if adapted is None:
+        raise RefusedError(
+            f"{env_py} uses Flask's current_app but not as Flask-Migrate's template does "
+            "(no `config = context.config` or no run_migrations_online()); add the block "
+            "of the README's env.py contract by hand. Nothing was written."
+        )
+    said = []
+    if app.db_module is None:
+        said.append(
+            "No `db = SQLAlchemy(...)` was found in this project's modules, so the adapted "
+            f"{env_py.relative_to(root)} hands validation no models (driven_metadata() "
+            "returns None): import your db object there and return its metadata."
+        )
+    else:
+        modules = ", ".join(app.model_modules) or "none besides it"
+        said.append(
+            f"The models come from {app.db_module}.{app.db_name} (modules with models: "
+            f"{modules}); Flask-Migrate's options carried over: "
+            + ", ".join(f"{k}={v}" for k, v in app.options.items())
+            + "."
+        )
+    why = "runs without a Flask application context when the tasks drive it"
+    return Change(env_py, adapted, why), said
 
 
 def inside_project(root: Path, path: Path) -> None:
