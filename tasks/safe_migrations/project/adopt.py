@@ -201,17 +201,21 @@ def install_line(root: Path) -> str:
     return f"python -m pip install {PACKAGE}  # fill in: also install your project's dependencies"
 
 
-def planned(root: Path) -> tuple[list[Change], list[str], int]:
-    """(files to write, messages, exit code): nothing is written here."""
-    flask_ini = None
+def _alembic_project(root: Path) -> tuple[Path, Path, Path | None]:
+    """(settings file, script folder, Flask-Migrate's alembic.ini or None)."""
     try:
         ini, toml = alembic_settings(root)
     except ConfigError:
         flask_ini = flask_alembic_ini(root)  # `flask db init`: alembic.ini in migrations/
         if flask_ini is None:
             raise
-        ini, toml = flask_ini, None
-    folder = flask_ini.parent if flask_ini is not None else script_folder(root, ini, toml)
+        return flask_ini, flask_ini.parent, flask_ini
+    return ini, script_folder(root, ini, toml), None
+
+
+def planned(root: Path) -> tuple[list[Change], list[str], int]:
+    """(files to write, messages, exit code): nothing is written here."""
+    ini, folder, flask_ini = _alembic_project(root)
     changes: list[Change] = []
     notes: list[str] = []
     code = 0
