@@ -41,6 +41,7 @@ STEP_KEYS = {
     "env",
     "continue-on-error",
     "timeout-minutes",
+    "working-directory",
 }
 JOB_KEYS = {
     "name",
@@ -53,6 +54,7 @@ JOB_KEYS = {
     "outputs",
     "env",
     "steps",
+    "defaults",  # only run.working-directory, as at the workflow's top level
     "strategy",  # a matrix job is played once per entry, with the entry as context["matrix"]
 }
 
@@ -255,6 +257,12 @@ def play_job(
     for key, raw in (job.get("env") or {}).items():
         env[key] = render(raw, context)
     run = JobRun()
+    defaults = {
+        **((workflow.get("defaults") or {}).get("run") or {}),
+        **((job.get("defaults") or {}).get("run") or {}),
+    }
+    if set(defaults) - {"working-directory"}:
+        raise ValueError(f"job {job_name}: run defaults this player does not implement")
     for index, step in enumerate(job["steps"]):
         name = step.get("name", f"step {index}")
         unknown = set(step) - STEP_KEYS
@@ -276,7 +284,7 @@ def play_job(
             step_env["GITHUB_OUTPUT"] = output_file.name
             done = subprocess.run(
                 ["bash", "-e", "-o", "pipefail", "-c", step["run"]],
-                cwd=workdir,
+                cwd=workdir / step.get("working-directory", defaults.get("working-directory", ".")),
                 env=step_env,
                 capture_output=True,
                 text=True,

@@ -35,12 +35,13 @@ def run(project: Path, *argv: str, env: dict[str, str]) -> subprocess.CompletedP
 
 
 def alembic_project(
-    tmp_path: Path, bin_dir: Path, template: str, theirs: str
+    tmp_path: Path, bin_dir: Path, template: str, theirs: str, name: str = "service"
 ) -> tuple[Path, dict[str, str]]:
-    """A project made by `alembic init -t TEMPLATE` whose alembic.ini names the database
-    ``theirs`` (asyncpg for the async template), with revision a1; and its environment."""
-    project = tmp_path / "service"
-    project.mkdir()
+    """A project made by `alembic init -t TEMPLATE` in ``tmp_path/name`` whose alembic.ini
+    names the database ``theirs`` (asyncpg for the async template), with revision a1; and
+    its environment."""
+    project = tmp_path / name
+    project.mkdir(parents=True)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "MIGRATE_"))}
     made = run(project, str(bin_dir / "alembic"), "init", "-t", template, "migrations", env=base)
     assert made.returncode == 0, made.stderr

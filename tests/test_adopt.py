@@ -392,3 +392,17 @@ def test_init_keeps_every_argument_env_py_passes_to_configure(
     assert seen["compare_type"] is False and seen["user_module_prefix"] == "myapp.types."
     assert callable(seen["include_object"]) and callable(seen["process_revision_directives"])
     assert "version_table" not in seen
+
+
+def test_the_workflows_python_is_the_projects_own(tmp_path: Path) -> None:
+    from safe_migrations.project.workflow_file import python_version
+
+    assert python_version(tmp_path) == ("3.11", None)
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\nname = "x"\nrequires-python = ">=3.8,!=3.11.*"\n')
+    assert python_version(tmp_path) == ("3.12", None)
+    pyproject.write_text('[project]\nname = "x"\nrequires-python = "<3.10"\n')
+    version, note = python_version(tmp_path)
+    assert version == "3.11" and note is not None and "admits none of Python 3.11" in note
+    (tmp_path / ".python-version").write_text("# pinned by pyenv\n3.13.1\n")
+    assert python_version(tmp_path) == ("3.13.1", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shlex
@@ -16,6 +17,7 @@ import yaml
 from ghactions import condition, os_path_with, play_job
 from helpers import table_names
 from pgcluster import PASSWORD
+from projects import alembic_project
 from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,7 +173,7 @@ def test_every_run_step_calls_existing_tasks_and_flags() -> None:
         task = ns[call[1]]
         flags = {
             f"--{name.strip('_').replace('_', '-')}"
-            for arg in task.get_arguments()
+            for arg in copy.deepcopy(task).get_arguments()  # invoke 3 pops its help
             for name in arg.names
             if len(name) > 1
         }
@@ -396,3 +398,67 @@ def test_drift_alone_exits_5_opens_the_issue_and_never_rolls_back(
     assert "Schema drift after migrating: staging" in body
     assert "introduced by this run: remove_table canary" in body
     assert "--accept-drift" in body and "canary" in table_names(pg_url)
+
+
+def test_a_project_in_a_subfolder_gets_its_workflow_at_the_repository_root_and_it_plays(
+    pg_url: str, tmp_path: Path, fake_gh: Path, actionlint: list[str]
+) -> None:
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    subprocess.run(["git", "init", "-q", str(repository)], check=True, timeout=30)
+    theirs = f"sqlite:///{tmp_path / 'theirs.db'}"
+    backend, base = alembic_project(repository, BIN, "generic", theirs, name="backend")
+    (backend / "pyproject.toml").write_text(
+        '[project]\nname = "backend"\nversion = "1"\nrequires-python = ">=3.12"\n'
+    )
+    adopted = subprocess.run(
+        [str(BIN / "safe-migrations"), "init"],
+        cwd=backend,
+        env=base,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert adopted.returncode == 0, adopted.stdout + adopted.stderr
+    assert "wrote ../.github/workflows/db-migrate.yml" in adopted.stdout
+    assert not (backend / ".github").exists()
+    written = repository / ".github" / "workflows" / "db-migrate.yml"
+    linted = subprocess.run(
+        [*actionlint, str(written)], capture_output=True, text=True, check=False
+    )
+    assert linted.returncode == 0 and json.loads(linted.stdout) == [], linted.stdout
+    workflow = yaml.safe_load(written.read_text())
+    workflow["on"] = workflow.pop(True, workflow.get("on"))
+    assert workflow["defaults"]["run"]["working-directory"] == "backend"
+    assert workflow["env"]["PYTHON_VERSION"] == "3.12"  # the project's requires-python
+
+    env = runner_env(tmp_path, fake_gh)
+    run = play_job(
+        workflow, "migrate", context_for(pg_url), repository, env, skip_run=("pip install",)
+    )
+    assert run.status == "success", run.logs
+    assert "current:     a1" in run.logs["Status after migration"]
+    assert table_names(pg_url) == {"alembic_version", "items"}
+    reports = next(u for u in run.uploads if u["name"].startswith("reports-"))
+    assert reports["path"] == "backend/var/reports/"
+    assert list((repository / reports["path"]).rglob("staging-upgrade-*.json"))
+
+    from_root = subprocess.run(
+        [str(BIN / "safe-migrations"), "status", "--env", "staging"],
+        cwd=repository,
+        env=base,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert from_root.returncode == 2 and "Traceback" not in from_root.stderr
+    assert "the project is in backend/; run from there (cd backend)" in from_root.stderr
+    deeper = subprocess.run(
+        [str(BIN / "safe-migrations"), "status"],
+        cwd=backend / "migrations" / "versions",
+        env=base,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert deeper.returncode == 0 and "head:        a1" in deeper.stdout, deeper.stderr

@@ -39,6 +39,30 @@ def find_project_root(start: Path | None = None) -> Path:
     return here
 
 
+def _no_project_here(directory: Path) -> str:
+    """Where to run from, when the tasks started above the project (a repository whose
+    Alembic project is in a subfolder such as backend/)."""
+    here = directory.parent
+    below = sorted(
+        {
+            marker.parent
+            for pattern in ("*/environments", "*/*/environments")
+            for marker in here.glob(pattern)
+            if marker.is_dir() and not any(p.startswith(".") for p in marker.parts[-3:-1])
+        }
+    )
+    if below:
+        folders = " or ".join(f"{p.relative_to(here)}/" for p in below)
+        return (
+            f"{here} holds no environments/: the project is in {folders}; run from there "
+            f"(cd {below[0].relative_to(here)}) or set SAFE_MIGRATIONS_ROOT to it."
+        )
+    return (
+        f"{here} holds no environments/ and none is in a folder below it: run from your "
+        "Alembic project's folder, after `safe-migrations init` there."
+    )
+
+
 PROJECT_ROOT = find_project_root()
 ENVIRONMENTS_DIR = PROJECT_ROOT / "environments"
 DEFAULT_ENVIRONMENT = "local"
@@ -375,6 +399,8 @@ def load_environment(
     environ = dict(os.environ if environ is None else environ)
     directory = directory or Path(environ.get("MIGRATE_ENVIRONMENTS_DIR") or ENVIRONMENTS_DIR)
     known = known_environments(directory)
+    if not known and not directory.is_dir():
+        raise ConfigError(_no_project_here(directory))
     if not _NAME.match(name) or name not in known:
         raise ConfigError(
             f"Unknown environment '{name}'; choose one of: {', '.join(known)} "

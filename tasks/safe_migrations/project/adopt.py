@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import os
 import re
 import tomllib
 from collections.abc import Callable
@@ -23,9 +24,13 @@ from safe_migrations.project.flask_layout import (
     flask_alembic_ini,
     is_multidb,
 )
+from safe_migrations.project.workflow_file import (
+    fitted_workflow,
+    python_version,
+    repository_root,
+)
 
 SCAFFOLD = Path(__file__).parent / "scaffold"
-PACKAGE = "safe-alembic-migrations"
 MARKER = 'config.attributes.get("connection")'
 
 TASKS_PY = '''"""Invoke tasks: `invoke --list`. The migration tasks come from safe-migrations."""
@@ -62,6 +67,7 @@ class Change:
     path: Path
     text: str
     why: str
+    base: Path | None = None  # the folder it must stay in: the project's, else this
 
 
 def alembic_settings(root: Path) -> tuple[Path, Path | None]:
@@ -190,17 +196,6 @@ def _bound(node: ast.AST) -> list[ast.Name]:
     return [n for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
 
 
-def install_line(root: Path) -> str:
-    """How the workflow installs the project: as its repository declares it."""
-    requirements = sorted(root.glob("requirements*.txt"))
-    if requirements:
-        files = " ".join(f"-r {p.name}" for p in requirements)
-        return f"python -m pip install {files} {PACKAGE}"
-    if (root / "pyproject.toml").is_file() and "[project]" in (root / "pyproject.toml").read_text():
-        return f"python -m pip install . {PACKAGE}"
-    return f"python -m pip install {PACKAGE}  # fill in: also install your project's dependencies"
-
-
 def _alembic_project(root: Path) -> tuple[Path, Path, Path | None]:
     """(settings file, script folder, Flask-Migrate's alembic.ini or None)."""
     try:
@@ -237,11 +232,14 @@ def planned(root: Path) -> tuple[list[Change], list[str], int]:
         elif ini.name != "alembic.ini":
             text += f"alembic:\n  ini: {ini.relative_to(root)}\n"
         changes.append(Change(root / "environments" / source.name, text, "an environment"))
+    repository = repository_root(root)  # the workflow goes where GitHub reads it
     workflow = (SCAFFOLD / "workflows" / "db-migrate.yml").read_text(encoding="utf-8")
-    workflow = workflow.replace("run: python -m pip install -e .", f"run: {install_line(root)}")
-    changes.append(
-        Change(root / ".github" / "workflows" / "db-migrate.yml", workflow, "the workflow")
-    )
+    workflow = fitted_workflow(workflow, root, repository)
+    target = repository / ".github" / "workflows" / "db-migrate.yml"
+    changes.append(Change(target, workflow, "the workflow", repository))
+    _version, version_note = python_version(root)
+    if version_note:
+        notes.append(version_note + ".")
     env_py = folder / "env.py"
     text = env_py.read_text(encoding="utf-8") if env_py.is_file() else ""
     kind = template_of(text)
@@ -326,20 +324,25 @@ def inside_project(root: Path, path: Path) -> None:
         )
 
 
+def _shown(root: Path, path: Path) -> str:
+    """A path as the user reads it: from the project, or ../ up to the repository."""
+    return os.path.relpath(path, root)
+
+
 def init(root: Path, force: bool = False, say: Callable[[str], None] = print) -> int:
     """Write the planned files (existing ones only with ``force``), showing each diff."""
     changes, notes, code = planned(root)
     for change in changes:  # every path checked before the first file is written
-        inside_project(root, change.path)
+        inside_project(change.base or root, change.path)
     for change in changes:
         old = change.path.read_text(encoding="utf-8") if change.path.exists() else ""
         if old == change.text:
             continue
         is_env_py = change.path.name == "env.py"
         if old and not force and not is_env_py:
-            say(f"kept {change.path.relative_to(root)} (exists; --force replaces it)")
+            say(f"kept {_shown(root, change.path)} (exists; --force replaces it)")
             continue
-        name = str(change.path.relative_to(root))
+        name = _shown(root, change.path)
         diff = difflib.unified_diff(
             old.splitlines(keepends=True),
             change.text.splitlines(keepends=True),
