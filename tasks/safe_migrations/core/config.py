@@ -140,6 +140,9 @@ class MigrationSettings:
     # PostgreSQL: Alembic's index, constraint and NOT NULL operations in their
     # non-blocking form (engines/pgsafe.py); check: listed and refused; off: as written.
     safe_operations: Literal["rewrite", "check", "off"] = "off"
+    # MySQL/MariaDB: each ALTER TABLE / CREATE INDEX / DROP INDEX with ALGORITHM=INSTANT,
+    # else INPLACE with LOCK=NONE; enforce refuses what the server cannot run online.
+    online_ddl: Literal["enforce", "warn", "off"] = "off"
     # No longer used (lock_budget bounds the wait); accepted with a warning.
     retries: int | None = setting(None, ge=0, le=100)
     retry_backoff: float | None = setting(None, ge=0)

@@ -23,7 +23,7 @@ ROWS = (
     ("backup", "backup"),
     ("restore", "restore"),
     ("validate", "validate (revision, models)"),
-    ("zero_downtime", "zero-downtime operations (`migration.safe_operations`)"),
+    ("zero_downtime", "zero-downtime operations (`safe_operations`, `online_ddl`)"),
     ("lint", "`lint`"),
     ("check", "`check`, `check --stairway`"),
     ("rehearse", "`rehearse`"),

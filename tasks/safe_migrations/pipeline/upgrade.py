@@ -167,6 +167,20 @@ class _Clock:
         context.autocommit_block = autocommit_block
 
 
+def _context_hook(clock: _Clock, guard: bool, rewrites: Any) -> Callable[[Any], None]:
+    """What the run's MigrationContext gets: the autocommit guard where lock waits are
+    watched, and the engine's statement rewrite where it has one (``attach``)."""
+    attach = getattr(rewrites, "attach", None)
+
+    def hook(context: Any) -> None:
+        if guard:
+            clock.guard_autocommit(context)
+        if attach is not None:
+            attach(context, clock.running)
+
+    return hook
+
+
 def plan(
     project: Project, current: str | None, target: str | None, direction: Direction
 ) -> list[Revision]:
@@ -264,7 +278,7 @@ def _attempts(
                 "transaction_per_migration": settings.transaction_per_migration,
             }
             cfg = project.config(connection=connection)
-            hook = clock.guard_autocommit if impl.watches_lock_waits else None
+            hook = _context_hook(clock, impl.watches_lock_waits, rewrites)
             with watching(env, pid) as watcher:
                 try:
                     run_env_on(cfg, connection, direction, target, forced, on_context=hook)

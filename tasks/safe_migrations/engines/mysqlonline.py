@@ -1,0 +1,166 @@
+"""Online DDL on MySQL and MariaDB: ``migration.online_ddl``.
+
+Without an ALGORITHM clause the server picks how to run an ``ALTER TABLE``, and for a
+type change or a column added in the middle it copies the table under a lock that
+blocks writes. With ``enforce`` each ``ALTER TABLE``, ``CREATE INDEX`` and
+``DROP INDEX`` that Alembic's MySQL impl issues carries ``ALGORITHM=INSTANT`` (tried
+first, where the change can be instant) or else ``ALGORITHM=INPLACE, LOCK=NONE``. The
+clause is added to the statement Alembic compiled from its own construct, in the impl's
+``_exec``, on the run's MigrationContext only. A server that refuses both (the change
+needs COPY or a lock) refuses before doing anything: the run stops there, naming the
+operation, what the server would need and the way out. ``warn`` runs it as written
+and says so. ``off`` is Alembic's behaviour. ``op.execute`` text is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from safe_migrations.core.config import Environment
+    from safe_migrations.project.alembic_api import Revision
+
+MODES = ("enforce", "warn", "off")
+ALLOW_RULE = "online-ddl"  # `# squawk: allow online-ddl -- why` in the revision
+NOT_SUPPORTED = {1845, 1846}  # ER_ALTER_OPERATION_NOT_SUPPORTED(_REASON)
+INSTANT = "ALGORITHM=INSTANT"
+INPLACE = "ALGORITHM=INPLACE, LOCK=NONE"
+
+
+class OnlineDDLRefused(Exception):
+    """The server cannot run this statement online; nothing of it ran."""
+
+
+@dataclass
+class OnlineDDL:
+    """One run's enforcement: the mode and what each statement ran with."""
+
+    env: Environment
+    mode: str
+    rewritten: list[dict[str, Any]] = field(default_factory=list)
+
+    def take(self) -> list[dict[str, Any]]:
+        """What ran since the last call (the revision that just applied)."""
+        found, self.rewritten = self.rewritten, []
+        return found
+
+    def attach(self, context: Any, running: Callable[[], Revision]) -> None:
+        """Wrap this MigrationContext's impl so its DDL carries the algorithm clause."""
+        impl = context.impl
+        original = impl._exec
+
+        def _exec(construct: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(construct, str) or getattr(impl, "as_sql", False):
+                return original(construct, *args, **kwargs)  # op.execute text: as written
+            sql = str(construct.compile(dialect=impl.dialect)).strip()
+            kind = statement_kind(sql)
+            if kind is None:
+                return original(construct, *args, **kwargs)
+            revision = running()
+            if ALLOW_RULE in _markers(revision):
+                self._note(kind, sql, "as written (allowed in the revision)")
+                return original(construct, *args, **kwargs)
+            return self._online(original, kind, sql, revision, args, kwargs)
+
+        impl._exec = _exec
+
+    def _online(
+        self,
+        original: Callable[..., Any],
+        kind: str,
+        sql: str,
+        revision: Revision,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        from sqlalchemy.exc import DBAPIError
+
+        refusals: list[str] = []
+        for clause in [INPLACE] if kind == "CREATE INDEX" else [INSTANT, INPLACE]:
+            try:
+                result = original(with_algorithm(sql, kind, clause), *args, **kwargs)
+            except DBAPIError as exc:
+                found = getattr(exc.orig, "args", ())
+                if not found or found[0] not in NOT_SUPPORTED:
+                    raise
+                refusals.append(str(found[1]) if len(found) > 1 else str(exc))
+                continue
+            self._note(kind, sql, clause)
+            return result
+        needed = _needed(refusals[-1])
+        if self.mode == "warn":
+            print(
+                f"warning: {revision.revision}: {_short(sql)} cannot run online (the server "
+                f"needs {needed}); running it as written, which blocks writes to the table.",
+                file=sys.stderr,
+            )
+            self._note(kind, sql, f"as written ({needed}: writes blocked)")
+            return original(sql, *args, **kwargs)
+        raise OnlineDDLRefused(
+            f"{_short(sql)} cannot run online on this server (it needs {needed}: "
+            f"{refusals[-1]}); migration.online_ddl is enforce, so it was not run. Run it "
+            "through pt-online-schema-change, or add `# squawk: allow online-ddl -- why` to "
+            f"revision {revision.revision} to take the lock knowingly"
+        )
+
+    def _note(self, kind: str, sql: str, clause: str) -> None:
+        self.rewritten.append(
+            {"operation": kind, "target": _target(sql), "parts": [clause], "outcome": "ran"}
+        )
+
+
+def statement_kind(sql: str) -> str | None:
+    """ALTER TABLE, CREATE INDEX or DROP INDEX: the statements the clause applies to."""
+    head = " ".join(sql.split()[:4]).upper()
+    if head.startswith("ALTER TABLE"):
+        return "ALTER TABLE"
+    if re.match(r"CREATE (UNIQUE |FULLTEXT |SPATIAL )?INDEX\b", head):
+        return "CREATE INDEX"
+    if head.startswith("DROP INDEX"):
+        return "DROP INDEX"
+    return None
+
+
+def with_algorithm(sql: str, kind: str, clause: str) -> str:
+    """The statement with the clause: a last item of an ALTER TABLE's list, or the
+    index statement's trailing options (MySQL and MariaDB grammar)."""
+    if kind == "ALTER TABLE":
+        return f"{sql}, {clause}"
+    return f"{sql} {clause.replace(',', '')}"
+
+
+def _needed(message: str) -> str:
+    found = re.search(r"Try (ALGORITHM=\w+|LOCK=\w+)", message)
+    return found.group(1) if found else "ALGORITHM=COPY"
+
+
+def _short(sql: str) -> str:
+    flat = " ".join(sql.split())
+    return flat if len(flat) <= 120 else flat[:117] + "..."
+
+
+def _target(sql: str) -> str:
+    found = re.search(r"(?:ALTER TABLE|\bON)\s+(`?[\w.]+`?)", sql, re.I)
+    return found.group(1).strip("`") if found else ""
+
+
+def _markers(revision: Revision) -> dict[str, str | None]:
+    from pathlib import Path
+
+    from safe_migrations.core.config import PROJECT_ROOT
+    from safe_migrations.project.lint import allow_markers
+
+    path = Path(revision.path)
+    return allow_markers(path if path.is_absolute() else PROJECT_ROOT / path)
+
+
+@contextlib.contextmanager
+def online_ddl(env: Environment) -> Iterator[OnlineDDL | None]:
+    """The run's enforcement, or None when ``migration.online_ddl`` is off."""
+    mode = env.settings.migration.online_ddl
+    yield None if mode == "off" else OnlineDDL(env, mode)
