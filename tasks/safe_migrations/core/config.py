@@ -143,6 +143,11 @@ class MigrationSettings:
     # MySQL/MariaDB: each ALTER TABLE / CREATE INDEX / DROP INDEX with ALGORITHM=INSTANT,
     # else INPLACE with LOCK=NONE; enforce refuses what the server cannot run online.
     online_ddl: Literal["enforce", "warn", "off"] = "off"
+    # What runs an ALTER TABLE the server can only copy: pt-online-schema-change, with
+    # its --max-load and --critical-load (SHOW GLOBAL STATUS thresholds).
+    online_tool: Literal["pt-osc", "none"] = "none"
+    online_tool_max_load: str = "Threads_running=25"
+    online_tool_critical_load: str = "Threads_running=50"
     # No longer used (lock_budget bounds the wait); accepted with a warning.
     retries: int | None = setting(None, ge=0, le=100)
     retry_backoff: float | None = setting(None, ge=0)

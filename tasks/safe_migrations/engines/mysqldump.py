@@ -62,13 +62,8 @@ def _option_value(value: str) -> str:
     return f'"{escaped}"'
 
 
-@contextlib.contextmanager
-def option_file(url: str) -> Iterator[tuple[str, int]]:
-    """[client] host, port, user and password for ``--defaults-extra-file``, handed over
-    through a pipe: no file holds the password, so a SIGKILL leaves none behind.
-    Yields the path the child opens (``/dev/fd/N``) and the descriptor to pass it."""
-    import os
-
+def option_lines(url: str) -> bytes:
+    """The [client] section (host, port, user, password, socket) for a MySQL client."""
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
@@ -82,7 +77,17 @@ def option_file(url: str) -> Iterator[tuple[str, int]]:
     ):
         if value:
             lines.append(f"{key}={_option_value(str(value))}")
-    content = ("\n".join(lines) + "\n").encode("utf-8")
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+@contextlib.contextmanager
+def option_file(url: str) -> Iterator[tuple[str, int]]:
+    """[client] host, port, user and password for ``--defaults-extra-file``, handed over
+    through a pipe: no file holds the password, so a SIGKILL leaves none behind.
+    Yields the path the child opens (``/dev/fd/N``) and the descriptor to pass it."""
+    import os
+
+    content = option_lines(url)
     read_end, write_end = os.pipe()
     try:
         os.write(write_end, content)  # far below a pipe's buffer: never blocks

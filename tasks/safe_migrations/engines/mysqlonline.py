@@ -43,6 +43,7 @@ class OnlineDDL:
     env: Environment
     mode: str
     rewritten: list[dict[str, Any]] = field(default_factory=list)
+    swept: bool = False
 
     def take(self) -> list[dict[str, Any]]:
         """What ran since the last call (the revision that just applied)."""
@@ -51,6 +52,7 @@ class OnlineDDL:
 
     def attach(self, context: Any, running: Callable[[], Revision]) -> None:
         """Wrap this MigrationContext's impl so its DDL carries the algorithm clause."""
+        self.sweep()
         impl = context.impl
         original = impl._exec
 
@@ -93,6 +95,8 @@ class OnlineDDL:
             self._note(kind, sql, clause)
             return result
         needed = _needed(refusals[-1])
+        if kind == "ALTER TABLE" and self.env.settings.migration.online_tool == "pt-osc":
+            return self._through_pt_osc(original, sql, needed)
         if self.mode == "warn":
             print(
                 f"warning: {revision.revision}: {_short(sql)} cannot run online (the server "
@@ -107,6 +111,46 @@ class OnlineDDL:
             "through pt-online-schema-change, or add `# squawk: allow online-ddl -- why` to "
             f"revision {revision.revision} to take the lock knowingly"
         )
+
+    def _through_pt_osc(self, original: Callable[..., Any], sql: str, needed: str) -> None:
+        """The change the server can only copy, run by pt-online-schema-change; this
+        session commits first so that it holds no lock pt-osc's swap would wait for."""
+        from safe_migrations.engines.mysqlptosc import run_pt_osc, split_alter
+
+        table, spec = split_alter(sql)
+        original("COMMIT")
+        seconds = run_pt_osc(self.env, table, spec)
+        self.rewritten.append(
+            {
+                "operation": "ALTER TABLE",
+                "target": table,
+                "parts": [f"pt-online-schema-change (the server needs {needed})"],
+                "outcome": f"ran in {seconds:.1f} s",
+            }
+        )
+
+    def sweep(self) -> None:
+        """Drop what a killed pt-osc run of ours left (once per run), and say so."""
+        if self.swept or self.env.settings.migration.online_tool != "pt-osc":
+            return
+        from safe_migrations.engines.mysqlptosc import drop_helpers
+
+        self.swept = True
+        dropped = drop_helpers(self.env)
+        if dropped:
+            print(
+                "note: dropped what an interrupted pt-online-schema-change run left: "
+                + ", ".join(dropped),
+                file=sys.stderr,
+            )
+            self.rewritten.append(
+                {
+                    "operation": "cleanup",
+                    "target": "pt-online-schema-change helpers",
+                    "parts": dropped,
+                    "outcome": "dropped before the first statement",
+                }
+            )
 
     def _note(self, kind: str, sql: str, clause: str) -> None:
         self.rewritten.append(
