@@ -4,10 +4,11 @@ about 1 GB (scale 70). Goal: ours <= 1.05x raw pg_dump. The remote case: `invoke
 backup` streamed to an S3 store (moto's server on loopback, sharing the 2 cores)
 against raw pg_dump to a local file, with the peak local disk the backup used.
 Goals: ours <= 1.05x; remote <= 1.15x, peak local disk well under the dump's size.
-The MariaDB case: `invoke backup` (mariadb-dump, gzip, read back) against raw
-`mariadb-dump ... | gzip -6` on a pgbench-like accounts table of scale x 100,000 rows.
+The MariaDB case: `invoke backup` (mariadb-dump into a gzip child, the completion
+marker checked from the stream) against raw `mariadb-dump ... | gzip -6` on a
+pgbench-like accounts table of scale x 100,000 rows. Goal: ours <= 1.15x.
 
-    python benchmarks/bench_backup.py [--scale 70] [--runs 3] [--quick]
+    python benchmarks/bench_backup.py [--scale 70] [--runs 3] [--quick] [--only mariadb]
 """
 
 from __future__ import annotations
@@ -134,10 +135,11 @@ def mariadb_case(scale: int, runs: int, work: Path) -> dict:
     ratio = median(ours) / median(raw)
     print(
         f"MariaDB, {int(size) / 1024 / 1024:,.0f} MB: raw mariadb-dump | gzip -6 median "
-        f"{median(raw):.2f} s; invoke backup (gzip, read back) median {median(ours):.2f} s; "
-        f"ratio {ratio:.3f} (goal <= 1.05)"
+        f"{median(raw):.2f} s; invoke backup (gzip child, checked on the way) median "
+        f"{median(ours):.2f} s; ratio {ratio:.3f} (goal <= 1.15)"
     )
     return {
+        "rows": scale * 100_000,
         "database_mb": round(int(size) / 1024 / 1024),
         "raw_s": round(median(raw), 3),
         "ours_s": round(median(ours), 3),
@@ -146,9 +148,14 @@ def mariadb_case(scale: int, runs: int, work: Path) -> dict:
 
 
 def main() -> None:
-    args = arguments(__doc__, runs=3, scale=70)
+    args = arguments(__doc__, runs=3, scale=70, only="all")
     runs, scale = (1, 1) if args.quick else (args.runs, args.scale)
     work = Path(tempfile.mkdtemp(prefix="bench-backup-"))
+    if args.only == "mariadb":
+        maria = mariadb_case(scale, runs, work)
+        shutil.rmtree(work, ignore_errors=True)
+        finish("backup-mariadb", {"runs": runs, "mariadb": maria})
+        return
     custom_envs = environment_file(
         work / "custom", "bench", backup={"format": "custom", "compression": 6}
     )

@@ -4,6 +4,7 @@ with one issue, and the rollback of failed members outside production."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shlex
 import shutil
@@ -58,7 +59,7 @@ def test_every_step_calls_existing_tasks_and_only_invoke_sees_secrets() -> None:
     for call in calls:
         flags = {
             f"--{name.strip('_').replace('_', '-')}"
-            for arg in ns[call[1]].get_arguments()
+            for arg in copy.deepcopy(ns[call[1]]).get_arguments()  # invoke 3 pops its help
             for name in arg.names
             if len(name) > 1
         }

@@ -39,6 +39,7 @@ def _run(
     yes: bool,
     dry_run: bool,
     flags: FleetFlags = NO_FLEET,
+    resume: bool = False,
 ) -> None:
     """Shared body of migrate, downgrade and ci: the options, then the pipeline (on each
     member of a fleet, confirmed once for all)."""
@@ -54,6 +55,7 @@ def _run(
         yes=yes,
         dry_run=dry_run,
         interactive=interactive(),
+        resume=resume,
     )
     if not environment.is_fleet:
         migrate(environment, options)
@@ -80,7 +82,13 @@ def _run(
     )
 
 
-@task(aliases=["upgrade"], help=RUN_HELP | FLEET_RUN_HELP)
+RESUME_HELP = {
+    "resume": "MySQL: go on with a partly applied revision after the statements its journal "
+    "shows committed (checked against the catalog)"
+}
+
+
+@task(aliases=["upgrade"], help=RUN_HELP | FLEET_RUN_HELP | RESUME_HELP)
 @exits_with_documented_codes
 def migrate(
     c: Any,
@@ -98,11 +106,23 @@ def migrate(
     jobs: int = 0,
     keep_going: bool = False,
     shard: str = "",
+    resume: bool = False,
 ) -> None:
     """Health, confirm, lock, backup, upgrade, validate, report (alias: upgrade)."""
     chosen = backup_flag(backup, no_backup, no_backup_if_allowed)
     flags = FleetFlags(only, exclude, jobs, keep_going, shard)
-    _run(env, "upgrade", revision, chosen, skip_health_checks, skip_validation, yes, dry_run, flags)
+    _run(
+        env,
+        "upgrade",
+        revision,
+        chosen,
+        skip_health_checks,
+        skip_validation,
+        yes,
+        dry_run,
+        flags,
+        resume,
+    )
 
 
 @task(

@@ -443,25 +443,7 @@ def load_environment(
     url = _normalise(url)
     _check_url(url, path)
     settings = _encryption(settings, environ, path)
-    _check_mysql_backups(settings, url, path)
     return Environment(name, path, url, settings, warnings=deprecations(settings, path))
-
-
-def _check_mysql_backups(settings: EnvironmentFile, url: str, path: Path) -> None:
-    """What MySQL backups do not take yet, refused when the file is loaded, not mid-run."""
-    if url.split(":", 1)[0].split("+", 1)[0] not in MYSQL_DIALECTS:
-        return
-    where = _relative(path)
-    if settings.backup.storage.type == "s3":
-        raise ConfigError(
-            f"{where}: MySQL and MariaDB backups stay on local disk for now; remove "
-            "backup.storage (type s3) or use backup.storage type local."
-        )
-    if settings.backup.encrypt_to:
-        raise ConfigError(
-            f"{where}: backup.encrypt_to is not available for MySQL and MariaDB backups yet; "
-            "remove it, or encrypt the backup folder's disk."
-        )
 
 
 def deprecations(settings: EnvironmentFile, path: Path) -> tuple[str, ...]:

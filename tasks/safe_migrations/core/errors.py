@@ -53,6 +53,12 @@ class UsageError(ToolError):
     exit_code = EXIT_USAGE
 
 
+class JournalError(ToolError):
+    """``migrate --resume``: the journal cannot prove what a partly applied revision did."""
+
+    exit_code = EXIT_BLOCKED
+
+
 class BlockedError(ToolError):
     """A blocking health check failed, or the user (or a missing terminal) said no."""
 

@@ -84,10 +84,13 @@ class Engine:
     def begin_migration(self, connection: Connection, wait: float) -> None:
         """On the migration's own session, before its first revision."""
 
-    def safe_operations(self, env: Environment) -> AbstractContextManager[Any]:
+    def safe_operations(
+        self, env: Environment, resume: bool = False
+    ) -> AbstractContextManager[Any]:
         """While a run (or its offline SQL) is made: Alembic's operations in the engine's
         non-blocking form, as ``migration.safe_operations`` says. What it yields has
-        ``take()``: what was rewritten since the last call. Here: none, as written."""
+        ``take()``: what was rewritten since the last call. Here: none, as written.
+        ``resume`` (``migrate --resume``): only where the engine journals statements."""
         return nullcontext(None)
 
     def preflight(

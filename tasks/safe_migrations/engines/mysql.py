@@ -54,8 +54,10 @@ class MySQL(Engine):
             "only, so DDL there has no limit"
         ),
         "failed_revision": (
-            "rolled back when it had run no DDL; otherwise **partly applied**: reported as such "
-            "and recorded, and every run blocks (exit 3) until `invoke resolve`"
+            "rolled back when it had run no DDL; otherwise **partly applied**: each committed "
+            "statement journaled as it commits, every run blocks (exit 3) until "
+            "`invoke migrate --resume` (skips what the journal and the catalog prove applied) "
+            "or `invoke resolve`"
         ),
         "health_basics": "yes (size from `information_schema.tables`)",
         "health_sessions": (
@@ -65,8 +67,8 @@ class MySQL(Engine):
             "on MariaDB: a warning says they cannot be seen)"
         ),
         "backup": (
-            "`mariadb-dump` (or `mysqldump` for a MySQL server), gzip, local folder only (no S3 "
-            "store, no `encrypt_to` yet: refused when the file is loaded)"
+            "`mariadb-dump` (or `mysqldump` for a MySQL server) into a `gzip` child, checked "
+            "from the stream's end; local folder or S3 store, `encrypt_to` as for PostgreSQL"
         ),
         "restore": "proven on a scratch database first, then replayed; see below",
         "validate": "yes",
@@ -156,7 +158,19 @@ class MySQL(Engine):
         from safe_migrations.engines.mysqldump import dump_mysql
 
         stored = dump_mysql(env, target, self.count_tables(env), progress)
-        return stored, stored.tables, time.perf_counter()  # read back inside dump_mysql
+        return stored, stored.tables, time.perf_counter()  # checked from the stream's end
+
+    def check_streamed_backup(self) -> None:
+        """The dump streams: compressed, encrypted and uploaded as it is made."""
+
+    def dump_to(
+        self, env: Environment, sink: Any, name: str, tables: int, progress: Progress
+    ) -> Stored:
+        from pathlib import Path
+
+        from safe_migrations.engines.mysqldump import dump_mysql
+
+        return dump_mysql(env, Path(name), tables, progress, sink)
 
     def backup_contents(self, env: Environment, path: Path) -> list[str]:
         from safe_migrations.engines.mysqldump import dump_tables
@@ -191,10 +205,12 @@ class MySQL(Engine):
 
     squawk_rules = False
 
-    def safe_operations(self, env: Environment) -> AbstractContextManager[Any]:
+    def safe_operations(
+        self, env: Environment, resume: bool = False
+    ) -> AbstractContextManager[Any]:
         from safe_migrations.engines.mysqlonline import online_ddl
 
-        return online_ddl(env)
+        return online_ddl(env, resume)
 
     def lint(
         self, env: Environment, project: Project, path: list[Revision], baseline: Baseline | None

@@ -96,10 +96,11 @@ def check_earlier_run(connection: Any) -> StepResult:
 
 def check_partly_applied(env: Environment, connection: Any) -> StepResult:
     """A revision (or restore) that MySQL left half done blocks until the user resolves it."""
+    from safe_migrations.engines.mysqljournal import in_progress
     from safe_migrations.pipeline.partial import describe, unresolved
 
     with timed() as clock:
-        found = unresolved(connection)
+        found = [row for row in unresolved(connection) if not in_progress(connection, row)]
     if not found:
         return StepResult(
             "partly_applied", True, "no partly applied revision on record", duration=clock.seconds

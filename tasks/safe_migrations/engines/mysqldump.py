@@ -134,105 +134,194 @@ def _database(env: Environment) -> str:
     return name
 
 
-def dump_mysql(env: Environment, target: Path, tables_total: int, progress: Progress) -> Stored:
-    """The dump into ``target`` (gzip), hashed on the way, with a timeout; read back
-    afterwards. A partial file is removed on any failure.
+def dump_mysql(
+    env: Environment, target: Path, tables_total: int, progress: Progress, sink: Any = None
+) -> Stored:
+    """The dump into ``target`` (or a store's ``sink``), compressed by a ``gzip`` child,
+    encrypted on the way with ``backup.encrypt_to``, hashed as it is stored and checked
+    from the stream itself: it must end with the completion marker (never read again).
+    A partial file (or upload) is removed on any failure; a sink is committed only when
+    the dump ended cleanly.
 
-    Kept long: the child, its reader threads and the clean-up share one try/finally, so
-    no failure leaves a half-written file or a running child."""
-    from safe_migrations.stores.encryption import HashingWriter
-
+    Kept long: the two children, the threads between them and the clean-up share one
+    try/finally, so no failure leaves a half-written file, an open upload or a child."""
     settings = env.settings.backup
     database = _database(env)
     program = dump_program(env)
-    sink = FileSink(target)
-    stored = Stored()
+    sink = sink if sink is not None else FileSink(target)
+    stream = _DumpStream()
     errors: list[str] = []
     done = [0]
+    children: list[subprocess.Popen[bytes]] = []
+    threads: list[threading.Thread] = []
     try:
         with option_file(env.url) as (options, descriptor):
-            argv = [
-                program,
-                f"--defaults-extra-file={options}",  # must come first
-                "--single-transaction",
-                "--routines",
-                "--triggers",
-                "--events",
-                "--hex-blob",
-                "--no-tablespaces",
-                "--default-character-set=utf8mb4",
-                "--verbose",
-                *(f"--ignore-table={database}.{table}" for table in TOOL_TABLES),
-                "--",
-                database,
-            ]
-            process = subprocess.Popen(
-                argv,
+            dump = subprocess.Popen(
+                [
+                    program,
+                    f"--defaults-extra-file={options}",  # must come first
+                    "--single-transaction",
+                    "--routines",
+                    "--triggers",
+                    "--events",
+                    "--hex-blob",
+                    "--no-tablespaces",
+                    "--default-character-set=utf8mb4",
+                    "--verbose",
+                    *(f"--ignore-table={database}.{table}" for table in TOOL_TABLES),
+                    "--",
+                    database,
+                ],
                 env=child_environment(),
                 pass_fds=(descriptor,),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
-            writer = HashingWriter(sink)
+        children.append(dump)
+        packer = subprocess.Popen(
+            [_gzip(), "-c", f"-{settings.compression or 6}"],
+            env=child_environment(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        children.append(packer)
+        stored = Stored()
 
-            def compress() -> None:
-                assert process.stdout is not None
-                try:
-                    with gzip.GzipFile(
-                        fileobj=writer, mode="wb", compresslevel=settings.compression or 6
-                    ) as packed:
-                        while chunk := process.stdout.read(CHUNK):
-                            packed.write(chunk)
-                    sink.finish()
-                except BaseException as exc:  # handed to the main thread
-                    stored.error = exc
-                    with contextlib.suppress(OSError):
-                        while process.stdout.read(CHUNK):
-                            pass
+        def read_stderr() -> None:
+            assert dump.stderr is not None
+            for raw in dump.stderr:
+                line = raw.decode(errors="replace")
+                if "Retrieving table structure" in line:
+                    done[0] += 1
+                elif "error" in line.lower() or "got errno" in line.lower():
+                    errors.append(line.strip())
 
-            def read_stderr() -> None:
-                assert process.stderr is not None
-                for raw in process.stderr:
-                    line = raw.decode(errors="replace")
-                    if "Retrieving table structure" in line:
-                        done[0] += 1
-                    elif "error" in line.lower() or "got errno" in line.lower():
-                        errors.append(line.strip())
-
-            threads = [threading.Thread(target=f, daemon=True) for f in (compress, read_stderr)]
-            for thread in threads:
-                thread.start()
-            deadline = time.monotonic() + settings.timeout
-            while process.poll() is None:
-                if time.monotonic() > deadline:
-                    process.kill()
-                    process.wait()
-                    raise BackupError(
-                        f"{Path(program).name} did not finish within backup.timeout="
-                        f"{settings.timeout:g}s; the partial backup was removed. Raise the timeout."
-                    )
-                progress.show(
-                    f"backup: {done[0]}/{tables_total} tables, "
-                    f"{sink.written / 1024 / 1024:,.1f} MB written"
+        threads = [
+            threading.Thread(target=stream.pass_on, args=(dump, packer), daemon=True),
+            threading.Thread(
+                target=_store, args=(packer, sink, settings.encrypt_to, stored), daemon=True
+            ),
+            threading.Thread(target=read_stderr, daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + settings.timeout
+        while dump.poll() is None:
+            if time.monotonic() > deadline:
+                raise BackupError(
+                    f"{Path(program).name} did not finish within backup.timeout="
+                    f"{settings.timeout:g}s; the partial backup was removed. Raise the timeout."
                 )
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=0.2)
-            for thread in threads:
-                thread.join(timeout=60)
-        if process.returncode != 0:
-            detail = errors[0] if errors else f"exit code {process.returncode}"
+            progress.show(
+                f"backup: {done[0]}/{tables_total} tables, "
+                f"{sink.written / 1024 / 1024:,.1f} MB written"
+            )
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                dump.wait(timeout=0.2)
+        for thread in threads:
+            thread.join(timeout=max(1.0, deadline - time.monotonic()))
+        if dump.returncode != 0:
+            detail = errors[0] if errors else f"exit code {dump.returncode}"
             raise BackupError(f"{Path(program).name} failed: {detail}")
-        if stored.error is not None:
-            raise stored.error
-        stored.sha256, stored.size = writer.digest.hexdigest(), writer.size
-        stored.tables = verify_dump(target)
+        for problem in (stream.error, stored.error):
+            if problem is not None:
+                raise problem
+        if packer.wait(timeout=60) != 0:
+            raise BackupError(f"gzip failed compressing the dump (exit code {packer.returncode})")
+        stored.tables = stream.verified(Path(sink.path).name)
+        sink.commit()  # only now: the dump ended cleanly and its end was seen
         return stored
     except BaseException:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        for thread in threads:
+            thread.join(timeout=30)
         sink.abort()
         raise
     finally:
         progress.done()
+
+
+def _gzip() -> str:
+    import shutil
+
+    found = shutil.which("gzip")
+    if found is None:
+        raise BackupError("gzip is not on PATH; install it (Debian: apt-get install gzip).")
+    return found
+
+
+class _DumpStream:
+    """The dump's text on its way from the dump to gzip: its end and its tables seen as
+    it passes, so the backup is checked without being read a second time."""
+
+    TABLE = b"\nCREATE TABLE "
+
+    def __init__(self) -> None:
+        self.tail = b""
+        self.tables = 0
+        self.error: BaseException | None = None
+
+    def pass_on(self, dump: subprocess.Popen[bytes], packer: subprocess.Popen[bytes]) -> None:
+        """Thread body: the dump's stdout into gzip's stdin, seen on the way."""
+        import os
+
+        assert dump.stdout is not None and packer.stdin is not None
+        source, target = dump.stdout.fileno(), packer.stdin
+        try:
+            while chunk := os.read(source, CHUNK):
+                seen = self.tail[-(len(self.TABLE) - 1) :] + chunk
+                self.tables += seen.count(self.TABLE)
+                self.tail = (self.tail + chunk)[-4096:]
+                target.write(chunk)
+            target.close()
+        except BaseException as exc:  # handed to the main thread, which raises it
+            self.error = exc
+            with contextlib.suppress(OSError):
+                target.close()
+            with contextlib.suppress(OSError):
+                while os.read(source, CHUNK):  # let the dump finish rather than block
+                    pass
+
+    def verified(self, name: str) -> int:
+        """The count of tables, once the stream ended with the dump's completion marker."""
+        lines = [line for line in self.tail.splitlines() if line.strip()]
+        if not lines or not lines[-1].startswith(COMPLETION_MARKER):
+            raise BackupError(
+                f"The backup {name} is incomplete: it does not end with the dump's "
+                "completion marker ('-- Dump completed')."
+            )
+        return self.tables
+
+
+def _store(
+    packer: subprocess.Popen[bytes], sink: Any, recipient_text: str | None, stored: Stored
+) -> None:
+    """Thread body: gzip's output into ``sink`` (encrypted to ``recipient_text`` when
+    given), hashed as it is stored; the sink is finished here, committed by the caller."""
+    import shutil
+
+    from safe_migrations.stores.encryption import HashingWriter, encrypt_stream, parse_recipient
+
+    assert packer.stdout is not None
+    try:
+        recipient = parse_recipient(recipient_text, "backup.encrypt_to") if recipient_text else None
+        writer = HashingWriter(sink)
+        if recipient is not None:
+            encrypt_stream(packer.stdout, writer, recipient)
+        else:
+            shutil.copyfileobj(packer.stdout, writer, CHUNK)
+        sink.finish()
+        stored.sha256, stored.size = writer.digest.hexdigest(), writer.size
+    except BaseException as exc:  # handed to the main thread, which raises it
+        stored.error = exc
+        with contextlib.suppress(OSError):
+            while packer.stdout.read(CHUNK):
+                pass
 
 
 def dump_lines(path: Path) -> Iterator[bytes]:

@@ -21,6 +21,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from safe_migrations.engines.mysqljournal import Journal
+from safe_migrations.pipeline.partial import changes
+
 if TYPE_CHECKING:
     from safe_migrations.core.config import Environment
     from safe_migrations.project.alembic_api import Revision
@@ -38,38 +41,73 @@ class OnlineDDLRefused(Exception):
 
 @dataclass
 class OnlineDDL:
-    """One run's enforcement: the mode and what each statement ran with."""
+    """One run's statements on MySQL: the online-DDL mode, what each DDL statement ran
+    with, and the journal of what committed (engines/mysqljournal.py)."""
 
     env: Environment
     mode: str
+    journal: Journal
     rewritten: list[dict[str, Any]] = field(default_factory=list)
     swept: bool = False
 
     def take(self) -> list[dict[str, Any]]:
-        """What ran since the last call (the revision that just applied)."""
+        """What ran since the last call (the revision that just applied, or failed)."""
         found, self.rewritten = self.rewritten, []
         return found
 
-    def attach(self, context: Any, running: Callable[[], Revision]) -> None:
-        """Wrap this MigrationContext's impl so its DDL carries the algorithm clause."""
+    def applied(self, connection: Any) -> None:
+        """The revision is applied: its journal record is deleted in the transaction
+        that moves the version table, so the two commit together."""
+        self.journal.applied(connection)
+
+    def attach(self, context: Any, running: Callable[[], Revision], direction: str) -> None:
+        """Wrap this MigrationContext's impl: each statement of an upgrade journaled (or
+        skipped when ``--resume`` proves it committed), its DDL with the algorithm clause."""
         self.sweep()
         impl = context.impl
         original = impl._exec
+        journal = self.journal if direction == "upgrade" else None
 
         def _exec(construct: Any, *args: Any, **kwargs: Any) -> Any:
-            if isinstance(construct, str) or getattr(impl, "as_sql", False):
-                return original(construct, *args, **kwargs)  # op.execute text: as written
-            sql = str(construct.compile(dialect=impl.dialect)).strip()
-            kind = statement_kind(sql)
-            if kind is None:
+            if getattr(impl, "as_sql", False):
                 return original(construct, *args, **kwargs)
+            sql = (
+                construct
+                if isinstance(construct, str)
+                else str(construct.compile(dialect=impl.dialect)).strip()
+            )
             revision = running()
-            if ALLOW_RULE in _markers(revision):
-                self._note(kind, sql, "as written (allowed in the revision)")
-                return original(construct, *args, **kwargs)
-            return self._online(original, kind, sql, revision, args, kwargs)
+            if journal is None:
+                return self._statement(original, construct, sql, revision, args, kwargs)
+            journal.enter(revision)
+            if changes(sql) and journal.should_skip(sql, construct):
+                operation = statement_kind(sql) or " ".join(sql.split()[:2]).upper()
+                self._note(operation, sql, "skipped: the journal shows it committed", "skipped")
+                return None
+            journal.before(sql)
+            result = self._statement(original, construct, sql, revision, args, kwargs)
+            journal.after(sql)
+            return result
 
         impl._exec = _exec
+
+    def _statement(
+        self,
+        original: Callable[..., Any],
+        construct: Any,
+        sql: str,
+        revision: Revision,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """One statement: DDL in its online form when the mode asks; text as written."""
+        kind = statement_kind(sql)
+        if self.mode == "off" or kind is None or isinstance(construct, str):
+            return original(construct, *args, **kwargs)  # op.execute text: as written
+        if ALLOW_RULE in _markers(revision):
+            self._note(kind, sql, "as written (allowed in the revision)")
+            return original(construct, *args, **kwargs)
+        return self._online(original, kind, sql, revision, args, kwargs)
 
     def _online(
         self,
@@ -152,9 +190,9 @@ class OnlineDDL:
                 }
             )
 
-    def _note(self, kind: str, sql: str, clause: str) -> None:
+    def _note(self, kind: str, sql: str, clause: str, outcome: str = "ran") -> None:
         self.rewritten.append(
-            {"operation": kind, "target": _target(sql), "parts": [clause], "outcome": "ran"}
+            {"operation": kind, "target": _target(sql), "parts": [clause], "outcome": outcome}
         )
 
 
@@ -189,7 +227,7 @@ def _short(sql: str) -> str:
 
 
 def _target(sql: str) -> str:
-    found = re.search(r"(?:ALTER TABLE|\bON)\s+(`?[\w.]+`?)", sql, re.I)
+    found = re.search(r"(?:ALTER TABLE|\bON|CREATE TABLE|DROP TABLE)\s+(`?[\w.]+`?)", sql, re.I)
     return found.group(1).strip("`") if found else ""
 
 
@@ -204,7 +242,20 @@ def _markers(revision: Revision) -> dict[str, str | None]:
 
 
 @contextlib.contextmanager
-def online_ddl(env: Environment) -> Iterator[OnlineDDL | None]:
-    """The run's enforcement, or None when ``migration.online_ddl`` is off."""
-    mode = env.settings.migration.online_ddl
-    yield None if mode == "off" else OnlineDDL(env, mode)
+def online_ddl(env: Environment, resume: bool = False) -> Iterator[OnlineDDL]:
+    """The run's statements: online DDL as ``migration.online_ddl`` says, journaled;
+    with ``resume``, the journal of the oldest partly applied revision on record."""
+    journal = Journal(env, resumed=_open_record(env) if resume else None)
+    try:
+        yield OnlineDDL(env, env.settings.migration.online_ddl, journal)
+    finally:
+        journal.close()
+
+
+def _open_record(env: Environment) -> dict[str, Any] | None:
+    from safe_migrations.core.database import connect
+    from safe_migrations.pipeline.partial import unresolved
+
+    with connect(env, role="record") as connection:
+        rows = [row for row in unresolved(connection) if row["kind"] == "upgrade"]
+    return rows[0] if rows else None

@@ -75,7 +75,9 @@ class PostgreSQL(Engine):
         "fleets": "yes",
     }
 
-    def safe_operations(self, env: Environment) -> AbstractContextManager[Any]:
+    def safe_operations(
+        self, env: Environment, resume: bool = False
+    ) -> AbstractContextManager[Any]:
         from safe_migrations.engines.pgsafe import safe_operations
 
         return safe_operations(env, env.settings.migration.safe_operations)

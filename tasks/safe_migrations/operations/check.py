@@ -108,10 +108,12 @@ def _snapshot(connection: Any) -> dict[str, Any]:
     """Tables, columns, indexes, foreign keys and unique constraints, comparable."""
     from sqlalchemy import inspect
 
+    from safe_migrations.operations.proof import TOOL_TABLES
+
     inspector = inspect(connection)
     snapshot: dict[str, Any] = {}
     for table in sorted(inspector.get_table_names()):
-        if table == "alembic_version":
+        if table == "alembic_version" or table in TOOL_TABLES:
             continue
         snapshot[table] = {
             "columns": sorted(

@@ -42,6 +42,8 @@ class RunOptions:
     operation: str | None = None
     # rollback: where the database must be (a revision or "base"), checked under the lock
     expect_current: str | None = None
+    # MySQL: a partly applied revision goes on after what its journal shows committed
+    resume: bool = False
 
 
 def _say(text: str) -> None:

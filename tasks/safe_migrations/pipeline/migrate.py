@@ -99,6 +99,8 @@ def health_step(run: Run) -> None:
         return
     with timed() as clock:
         results = health.run_health(run.env, run.project, run.target or "base", wants_backup(run))
+    if options.resume:
+        results = [resumable(result) for result in results]
     run.record.health = [r.to_dict() for r in results]
     failed = health.blocking(results)
     message = (
@@ -117,6 +119,20 @@ def health_step(run: Run) -> None:
         f"Blocked by health checks ({', '.join(r.name for r in failed)}): "
         f"{failed[0].message}. Fix it, or pass --skip-health-checks."
     )
+
+
+def resumable(result: StepResult) -> StepResult:
+    """With --resume, a partly applied revision (not a restore) is what the run goes on
+    with, not a block; the upgrade checks the journal against the catalog."""
+    records = (result.details or {}).get("records") or []
+    if result.name != "partly_applied" or result.ok or any(r["kind"] != "upgrade" for r in records):
+        return result
+    row = records[0]
+    message = (
+        f"revision {row['revision']} is partly applied ({len(row['statements'])} statement(s) "
+        "committed); --resume goes on after them"
+    )
+    return StepResult(result.name, True, message, duration=result.duration, details=result.details)
 
 
 def plan_step(run: Run) -> None:
@@ -277,7 +293,9 @@ def upgrade_step(run: Run) -> None:
 
     with timed() as clock:
         try:
-            applied = upgrade.run_migrations(run.env, run.project, target, direction, on_retry)
+            applied = upgrade.run_migrations(
+                run.env, run.project, target, direction, on_retry, resume=run.options.resume
+            )
         except upgrade.MigrationError as exc:
             run.record.applied = [a.to_dict() for a in exc.applied]
             run.record.failed_revision = exc.revision

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from safe_migrations.core.config import Environment
 
 TABLE = "safe_migrations_partial"
+# The error of a journal's record while its run goes on (engines/mysqljournal.py): what
+# is true of it if the runner never comes back.
+RUNNING = "the runner stopped before the revision completed"
 MAX_STATEMENT = 400  # characters of each statement kept in the record and messages
 
 # Statements that change nothing, or that Alembic runs for its own bookkeeping.
@@ -100,7 +103,7 @@ def met_own_objects(log: StatementLog, exc: BaseException) -> bool:
     return code in ALREADY_EXISTS and log.running is not None and commits(log.running)
 
 
-def _table() -> Table:
+def record_table() -> Table:
     from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text
 
     return Table(
@@ -131,19 +134,27 @@ def record(
     from safe_migrations.core.database import connect
     from safe_migrations.core.masking import redact
 
-    table = _table()
+    table = record_table()
     with connect(env, role="record") as connection:
         table.create(connection, checkfirst=True)
-        connection.execute(
-            table.insert().values(
-                kind=kind,
-                revision=revision,
-                version_at=version_at,
-                statements=json.dumps([redact(s, [env.password]) for s in statements]),
-                error=redact(error, [env.password])[:2000],
-                recorded_at=datetime.now(UTC).replace(tzinfo=None),
+        values = {
+            "statements": json.dumps([redact(s, [env.password]) for s in statements]),
+            "error": redact(error, [env.password])[:2000],
+            "recorded_at": datetime.now(UTC).replace(tzinfo=None),
+        }
+        journaled = connection.execute(  # the journal's row for it (engines/mysqljournal.py)
+            table.select().where(
+                table.c.kind == kind, table.c.revision == revision, table.c.resolved_at.is_(None)
             )
-        )
+        ).first()
+        if journaled is None:
+            connection.execute(
+                table.insert().values(kind=kind, revision=revision, version_at=version_at, **values)
+            )
+        else:  # the journal wrote each commit as it happened: its list is the longer one
+            if len(json.loads(journaled.statements or "[]")) >= len(statements):
+                del values["statements"]
+            connection.execute(table.update().where(table.c.id == journaled.id).values(**values))
         connection.commit()
 
 
@@ -154,7 +165,7 @@ def note_error(env: Environment, kind: str, revision: str, error: str) -> None:
     from safe_migrations.core.database import connect
     from safe_migrations.core.masking import redact
 
-    table = _table()
+    table = record_table()
     with contextlib.suppress(Exception), connect(env, role="record") as connection:
         connection.execute(
             table.update()
@@ -176,7 +187,7 @@ def unresolved(connection: Connection, kind: str | None = None) -> list[dict[str
 
     if not inspect(connection).has_table(TABLE):
         return []
-    table = _table()
+    table = record_table()
     query = table.select().where(table.c.resolved_at.is_(None)).order_by(table.c.id)
     if kind is not None:
         query = query.where(table.c.kind == kind)
@@ -200,18 +211,23 @@ def describe(row: dict[str, Any], environment: str) -> str:
             f"some tables are from the backup and others not ({row['error']}); the backup "
             f"itself is intact: run `invoke restore --env {environment}` again"
         )
+    what = (
+        "its runner stopped (killed?)" if (row["error"] or "").startswith(RUNNING) else "it failed"
+    )
     return (
-        f"revision {row['revision']} ({row['kind']}) failed at {row['recorded_at']} UTC after "
-        f"MySQL had committed {len(statements)} of its statement(s), which cannot be rolled "
-        f"back: {ran}; the version table stayed at {row['version_at'] or 'base'}. Finish or "
-        "undo those changes by hand, then run `invoke resolve --env "
-        f"{environment} --revision {row['revision']} --applied` (finished) or `--reverted` "
-        "(undone)"
+        f"revision {row['revision']} ({row['kind']}) is partly applied: {what} at "
+        f"{row['recorded_at']} UTC after MySQL had committed {len(statements)} of its "
+        f"statement(s), which cannot be rolled back: {ran}; the version table stayed at "
+        f"{row['version_at'] or 'base'}. Finish or undo those changes by hand, then run "
+        f"`invoke resolve --env {environment} --revision {row['revision']} --applied` "
+        "(finished) or `--reverted` (undone); or run "
+        f"`invoke migrate --env {environment} --resume` to go on after the statements "
+        "that committed"
     )
 
 
 def close(connection: Connection, row_id: int, resolution: str, user: str) -> None:
-    table = _table()
+    table = record_table()
     connection.execute(
         table.update()
         .where(table.c.id == row_id)

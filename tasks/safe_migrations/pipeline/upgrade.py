@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 
 from safe_migrations.core.config import Environment
 from safe_migrations.core.database import make_engine
-from safe_migrations.core.errors import ToolError, first_line
+from safe_migrations.core.errors import JournalError, ToolError, first_line
 from safe_migrations.core.masking import redact
 from safe_migrations.engines import engine_for
 from safe_migrations.pipeline.lockwait import (
@@ -134,6 +134,9 @@ class _Clock:
         revision = step.up_revision_id  # the revision applied, or the one undone
         message = next((r.message for r in self.path if r.revision == revision), "")
         autocommit = revision in self.autocommitted
+        applied = getattr(self.rewrites, "applied", None)
+        if applied is not None:  # the engine's journal record goes with the version update
+            applied(ctx.connection)
         if autocommit:  # the next revision gets its lock timeout back
             ctx.connection.exec_driver_sql(f"SET lock_timeout = {self.lock_ms}")
         self.done.append(
@@ -176,7 +179,7 @@ def _context_hook(clock: _Clock, guard: bool, rewrites: Any) -> Callable[[Any], 
         if guard:
             clock.guard_autocommit(context)
         if attach is not None:
-            attach(context, clock.running)
+            attach(context, clock.running, clock.direction)
 
     return hook
 
@@ -198,6 +201,7 @@ def run_migrations(
     on_retry: Callable[[MigrationAttempt], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     observer: Observer | None = None,
+    resume: bool = False,
 ) -> list[AppliedRevision]:
     """Move the database to ``target``; raise MigrationError naming the failed revision.
 
@@ -218,7 +222,7 @@ def run_migrations(
         statement_timeout=settings.statement_timeout if impl.session_timeouts else None,
     )
     try:
-        with impl.safe_operations(env) as rewrites:
+        with impl.safe_operations(env, resume) as rewrites:
             return _attempts(
                 env, project, target, direction, on_retry, sleep, observer, engine, rewrites
             )
@@ -284,8 +288,8 @@ def _attempts(
                     run_env_on(cfg, connection, direction, target, forced, on_context=hook)
                     applied += clock.done
                     return applied
-                except EnvPyContractError:
-                    raise  # nothing ran: env.py would have used another connection
+                except (EnvPyContractError, JournalError):
+                    raise  # nothing ran: env.py's connection, or a journal that proves nothing
                 except Exception as exc:  # user code may raise anything; re-raised with cause
                     if settings.transaction_per_migration:  # else the failure undid them all
                         applied += clock.done
@@ -434,7 +438,12 @@ def _partly_applied(
         + (
             "The next run blocks until you fix the schema by hand and run "
             f"`invoke resolve --env {env.name} --revision {failed.revision} --applied` "
-            "(finished) or `--reverted` (undone)."
+            "(finished) or `--reverted` (undone)"
+            + (
+                f", or fix the cause and run `invoke migrate --env {env.name} --resume`."
+                if direction == "upgrade"
+                else "."
+            )
             if details["recorded"]
             else "Recording this in the database failed too; fix the schema by hand before "
             "the next run."
@@ -459,7 +468,8 @@ def _failure(
         if failed.revision in clock.autocommitted
         else ""
     )
-    done = clock.rewrites.take() if clock.rewrites is not None else []
+    taken = clock.rewrites.take() if clock.rewrites is not None else []
+    done = [d for d in taken if d.get("outcome", "ran") == "ran"]
     if done:  # rewritten parts commit one by one; each is idempotent, so a rerun completes
         parts = "; ".join(f"{d['operation']} {d['target']}" for d in done)
         note += (
