@@ -1,5 +1,5 @@
 """MySQL and MariaDB backups off the machine and encrypted (issue 27), on a real MariaDB
-and moto's S3 server over loopback: streamed through a gzip child and age into a
+and moto's S3 server over loopback: streamed through a compressor thread and age into a
 multipart upload, checked from the stream's own end, restored with identical data."""
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def test_an_encrypted_backup_in_the_store_restores_identical_data(
     assert checksum(mysql_url) == before
 
 
-def test_an_unencrypted_local_backup_is_gzip_made_beside_the_dump(
+def test_a_local_backup_is_a_gzip_stream_ending_with_the_marker_and_its_tables_counted(
     mysql_url: str, make_env: Callable[..., Environment]
 ) -> None:
     import gzip

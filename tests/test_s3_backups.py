@@ -99,7 +99,7 @@ def test_an_upload_cut_off_halfway_leaves_nothing_and_the_migration_does_not_sta
 ) -> None:
     env = make_env(
         pg_url,
-        backup={"storage": bucket, "required": True, "compression": 0, "timeout": 1},
+        backup={"storage": bucket, "required": True, "compression": 0, "timeout": 0.3},
     )
     run_migrations(env, DEFAULT_PROJECT, "0003")
     engine = create_engine(pg_url, poolclass=NullPool)

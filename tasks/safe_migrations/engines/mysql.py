@@ -67,8 +67,9 @@ class MySQL(Engine):
             "on MariaDB: a warning says they cannot be seen)"
         ),
         "backup": (
-            "`mariadb-dump` (or `mysqldump` for a MySQL server) into a `gzip` child, checked "
-            "from the stream's end; local folder or S3 store, `encrypt_to` as for PostgreSQL"
+            "`mariadb-dump` (or `mysqldump` for a MySQL server), gzip in a thread beside it, "
+            "checked from the stream's end; local folder or S3 store, `encrypt_to` as for "
+            "PostgreSQL"
         ),
         "restore": "proven on a scratch database first, then replayed; see below",
         "validate": "yes",
@@ -157,7 +158,8 @@ class MySQL(Engine):
     ) -> tuple[Stored | None, int, float]:
         from safe_migrations.engines.mysqldump import dump_mysql
 
-        stored = dump_mysql(env, target, self.count_tables(env), progress)
+        total = self.count_tables(env) if progress.enabled else 0  # only the line shows it
+        stored = dump_mysql(env, target, total, progress)
         return stored, stored.tables, time.perf_counter()  # checked from the stream's end
 
     def check_streamed_backup(self) -> None:

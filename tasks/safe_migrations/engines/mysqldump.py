@@ -1,9 +1,10 @@
 """MySQL and MariaDB backups and restores.
 
 Backup: ``mariadb-dump`` (or ``mysqldump`` for a MySQL server) with
-``--single-transaction --routines --triggers --events``, gzip-compressed on the way
-into a new 0600 file, hashed as it is written, then read back: it must decompress
-and end with the dump's completion marker. The password reaches the child through a
+``--single-transaction --routines --triggers --events``, gzip-compressed by a thread
+on the way into a new 0600 file or the S3 store (encrypted with ``encrypt_to``), hashed
+as it is stored, and checked from the stream as it passes: it must end with the dump's
+completion marker. The password reaches the child through a
 option file read through a pipe (``--defaults-extra-file=/dev/fd/N``): never argv,
 MYSQL_PWD or a file on disk.
 
@@ -101,13 +102,18 @@ def option_file(url: str) -> Iterator[tuple[str, int]]:
 
 
 def dump_program(env: Environment) -> str:
-    """mariadb-dump for a MariaDB server, mysqldump for MySQL; the other as a fallback."""
+    """mariadb-dump for a MariaDB server, mysqldump for MySQL; the other as a fallback.
+    The server is asked only when both are installed and are different programs."""
+    import os
     import shutil
 
     from sqlalchemy import text
 
     from safe_migrations.core.database import connect
 
+    installed = {shutil.which(name) for name in ("mariadb-dump", "mysqldump")} - {None}
+    if len({os.path.realpath(path) for path in installed if path}) == 1:
+        return str(next(iter(sorted(p for p in installed if p))))
     with connect(env, role="backup") as connection:
         version = str(connection.execute(text("SELECT VERSION()")).scalar())
     names = (
@@ -137,22 +143,23 @@ def _database(env: Environment) -> str:
 def dump_mysql(
     env: Environment, target: Path, tables_total: int, progress: Progress, sink: Any = None
 ) -> Stored:
-    """The dump into ``target`` (or a store's ``sink``), compressed by a ``gzip`` child,
-    encrypted on the way with ``backup.encrypt_to``, hashed as it is stored and checked
-    from the stream itself: it must end with the completion marker (never read again).
-    A partial file (or upload) is removed on any failure; a sink is committed only when
-    the dump ended cleanly.
+    """The dump into ``target`` (or a store's ``sink``), gzip-compressed by a thread beside
+    the dump (zlib works without the interpreter lock), encrypted on the way with
+    ``backup.encrypt_to``, hashed as it is stored and checked from the stream itself: it
+    must end with the completion marker (never read again). A partial file (or upload)
+    is removed on any failure; a sink is committed only when the dump ended cleanly.
 
-    Kept long: the two children, the threads between them and the clean-up share one
-    try/finally, so no failure leaves a half-written file, an open upload or a child."""
+    Kept long: the child, the threads beside it and the clean-up share one try/finally,
+    so no failure leaves a half-written file, an open upload or a running child."""
     settings = env.settings.backup
     database = _database(env)
     program = dump_program(env)
     sink = sink if sink is not None else FileSink(target)
-    stream = _DumpStream()
+    stream = _DumpStream(settings.compression or 6)
+    stored = Stored()
     errors: list[str] = []
     done = [0]
-    children: list[subprocess.Popen[bytes]] = []
+    dump: subprocess.Popen[bytes] | None = None
     threads: list[threading.Thread] = []
     try:
         with option_file(env.url) as (options, descriptor):
@@ -178,20 +185,11 @@ def dump_mysql(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
-        children.append(dump)
-        packer = subprocess.Popen(
-            [_gzip(), "-c", f"-{settings.compression or 6}"],
-            env=child_environment(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        children.append(packer)
-        stored = Stored()
+        child = dump
 
         def read_stderr() -> None:
-            assert dump.stderr is not None
-            for raw in dump.stderr:
+            assert child.stderr is not None
+            for raw in child.stderr:
                 line = raw.decode(errors="replace")
                 if "Retrieving table structure" in line:
                     done[0] += 1
@@ -199,16 +197,13 @@ def dump_mysql(
                     errors.append(line.strip())
 
         threads = [
-            threading.Thread(target=stream.pass_on, args=(dump, packer), daemon=True),
-            threading.Thread(
-                target=_store, args=(packer, sink, settings.encrypt_to, stored), daemon=True
-            ),
+            *_storing(child, stream, sink, settings.encrypt_to, stored),
             threading.Thread(target=read_stderr, daemon=True),
         ]
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + settings.timeout
-        while dump.poll() is None:
+        while child.poll() is None:
             if time.monotonic() > deadline:
                 raise BackupError(
                     f"{Path(program).name} did not finish within backup.timeout="
@@ -219,25 +214,21 @@ def dump_mysql(
                 f"{sink.written / 1024 / 1024:,.1f} MB written"
             )
             with contextlib.suppress(subprocess.TimeoutExpired):
-                dump.wait(timeout=0.2)
+                child.wait(timeout=0.2)
         for thread in threads:
             thread.join(timeout=max(1.0, deadline - time.monotonic()))
-        if dump.returncode != 0:
-            detail = errors[0] if errors else f"exit code {dump.returncode}"
+        if child.returncode != 0:
+            detail = errors[0] if errors else f"exit code {child.returncode}"
             raise BackupError(f"{Path(program).name} failed: {detail}")
-        for problem in (stream.error, stored.error):
-            if problem is not None:
-                raise problem
-        if packer.wait(timeout=60) != 0:
-            raise BackupError(f"gzip failed compressing the dump (exit code {packer.returncode})")
+        if stored.error is not None:
+            raise stored.error
         stored.tables = stream.verified(Path(sink.path).name)
         sink.commit()  # only now: the dump ended cleanly and its end was seen
         return stored
     except BaseException:
-        for child in children:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
+        if dump is not None and dump.poll() is None:
+            dump.kill()
+            dump.wait()
         for thread in threads:
             thread.join(timeout=30)
         sink.abort()
@@ -246,46 +237,30 @@ def dump_mysql(
         progress.done()
 
 
-def _gzip() -> str:
-    import shutil
-
-    found = shutil.which("gzip")
-    if found is None:
-        raise BackupError("gzip is not on PATH; install it (Debian: apt-get install gzip).")
-    return found
-
-
 class _DumpStream:
-    """The dump's text on its way from the dump to gzip: its end and its tables seen as
-    it passes, so the backup is checked without being read a second time."""
+    """The dump's text on its way to the compressor: its end and its tables seen as it
+    passes, so the backup is checked without being read a second time."""
 
     TABLE = b"\nCREATE TABLE "
 
-    def __init__(self) -> None:
+    def __init__(self, level: int) -> None:
+        import zlib
+
+        self.compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: a gzip stream
         self.tail = b""
         self.tables = 0
-        self.error: BaseException | None = None
 
-    def pass_on(self, dump: subprocess.Popen[bytes], packer: subprocess.Popen[bytes]) -> None:
-        """Thread body: the dump's stdout into gzip's stdin, seen on the way."""
+    def compressed(self, source: int) -> Iterator[bytes]:
+        """The gzip stream of everything read from the descriptor ``source``."""
         import os
 
-        assert dump.stdout is not None and packer.stdin is not None
-        source, target = dump.stdout.fileno(), packer.stdin
-        try:
-            while chunk := os.read(source, CHUNK):
-                seen = self.tail[-(len(self.TABLE) - 1) :] + chunk
-                self.tables += seen.count(self.TABLE)
-                self.tail = (self.tail + chunk)[-4096:]
-                target.write(chunk)
-            target.close()
-        except BaseException as exc:  # handed to the main thread, which raises it
-            self.error = exc
-            with contextlib.suppress(OSError):
-                target.close()
-            with contextlib.suppress(OSError):
-                while os.read(source, CHUNK):  # let the dump finish rather than block
-                    pass
+        edge = len(self.TABLE) - 1
+        while chunk := os.read(source, CHUNK):
+            self.tables += chunk.count(self.TABLE)
+            self.tables += (self.tail[-edge:] + chunk[:edge]).count(self.TABLE)
+            self.tail = (self.tail + chunk[-4096:])[-4096:]
+            yield self.compressor.compress(chunk)
+        yield self.compressor.flush()
 
     def verified(self, name: str) -> int:
         """The count of tables, once the stream ended with the dump's completion marker."""
@@ -298,29 +273,88 @@ class _DumpStream:
         return self.tables
 
 
-def _store(
-    packer: subprocess.Popen[bytes], sink: Any, recipient_text: str | None, stored: Stored
-) -> None:
-    """Thread body: gzip's output into ``sink`` (encrypted to ``recipient_text`` when
-    given), hashed as it is stored; the sink is finished here, committed by the caller."""
-    import shutil
+def _storing(
+    dump: subprocess.Popen[bytes],
+    stream: _DumpStream,
+    sink: Any,
+    recipient_text: str | None,
+    stored: Stored,
+) -> list[threading.Thread]:
+    """The threads that carry the dump into ``sink``: one compressing (and storing), and
+    with ``recipient_text`` a second encrypting what the first hands it through a pipe.
+    Each hands its failure to the main thread in ``stored.error``."""
+    import os
 
-    from safe_migrations.stores.encryption import HashingWriter, encrypt_stream, parse_recipient
+    from safe_migrations.stores.encryption import HashingWriter, parse_recipient
 
-    assert packer.stdout is not None
-    try:
-        recipient = parse_recipient(recipient_text, "backup.encrypt_to") if recipient_text else None
-        writer = HashingWriter(sink)
-        if recipient is not None:
-            encrypt_stream(packer.stdout, writer, recipient)
-        else:
-            shutil.copyfileobj(packer.stdout, writer, CHUNK)
+    assert dump.stdout is not None
+    source = dump.stdout.fileno()
+    with contextlib.suppress(OSError, AttributeError):  # fewer, larger reads where allowed
+        import fcntl
+
+        fcntl.fcntl(source, fcntl.F_SETPIPE_SZ, CHUNK)
+    recipient = parse_recipient(recipient_text, "backup.encrypt_to") if recipient_text else None
+    writer = HashingWriter(sink)
+
+    def stored_in_sink() -> None:
         sink.finish()
         stored.sha256, stored.size = writer.digest.hexdigest(), writer.size
-    except BaseException as exc:  # handed to the main thread, which raises it
-        stored.error = exc
-        with contextlib.suppress(OSError):
-            while packer.stdout.read(CHUNK):
+
+    if recipient is None:
+
+        def compress() -> None:
+            try:
+                for piece in stream.compressed(source):
+                    writer.write(piece)
+                stored_in_sink()
+            except BaseException as exc:
+                stored.error = exc
+                _drain(source)
+
+        return [threading.Thread(target=compress, daemon=True)]
+    read_end, write_end = os.pipe()
+    plain, packed = os.fdopen(read_end, "rb"), os.fdopen(write_end, "wb")
+
+    def compress_into_pipe() -> None:
+        try:
+            with packed:
+                for piece in stream.compressed(source):
+                    packed.write(piece)
+        except BaseException as exc:
+            stored.error = stored.error or exc
+            _drain(source)
+
+    def encrypt() -> None:
+        _encrypt(plain, writer, recipient, stored)
+        if stored.error is None:
+            stored_in_sink()
+
+    return [
+        threading.Thread(target=compress_into_pipe, daemon=True),
+        threading.Thread(target=encrypt, daemon=True),
+    ]
+
+
+def _drain(source: int) -> None:
+    """Read a failed stream to its end: the dump finishes rather than block on a pipe."""
+    import os
+
+    with contextlib.suppress(OSError):
+        while os.read(source, CHUNK):
+            pass
+
+
+def _encrypt(plain: Any, writer: Any, recipient: Any, stored: Stored) -> None:
+    """Thread body: the compressed stream from the pipe, encrypted into ``writer``."""
+    from safe_migrations.stores.encryption import encrypt_stream
+
+    try:
+        with plain:
+            encrypt_stream(plain, writer, recipient)
+    except BaseException as exc:
+        stored.error = stored.error or exc
+        with contextlib.suppress(OSError, ValueError):
+            while plain.read(CHUNK):
                 pass
 
 

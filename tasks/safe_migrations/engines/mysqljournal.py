@@ -17,6 +17,7 @@ statement that committed in the instant before the runner could write the journa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ class Journal:
     written: int = 0  # how many of the statements the record holds
     version_at: str | None = None
     _engine: Any = None
+    _open: Any = None  # the journal's connection
+    _holder: int | None = None  # the run's lock connection, read at the first write
 
     def enter(self, revision: Revision) -> None:
         """A statement of ``revision``: a new revision starts its own record."""
@@ -126,6 +129,9 @@ class Journal:
         self.skipped, self.written = [], 0
 
     def close(self) -> None:
+        if self._open is not None:
+            with contextlib.suppress(Exception):  # a lost connection has nothing to close
+                self._open.close()
         if self._engine is not None:
             self._engine.dispose()
 
@@ -136,20 +142,22 @@ class Journal:
             "recorded_at": datetime.now(UTC).replace(tzinfo=None),
         }
         self.written = len(self.statements)
-        with self._connection() as connection:
-            if self.row_id is None:
+        connection = self._connection()
+        if self.row_id is None:
+            if self._holder is None:  # once a run: the table, and whose run this is
                 table.create(connection, checkfirst=True)
-                self.row_id = connection.execute(
-                    table.insert().values(
-                        kind="upgrade",
-                        revision=self.revision,
-                        version_at=self.version_at,
-                        error=f"{RUNNING} (lock connection {_lock_holder(connection)})",
-                        **values,
-                    )
-                ).inserted_primary_key[0]
-            else:
-                connection.execute(table.update().where(table.c.id == self.row_id).values(**values))
+                self._holder = _lock_holder(connection)
+            self.row_id = connection.execute(
+                table.insert().values(
+                    kind="upgrade",
+                    revision=self.revision,
+                    version_at=self.version_at,
+                    error=f"{RUNNING} (lock connection {self._holder})",
+                    **values,
+                )
+            ).inserted_primary_key[0]
+        else:
+            connection.execute(table.update().where(table.c.id == self.row_id).values(**values))
 
     def _redacted(self, statement: str) -> str:
         from safe_migrations.core.masking import redact
@@ -157,18 +165,20 @@ class Journal:
         return redact(statement, [self.env.password])
 
     def _connection(self) -> Any:
-        if self._engine is None:
+        """The journal's own autocommit connection, opened once for the run: each write
+        commits before the migration's next statement runs."""
+        if self._open is None:
             from safe_migrations.core.database import make_engine
 
             self._engine = make_engine(self.env, role="record", autocommit=True)
-        return self._engine.connect()
+            self._open = self._engine.connect()
+        return self._open
 
     def _in_catalog(self, construct: Any) -> bool | None:
         """Whether the catalog shows what the DDL construct does (None: cannot tell)."""
         from sqlalchemy import inspect
 
-        with self._connection() as connection:
-            return in_catalog(construct, inspect(connection))
+        return in_catalog(construct, inspect(self._connection()))
 
 
 _RUNNING = re.compile(re.escape(RUNNING) + r" \(lock connection (\d+)\)")

@@ -160,7 +160,8 @@ class PostgreSQL(Engine):
     ) -> tuple[Stored | None, int, float]:
         from safe_migrations.engines.pgdump import dump_postgres, verify_postgres
 
-        stored = dump_postgres(env, target, self.count_tables(env), progress)
+        total = self.count_tables(env) if progress.enabled else 0  # only the line shows it
+        stored = dump_postgres(env, target, total, progress)
         verify_started = time.perf_counter()
         return stored, stored.tables if stored else verify_postgres(env, target), verify_started
 

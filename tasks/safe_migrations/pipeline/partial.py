@@ -10,6 +10,7 @@ CI machine sees it), and health blocks (exit 3) while a row is unresolved.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -103,7 +104,9 @@ def met_own_objects(log: StatementLog, exc: BaseException) -> bool:
     return code in ALREADY_EXISTS and log.running is not None and commits(log.running)
 
 
+@functools.cache
 def record_table() -> Table:
+    """The record's table, built once (a statement must name one Table object)."""
     from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text
 
     return Table(

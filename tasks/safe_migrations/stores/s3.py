@@ -179,7 +179,7 @@ class S3Store(BackupStore):
         started = time.perf_counter()
         try:
             abort_stale_uploads(env, store)
-            total = engine.count_tables(env)
+            total = engine.count_tables(env) if progress.enabled else 0  # the line's /N
             sink = ObjectSink(store, name)
             stored = engine.dump_to(env, sink, name, total, progress)
         except (BotoCoreError, ClientError) as exc:
