@@ -55,7 +55,13 @@ def test_every_step_calls_existing_tasks_and_only_invoke_sees_secrets() -> None:
         for line in step.get("run", "").splitlines()
         if line.strip().startswith("invoke ")
     ]
-    assert {c[1] for c in calls} == {"fleet-matrix", "migrate", "fleet-report", "rollback"}
+    assert {c[1] for c in calls} == {
+        "fleet-matrix",
+        "migrate",
+        "dashboard",
+        "fleet-report",
+        "rollback",
+    }
     for call in calls:
         flags = {
             f"--{name.strip('_').replace('_', '-')}"

@@ -102,7 +102,7 @@ def test_inputs_concurrency_jobs_and_retention() -> None:
         if "upload-artifact" in s.get("uses", "")
     }
     backups = "var/backups/**/*.age\nvar/backups/**/*.manifest.json\n"
-    assert retention == {"var/health/": 30, "var/reports/": 90, backups: 30}
+    assert retention == {"var/health/": 30, "var/reports/": 90, backups: 30, "var/dashboard/": 30}
     assert all(
         s.get("if") == "always()"
         for s in migrate["steps"]
@@ -271,7 +271,10 @@ def test_migrate_job_plays_locally(
     health = json.loads((checkout / "var" / "health" / "health.json").read_text())
     assert health["ok"] is True
     assert run.outputs["migrate_exit_code"] == "0"
-    for log in run.logs.values():
+    page = (checkout / "var" / "dashboard" / "index.html").read_text()
+    assert 'data-name="staging"' in page and "<code>0007</code>" in page
+    assert run.outcomes["Link the dashboard"] == "skipped"  # the player uploads nothing
+    for log in [*run.logs.values(), page]:
         assert PASSWORD not in log
 
 

@@ -1,4 +1,5 @@
-"""Tasks that read and change nothing: status, heads, health, report."""
+"""Tasks that read and change nothing but their own output: status, heads, health,
+report, dashboard."""
 
 from __future__ import annotations
 
@@ -155,3 +156,36 @@ def report_task(
         emit(no_report_issue_body(environment.name), output)
         return
     emit(show(data, "issue" if issue_body else format, [environment.password]), output)
+
+
+DASHBOARD_HELP = {
+    "env": "an environment to show (repeat for several; default: every file in environments/)",
+    "offline": "read only the files runs left (no database is contacted)",
+    "output": "where to write the page (default: var/dashboard.html)",
+}
+
+
+@task(iterable=["env"], help=DASHBOARD_HELP)
+@exits_with_documented_codes
+def dashboard(
+    c: Any, env: list[str] | None = None, offline: bool = False, output: str = ""
+) -> None:
+    """One self-contained HTML page: every environment and fleet member at a glance."""
+    import os
+    from pathlib import Path
+
+    from safe_migrations.core.config import PROJECT_ROOT
+    from safe_migrations.operations.dashboard import databases, gather
+    from safe_migrations.operations.dashboard_page import summary, write_page
+
+    folder = os.environ.get("MIGRATE_ENVIRONMENTS_DIR")
+    envs = databases(list(env or []), Path(folder) if folder else None, offline)
+    views = gather(envs, offline)
+    page = write_page(
+        views, Path(output) if output else PROJECT_ROOT / "var" / "dashboard.html", offline
+    )
+    counts = summary(views)
+    say(
+        f"dashboard: {page} ({counts['databases']} database(s), {counts['behind']} behind head, "
+        f"{counts['failed']} with a failed last run, {counts['unreachable']} unreachable)"
+    )

@@ -48,6 +48,13 @@ class BackupStore:
         (by location, never the manifest's claim) and ``manifest``."""
         raise NotImplementedError
 
+    # Whether manifests() reaches over the network (an offline reader uses copies()).
+    remote: ClassVar[bool] = False
+
+    def copies(self) -> list[dict[str, Any]]:
+        """The manifests on this machine's disk, read without contacting anything."""
+        return self.manifests()
+
     def delete(self, backup: dict[str, Any]) -> None:
         """A backup and its manifest (one that ``manifests`` listed)."""
         raise NotImplementedError

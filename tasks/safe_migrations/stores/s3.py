@@ -231,6 +231,20 @@ class S3Store(BackupStore):
     def manifests(self) -> list[dict[str, Any]]:
         return remote_manifests(self.env, self.bucket)
 
+    remote = True
+
+    def copies(self) -> list[dict[str, Any]]:
+        """The manifests' copies that this machine's backups left in ``<folder>/remote``."""
+        found = []
+        for path in (self.env.backup_dir / "remote").glob(f"{self.env.name}-*{MANIFEST_SUFFIX}"):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("environment") == self.env.name:
+                found.append(data)
+        return sorted(found, key=lambda d: str(d.get("created_at")), reverse=True)
+
     def delete(self, backup: dict[str, Any]) -> None:
         """The object, its manifest object and the manifest's copy in the backup folder."""
         key = self.bucket.key(backup["name"])
