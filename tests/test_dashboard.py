@@ -177,3 +177,31 @@ def test_an_unreachable_database_is_shown_not_raised(runs: dict[str, str], tmp_p
     text = page.read_text()
     assert "unreachable" in text and "Cannot reach the staging database" in text
     assert "secret-pw" not in text + made.stdout + made.stderr
+
+
+def test_two_hundred_members_stay_readable_and_the_filter_finds_one(tmp_path: Path) -> None:
+    """A fleet of 200 members, read live (SQLite files), grouped and filtered offline."""
+    from playwright.sync_api import sync_playwright
+
+    folder = tmp_path / "environments"
+    fleet = {f"m{i:03d}": f"sqlite:///{tmp_path / f'm{i:03d}.db'}" for i in range(200)}
+    environment(folder, "tenants", tmp_path / "var", "", fleet={"databases": fleet})
+    page = tmp_path / "big.html"
+    made = run_invoke(
+        "dashboard", "--output", str(page), env={"MIGRATE_ENVIRONMENTS_DIR": str(folder)}
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert "200 database(s), 200 behind head" in made.stdout
+    if not CHROMIUM:
+        pytest.skip("chromium is not installed")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        view = browser.new_page()
+        view.goto(page.as_uri())
+        assert view.locator("summary").inner_text() == "fleet tenants (200)"
+        view.fill("#filter", "m137")
+        shown = [
+            r.get_attribute("data-name") for r in view.locator("tr.db").all() if r.is_visible()
+        ]
+        browser.close()
+    assert shown == ["tenants.m137"]
