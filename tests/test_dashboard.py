@@ -44,7 +44,7 @@ def runs(tmp_path: Path, pg_url: str, scratch: ScratchProject) -> dict[str, str]
     """staging (PostgreSQL, the example history, a backup and a rehearsal), qa (SQLite,
     a revision that fails) and a fleet of six SQLite tenants, four of them migrated."""
     folder, var = tmp_path / "environments", tmp_path / "var"
-    environment(folder, "staging", var, PG_URL)
+    environment(folder, "staging", var, PG_URL, backup={"prove": "restore"})
     scratch.add('op.create_table("qa", sa.Column("id", sa.Integer, primary_key=True))')
     scratch.add('raise RuntimeError("the data is not ready")', message=HOSTILE)
     qa = f"sqlite:///{tmp_path / 'qa.db'}"
@@ -139,6 +139,7 @@ def test_the_dashboard_shows_every_database_in_a_real_browser(
     assert sorted(rows) == sorted(["staging", "qa", *(f"tenants.{t}" for t in TENANTS)])
     assert rows["staging"][1] == "0007" and rows["staging"][3] == "0"
     assert "upgrade succeeded" in rows["staging"][4] and "MB" in rows["staging"][6]
+    assert "proven: restored in" in rows["staging"][6] and "and compared" in rows["staging"][6]
     assert rows["qa"][1] == "r001" and rows["qa"][2] == "r002" and rows["qa"][3] == "1"
     assert "upgrade FAILED" in rows["qa"][4] and "the data is not ready" in rows["qa"][4]
     for tenant in TENANTS[:4]:

@@ -206,15 +206,26 @@ def rollback(
     )
 
 
-@task(help={"env": ENV_HELP} | FLEET_HELP)
+PROVE_HELP = "restore it into a scratch database and compare every table with the source"
+
+
+@task(help={"env": ENV_HELP, "prove": PROVE_HELP} | FLEET_HELP)
 @exits_with_documented_codes
 def backup(
-    c: Any, env: str | None = None, only: str = "", exclude: str = "", jobs: int = 0
+    c: Any,
+    env: str | None = None,
+    prove: bool = False,
+    only: str = "",
+    exclude: str = "",
+    jobs: int = 0,
 ) -> None:
     """Take a verified backup (manifest with size and sha256) and prune old ones."""
+    from safe_migrations.core.config import with_proof
     from safe_migrations.operations.standalone import backup as take
 
     environment = load_env(env)
+    if prove:
+        environment = with_proof(environment)
     if environment.is_fleet:
         from safe_migrations.operations import fleet_work
 
@@ -223,15 +234,32 @@ def backup(
     take(environment)
 
 
-@task(name="backups", help={"env": ENV_HELP, "json_": JSON_HELP, "only": "fleet: whose backups"})
+@task(
+    name="backups",
+    help={
+        "env": ENV_HELP,
+        "json_": JSON_HELP,
+        "only": "fleet: whose backups",
+        "prove": "PATH or 'latest': restore that backup into a scratch database and compare "
+        "it with what its source held (recorded when it was taken)",
+    },
+)
 @exits_with_documented_codes
-def backups_task(c: Any, env: str | None = None, json_: bool = False, only: str = "") -> None:
+def backups_task(
+    c: Any, env: str | None = None, json_: bool = False, only: str = "", prove: str = ""
+) -> None:
     """List the environment's backups, newest first, in its folder or its store."""
     from safe_migrations.pipeline.backup import all_backups, render_backups
 
-    environment = load_env(env, need_database=False)
+    environment = load_env(env, need_database=bool(prove))
     if environment.is_fleet:
         environment = one_database(load_env(env), "backups", only)
+    if prove:
+        from safe_migrations.pipeline.backup_proof import prove_existing, summary
+
+        proven = prove_existing(environment, prove)
+        say(f"{proven['path']}: {summary(proven['proof'])}")
+        return
     found = all_backups(environment)
     say(json.dumps(found, indent=2, default=str) if json_ else render_backups(found))
 

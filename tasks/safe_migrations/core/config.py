@@ -122,6 +122,9 @@ class BackupSettings:
     # to it on the way to disk (custom format, or SQLite); empty means not encrypted.
     encrypt_to: str | None = None
     storage: StorageSettings = field(default_factory=StorageSettings)
+    # restore: each backup restored into a scratch database and compared table by table
+    # with its source at the dump's snapshot before anything migrates (PostgreSQL).
+    prove: Literal["none", "restore"] = "none"
 
 
 @dataclass(frozen=True)
@@ -443,7 +446,34 @@ def load_environment(
     url = _normalise(url)
     _check_url(url, path)
     settings = _encryption(settings, environ, path)
+    _check_proof(settings, url, path)
     return Environment(name, path, url, settings, warnings=deprecations(settings, path))
+
+
+def with_proof(env: Environment) -> Environment:
+    """The environment with ``backup.prove: restore`` (``--prove``), checked as if loaded."""
+    from dataclasses import replace
+
+    settings = replace(env.settings, backup=replace(env.settings.backup, prove="restore"))
+    _check_proof(settings, env.url, env.path)
+    return replace(env, settings=settings)
+
+
+def _check_proof(settings: EnvironmentFile, url: str, path: Path) -> None:
+    """backup.prove where it is not built, refused when the file is loaded, not mid-run."""
+    if settings.backup.prove != "restore":
+        return
+    if url.split(":", 1)[0].split("+", 1)[0] != "postgresql":
+        raise ConfigError(
+            f"{_relative(path)}: backup.prove: restore is available for PostgreSQL backups "
+            "only; remove it (MySQL restores are proven on a scratch database anyway)."
+        )
+    if settings.backup.storage.type != "local" or settings.backup.format != "custom":
+        raise ConfigError(
+            f"{_relative(path)}: backup.prove: restore takes custom-format backups in the "
+            "backup folder for now; remove backup.storage (s3) and backup.format: directory, "
+            "or the proof."
+        )
 
 
 def deprecations(settings: EnvironmentFile, path: Path) -> tuple[str, ...]:

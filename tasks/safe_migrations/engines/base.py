@@ -138,11 +138,31 @@ class Engine:
             return self.table_count(connection)
 
     def dump(
-        self, env: Environment, target: Path, encrypted: bool, progress: Progress
+        self,
+        env: Environment,
+        target: Path,
+        encrypted: bool,
+        progress: Progress,
+        snapshot: str | None = None,
     ) -> tuple[Stored | None, int, float]:
         """Dump into ``target`` and read it back: what was stored (None: hash the file
         afterwards), its table count and when verification began."""
         raise self.cannot("A backup")
+
+    # --- a backup proven by restoring it (backup.prove: restore) ---------------------
+    def exported_snapshot(self, env: Environment) -> AbstractContextManager[tuple[str, Any]]:
+        """A transaction whose snapshot ``dump(snapshot=...)`` dumps, and its id."""
+        raise self.cannot("Proving a backup by restoring it (backup.prove)")
+
+    def fingerprints(self, connection: Connection) -> dict[str, list[Any]]:
+        """Each table's [rows, checksum] in the connection's transaction."""
+        raise self.cannot("Proving a backup by restoring it (backup.prove)")
+
+    def restored_fingerprints(
+        self, env: Environment, scratch: Environment, path: Path
+    ) -> tuple[dict[str, list[Any]], float]:
+        """Restore ``path`` into ``scratch``: its fingerprints and the restore's seconds."""
+        raise self.cannot("Proving a backup by restoring it (backup.prove)")
 
     def check_streamed_backup(self) -> None:
         """Refuse, before anything is uploaded, a store this engine cannot stream into."""

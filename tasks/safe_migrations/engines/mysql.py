@@ -154,7 +154,12 @@ class MySQL(Engine):
     )
 
     def dump(
-        self, env: Environment, target: Path, encrypted: bool, progress: Progress
+        self,
+        env: Environment,
+        target: Path,
+        encrypted: bool,
+        progress: Progress,
+        snapshot: str | None = None,
     ) -> tuple[Stored | None, int, float]:
         from safe_migrations.engines.mysqldump import dump_mysql
 

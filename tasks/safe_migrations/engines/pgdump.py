@@ -44,6 +44,7 @@ def dump_postgres(
     tables_total: int,
     progress: Progress,
     sink: Any = None,
+    snapshot: str | None = None,
 ) -> Stored | None:
     """Run pg_dump with a timeout; a partial file (or upload) is removed on any failure.
 
@@ -70,6 +71,8 @@ def dump_postgres(
         f"--format={settings.format}",
         f"--compress={settings.compression}",
     ]
+    if snapshot:  # the rows an exported snapshot sees (backup.prove fingerprints them)
+        argv.append(f"--snapshot={snapshot}")
     if not streamed:
         argv.append(f"--file={target}")
     if settings.format == "directory" and settings.jobs > 1:

@@ -156,14 +156,36 @@ class PostgreSQL(Engine):
     tool_schema = "safe_migrations"
 
     def dump(
-        self, env: Environment, target: Path, encrypted: bool, progress: Progress
+        self,
+        env: Environment,
+        target: Path,
+        encrypted: bool,
+        progress: Progress,
+        snapshot: str | None = None,
     ) -> tuple[Stored | None, int, float]:
         from safe_migrations.engines.pgdump import dump_postgres, verify_postgres
 
         total = self.count_tables(env) if progress.enabled else 0  # only the line shows it
-        stored = dump_postgres(env, target, total, progress)
+        stored = dump_postgres(env, target, total, progress, snapshot=snapshot)
         verify_started = time.perf_counter()
         return stored, stored.tables if stored else verify_postgres(env, target), verify_started
+
+    def exported_snapshot(self, env: Environment) -> AbstractContextManager[tuple[str, Any]]:
+        from safe_migrations.engines.pgproof import exported_snapshot
+
+        return exported_snapshot(env)
+
+    def fingerprints(self, connection: Connection) -> dict[str, list[Any]]:
+        from safe_migrations.engines.pgproof import fingerprints
+
+        return fingerprints(connection)
+
+    def restored_fingerprints(
+        self, env: Environment, scratch: Environment, path: Path
+    ) -> tuple[dict[str, list[Any]], float]:
+        from safe_migrations.engines.pgproof import restored_fingerprints
+
+        return restored_fingerprints(env, scratch, path)
 
     def check_streamed_backup(self) -> None:
         """The custom format streams: pg_dump's output goes to the store as it is made."""

@@ -59,7 +59,12 @@ class SQLite(Engine):
     }
 
     def dump(
-        self, env: Environment, target: Path, encrypted: bool, progress: Progress
+        self,
+        env: Environment,
+        target: Path,
+        encrypted: bool,
+        progress: Progress,
+        snapshot: str | None = None,
     ) -> tuple[Stored | None, int, float]:
         from safe_migrations.engines.sqlitecopy import backup_sqlite, backup_sqlite_encrypted
 

@@ -14,6 +14,7 @@ from safe_migrations.core.config import Environment
 from safe_migrations.stores.backupfiles import BackupInfo, Progress, warn
 
 if TYPE_CHECKING:
+    from safe_migrations.engines.base import Engine
     from safe_migrations.stores.base import BackupStore
 
 
@@ -29,7 +30,11 @@ def take_backup(
 
     store = store_for(env)
     created = now()
-    info = store.save(engine_for(env.dialect), revision, progress or Progress(), created)
+    engine = engine_for(env.dialect)
+    if env.settings.backup.prove == "restore":
+        info = _proven(env, store, engine, revision, progress or Progress(), created)
+    else:
+        info = store.save(engine, revision, progress or Progress(), created)
     try:
         prune(env, store, keep=Path(info.path).name, now=created)
     except store.prune_errors as exc:
@@ -39,6 +44,34 @@ def take_backup(
             "them."
         )
     return info
+
+
+def _proven(
+    env: Environment,
+    store: BackupStore,
+    engine: Engine,
+    revision: str | None,
+    progress: Progress,
+    created: datetime,
+) -> BackupInfo:
+    """The dump of an exported snapshot whose tables were fingerprinted, restored into a
+    scratch database and compared (pipeline/backup_proof.py); removed when it differs."""
+    from dataclasses import replace
+
+    from safe_migrations.pipeline.backup_proof import ProofError, prove
+    from safe_migrations.stores.backupfiles import write_manifest
+
+    with engine.exported_snapshot(env) as (snapshot, connection):
+        expected = engine.fingerprints(connection)
+        info = store.save(engine, revision, progress, created, snapshot=snapshot)
+    try:
+        proof = prove(env, engine, info.to_dict(), expected)
+    except ProofError:
+        store.delete(info.to_dict())
+        raise
+    proven = replace(info, proof=proof)
+    write_manifest(proven, env.masked_url)
+    return proven
 
 
 def all_backups(env: Environment) -> list[dict[str, Any]]:

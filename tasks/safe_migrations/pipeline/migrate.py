@@ -273,6 +273,10 @@ def record_backup(run: Run) -> None:
         info = take_backup(run.env, run.current, run.console.progress)
     run.record.backup = info.to_dict()
     message = f"{info.path} ({info.size:,} bytes, sha256 {info.sha256[:12]}...)"
+    if info.proof is not None:
+        from safe_migrations.pipeline.backup_proof import summary
+
+        message += f"; proven: {summary(info.proof)}"
     run.step(StepResult("backup", True, message, duration=clock.seconds))
 
 

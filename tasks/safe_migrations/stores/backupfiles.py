@@ -41,6 +41,7 @@ class BackupInfo:
     tables: int
     target: dict[str, Any]  # what was backed up: engine, host, port, database (no user)
     encrypted_to: str | None = None  # the age recipient (a public key), when encrypted
+    proof: dict[str, Any] | None = None  # restored and compared (pipeline/backup_proof.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

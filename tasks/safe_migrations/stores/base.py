@@ -38,9 +38,15 @@ class BackupStore:
         raise NotImplementedError
 
     def save(
-        self, engine: Engine, revision: str | None, progress: Progress, created: datetime
+        self,
+        engine: Engine,
+        revision: str | None,
+        progress: Progress,
+        created: datetime,
+        snapshot: str | None = None,
     ) -> BackupInfo:
-        """The engine's dump stored, verified and described by its manifest."""
+        """The engine's dump stored, verified and described by its manifest; with
+        ``snapshot``, of the rows that exported snapshot sees (where the store takes one)."""
         raise NotImplementedError
 
     def manifests(self) -> list[dict[str, Any]]:

@@ -46,7 +46,12 @@ class LocalStore(BackupStore):
         return str(self.env.backup_dir)
 
     def save(
-        self, engine: Engine, revision: str | None, progress: Progress, created: datetime
+        self,
+        engine: Engine,
+        revision: str | None,
+        progress: Progress,
+        created: datetime,
+        snapshot: str | None = None,
     ) -> BackupInfo:
         """The engine dumps into a new file (or folder) there, reads it back; then the
         checksum (hashed on the way for a stream) and the manifest beside it."""
@@ -61,7 +66,9 @@ class LocalStore(BackupStore):
         started = time.perf_counter()
         try:
             with claimed(target):  # a SIGKILL leaves it to the next run's sweep
-                stored, tables, verify_started = engine.dump(env, target, encrypted, progress)
+                stored, tables, verify_started = engine.dump(
+                    env, target, encrypted, progress, snapshot
+                )
                 restrict(target)
                 digest = stored.sha256 if stored else sha256_of(target)
         except OSError as exc:

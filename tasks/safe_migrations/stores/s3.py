@@ -156,7 +156,12 @@ class S3Store(BackupStore):
         return (BotoCoreError, ClientError)
 
     def save(
-        self, engine: Engine, revision: str | None, progress: Progress, created: datetime
+        self,
+        engine: Engine,
+        revision: str | None,
+        progress: Progress,
+        created: datetime,
+        snapshot: str | None = None,
     ) -> BackupInfo:
         """The dump streamed into the store (encrypted on the way when configured), verified
         before the upload is completed; the manifest goes beside it, a copy into the backup

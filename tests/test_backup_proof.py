@@ -1,0 +1,144 @@
+"""A backup proven by restoring it (issue 28, ``backup.prove: restore``) on a real
+PostgreSQL: restored into a scratch database and compared table by table with the
+source at the dump's snapshot; the recovery time in the report; a dump that lost a
+table's rows stops the run before any migration statement (exit 3); a backup rewritten
+after it was made (with a matching checksum) fails ``invoke backups --prove``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import jsonschema
+import pytest
+from helpers import QUIET, cli_env, run_invoke, seed
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+from test_rehearsal import copies_on
+
+from safe_migrations.core.config import Environment
+from safe_migrations.core.errors import ConfigError
+from safe_migrations.engines.libpq import pg_environment
+from safe_migrations.operations.standalone import backup
+from safe_migrations.pipeline.backup import take_backup
+from safe_migrations.stores.backupfiles import sha256_of
+
+SCHEMA = json.loads(
+    (
+        Path(__file__).parent.parent / "tasks/safe_migrations/schemas/report-v2.schema.json"
+    ).read_text()
+)
+
+
+def test_a_proven_backup_records_its_recovery_time_and_leaves_no_scratch_database(
+    pg_url: str, pg_admin_url: str, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url, backup={"prove": "restore"})
+    seed(env, rows=300)
+    record = backup(env, QUIET)
+    proof = record.backup["proof"]
+    assert proof["compared"] is True and proof["recovery_seconds"] > 0
+    assert proof["fingerprints"]["public.users"][0] == 300
+    assert proof["rows"] == sum(rows for rows, _ in proof["fingerprints"].values())
+    manifest = json.loads(Path(record.backup["manifest"]).read_text())
+    assert manifest["proof"] == proof
+    report = json.loads(next(env.report_dir.glob("staging-backup-*.json")).read_text())
+    jsonschema.validate(report, SCHEMA)
+    assert report["backup"]["proof"]["recovery_seconds"] == proof["recovery_seconds"]
+    markdown = next(env.report_dir.glob("staging-backup-*.md")).read_text()
+    assert "proven: restored into a scratch database in" in markdown
+    assert copies_on(pg_admin_url, env.settings.check.scratch_prefix) == set()
+
+
+def fake_pg_dump(folder: Path) -> Path:
+    """A pg_dump that leaves out the rows of public.orders: a real dump, incomplete."""
+    folder.mkdir()
+    real = shutil.which("pg_dump")
+    script = folder / "pg_dump"
+    script.write_text(f'#!/bin/sh\nexec "{real}" --exclude-table-data=public.orders "$@"\n')
+    script.chmod(0o755)
+    return folder
+
+
+def test_a_dump_that_lost_rows_stops_the_migration_before_any_statement(
+    pg_url: str, tmp_path: Path, make_env: Callable[..., Environment]
+) -> None:
+    seed(make_env(pg_url), rows=100)
+    variables = cli_env(tmp_path, pg_url, backup={"prove": "restore"}, policy={"confirm": "never"})
+    variables["PATH"] = f"{fake_pg_dump(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}"
+    result = run_invoke("backup", "--env", "staging", env=variables)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "public.orders has 0 rows, the source had 100" in result.stderr
+    assert not list((tmp_path / "var" / "backups").glob("*.dump*"))  # not kept
+
+
+def test_a_migration_with_a_proof_that_fails_runs_nothing(
+    pg_url: str, tmp_path: Path, make_env: Callable[..., Environment]
+) -> None:
+    env = make_env(pg_url)
+    from safe_migrations.pipeline.upgrade import run_migrations
+    from safe_migrations.project.alembic_api import DEFAULT_PROJECT
+
+    run_migrations(env, DEFAULT_PROJECT, "0005")
+    engine = create_engine(pg_url, poolclass=NullPool)
+    with engine.begin() as connection:  # rows for the incomplete dump to lose
+        connection.execute(text("INSERT INTO users (id, email, name) VALUES (1, 'a@b.c', 'a')"))
+        connection.execute(text("INSERT INTO orders (id, user_id, total_cents) VALUES (1, 1, 5)"))
+    engine.dispose()
+    variables = cli_env(tmp_path, pg_url, backup={"prove": "restore"}, policy={"confirm": "never"})
+    variables["PATH"] = f"{fake_pg_dump(tmp_path / 'bin')}{os.pathsep}{os.environ['PATH']}"
+    result = run_invoke("migrate", "--env", "staging", "--backup", env=variables)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "does not restore what its source held" in result.stderr
+    with create_engine(pg_url, poolclass=NullPool).connect() as connection:
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == (
+            "0005"
+        )
+
+
+def test_a_backup_rewritten_after_it_was_made_fails_backups_prove(
+    pg_url: str, pg_admin_url: str, tmp_path: Path, make_env: Callable[..., Environment]
+) -> None:
+    variables = cli_env(tmp_path, pg_url, backup={"prove": "restore"})
+    env = make_env(pg_url, backup={"prove": "restore"})
+    seed(env, rows=50)
+    info = take_backup(env, "0007")
+    proven = run_invoke("backups", "--env", "staging", "--prove", "latest", env=variables)
+    assert proven.returncode == 0, proven.stdout + proven.stderr
+    assert "every table's rows and checksum match the source" in proven.stdout
+    # Rewrite the archive with one row changed, and its checksum to match.
+    scratch = pg_url.rsplit("/", 1)[0] + "/tamper_" + os.urandom(4).hex()
+    admin = create_engine(pg_admin_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    name = scratch.rsplit("/", 1)[1]
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        child = pg_environment(scratch)
+        subprocess.run(["pg_restore", "--no-owner", "-d", name, info.path], env=child, check=True)
+        with create_engine(scratch, poolclass=NullPool).begin() as connection:
+            connection.execute(text("UPDATE users SET name = 'changed' WHERE id = 7"))
+        Path(info.path).unlink()
+        subprocess.run(["pg_dump", "-Fc", "-f", info.path, name], env=child, check=True)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+    manifest = Path(info.manifest)
+    data = json.loads(manifest.read_text())
+    data["sha256"] = sha256_of(Path(info.path))
+    manifest.write_text(json.dumps(data))
+    refused = run_invoke("backups", "--env", "staging", "--prove", "latest", env=variables)
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "public.users has 50 rows as the source had, but other contents" in refused.stderr
+    assert "It stays where it is, unproven." in refused.stderr
+
+
+def test_prove_is_refused_where_it_is_not_built(
+    sqlite_url: str, make_env: Callable[..., Environment]
+) -> None:
+    with pytest.raises(ConfigError, match="PostgreSQL backups only"):
+        make_env(sqlite_url, backup={"prove": "restore"})
