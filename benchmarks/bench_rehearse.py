@@ -4,8 +4,12 @@ history upgraded under observation, validated, dropped) against the same done by
 of about 1 GB (scale 70) that also holds the example schema at 0003 with 100,000 users.
 Also prints a rehearsal from a fresh backup, and the lock samples per second the
 observer took. Goal: ours <= 1.2x by hand; the sampling must not slow the migration.
+The proof case: `invoke backups --prove` of that backup (restored into a scratch
+database, every table fingerprinted and compared with the source's fingerprints at
+the dump's snapshot) against restoring it by hand (createdb, `pg_restore -d`,
+dropdb). Goal: <= 1.2x.
 
-    python benchmarks/bench_rehearse.py [--scale 70] [--runs 3] [--quick]
+    python benchmarks/bench_rehearse.py [--scale 70] [--runs 3] [--quick] [--only proof]
 """
 
 from __future__ import annotations
@@ -69,6 +73,38 @@ def by_hand(admin: str, backup: Path) -> float:
     return time.perf_counter() - started
 
 
+def proof_cost(admin: str, backup: Path, env: dict[str, str], runs: int) -> dict:
+    """`invoke backups --prove` of ``backup`` against createdb + pg_restore -d + dropdb."""
+    import time
+
+    proving, restoring = [], []
+    for run in range(runs):
+        for side in ("prove", "hand") if run % 2 == 0 else ("hand", "prove"):
+            if side == "prove":
+                proving.append(
+                    timed_run(invoke("backups", "--env", "bench", "--prove", str(backup)), env)
+                )
+                continue
+            started = time.perf_counter()
+            copy = create_database(admin, "byhand")
+            child = libpq_env(copy)
+            restore = [which("pg_restore"), "--no-owner", f"--dbname={child['PGDATABASE']}"]
+            timed_run([*restore, str(backup)], child)
+            drop_database(admin, copy)
+            restoring.append(time.perf_counter() - started)
+    ratio = median(proving) / median(restoring)
+    print(
+        f"invoke backups --prove (restore into a scratch database, fingerprint, compare): "
+        f"{median(proving):.2f} s; by hand (createdb, pg_restore -d, dropdb): "
+        f"{median(restoring):.2f} s; ratio {ratio:.3f} (goal <= 1.2)"
+    )
+    return {
+        "prove_s": round(median(proving), 3),
+        "restore_by_hand_s": round(median(restoring), 3),
+        "ratio": round(ratio, 3),
+    }
+
+
 def observer_cost(admin: str, backup: Path, envs: Path, runs: int) -> tuple[float, float]:
     """The same upgrade of a restored copy, in process, with and without the rehearsal's
     observer beside it (median seconds each): what the sampling costs the migration."""
@@ -99,7 +135,7 @@ def observer_cost(admin: str, backup: Path, envs: Path, runs: int) -> tuple[floa
 
 
 def main() -> None:
-    args = arguments(__doc__, runs=3, scale=70, users=100_000)
+    args = arguments(__doc__, runs=3, scale=70, users=100_000, only="all")
     runs, scale, users = (1, 1, 1000) if args.quick else (args.runs, args.scale, args.users)
     work = Path(tempfile.mkdtemp(prefix="bench-rehearse-"))
     envs = environment_file(work, "bench", backup={"keep": 2})
@@ -117,9 +153,15 @@ def main() -> None:
         )
         timed_run(invoke("migrate", "--env", "bench", "--revision", "0003", "--yes"), env)
         seed_example(url, users)
-        timed_run(invoke("backup", "--env", "bench"), env)
+        proving_backup = timed_run(invoke("backup", "--env", "bench", "--prove"), env)
         backup = sorted((work / "backups").glob("*.dump"))[-1]
         size_mb = backup.stat().st_size / 2**20
+        print(f"invoke backup --prove: {proving_backup:.2f} s ({size_mb:,.0f} MB dump)")
+        proof = proof_cost(admin, backup, env, runs)
+        if args.only == "proof":
+            drop_database(admin, url)
+            finish("rehearse-proof", {"scale": scale, "runs": runs, "proof": proof})
+            return
         reports = work / "reports" / "rehearsals"
         for run in range(runs):
             for side in ("ours", "hand", "fresh") if run % 2 == 0 else ("fresh", "hand", "ours"):
@@ -168,6 +210,8 @@ def main() -> None:
             "upgrade_plain_s": round(plain_s, 3),
             "upgrade_observed_s": round(observed_s, 3),
             "observer_ratio": round(observed_s / plain_s, 3),
+            "backup_prove_s": round(proving_backup, 3),
+            "proof": proof,
         },
     )
 

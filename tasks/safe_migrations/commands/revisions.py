@@ -156,6 +156,8 @@ def check(
         "a fresh one",
         "json_": "print the rehearsal report as JSON instead of text",
         "only": "fleet: the one member to work on",
+        "traffic": "N synthetic clients reading and writing the touched tables on the copy "
+        "while it upgrades (default: rehearsal.traffic)",
     }
 )
 @exits_with_documented_codes
@@ -166,16 +168,19 @@ def rehearse(
     from_backup: str = "",
     json_: bool = False,
     only: str = "",
+    traffic: int = -1,
 ) -> None:
     """Run the migration on a temporary copy; report locks, rewrites and timings per revision."""
+    from safe_migrations.core.config import with_traffic
     from safe_migrations.operations.rehearsal import rehearse as run_rehearsal
     from safe_migrations.pipeline.context import Console
 
     def print_json(report: dict[str, Any]) -> None:
         say(json.dumps(report, indent=2))
 
+    environment = one_database(load_env(env), "rehearse", only)
     run_rehearsal(
-        one_database(load_env(env), "rehearse", only),
+        with_traffic(environment, traffic) if traffic >= 0 else environment,
         revision,
         from_backup or None,
         console=Console(say=lambda _text: None) if json_ else Console(),

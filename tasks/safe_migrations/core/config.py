@@ -168,6 +168,8 @@ class PolicySettings:
     require_rehearsal_hours: float | None = setting(None, gt=0, le=24 * 365)
     # A rehearsal fails when a revision holds ACCESS EXCLUSIVE on a table longer than this.
     max_exclusive_lock_ms: int | None = setting(None, ge=0)
+    # The longest an application's read or write may wait in a rehearsal with traffic.
+    max_app_wait_ms: int | None = setting(None, ge=1)
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,9 @@ class RehearsalSettings:
 
     server: str | None = None
     prefix: str = setting("rehearsal_", min_length=1)
+    # Synthetic clients beside the rehearsed upgrade (`rehearse --traffic N` overrides).
+    traffic: int = setting(0, ge=0, le=32)
+    long_reader_seconds: float | None = setting(None, gt=0, le=3600)
 
 
 @dataclass(frozen=True)
@@ -450,6 +455,20 @@ def load_environment(
     return Environment(name, path, url, settings, warnings=deprecations(settings, path))
 
 
+def with_traffic(env: Environment, clients: int) -> Environment:
+    """The environment with ``rehearsal.traffic`` set (``rehearse --traffic N``)."""
+    from dataclasses import replace
+
+    if not 0 <= clients <= 32:
+        raise ConfigError(f"--traffic {clients} is out of range; give 0 to 32 clients.")
+    if clients and env.dialect != "postgresql":
+        raise ConfigError(
+            "--traffic runs its clients on PostgreSQL copies only; leave it out here."
+        )
+    rehearsal = replace(env.settings.rehearsal, traffic=clients)
+    return replace(env, settings=replace(env.settings, rehearsal=rehearsal))
+
+
 def with_proof(env: Environment) -> Environment:
     """The environment with ``backup.prove: restore`` (``--prove``), checked as if loaded."""
     from dataclasses import replace
@@ -460,7 +479,13 @@ def with_proof(env: Environment) -> Environment:
 
 
 def _check_proof(settings: EnvironmentFile, url: str, path: Path) -> None:
-    """backup.prove where it is not built, refused when the file is loaded, not mid-run."""
+    """backup.prove and rehearsal.traffic where they are not built, refused when the file
+    is loaded, not mid-run."""
+    if settings.rehearsal.traffic and url.split(":", 1)[0].split("+", 1)[0] != "postgresql":
+        raise ConfigError(
+            f"{_relative(path)}: rehearsal.traffic runs its clients on PostgreSQL copies "
+            "only; remove it."
+        )
     if settings.backup.prove != "restore":
         return
     if url.split(":", 1)[0].split("+", 1)[0] != "postgresql":

@@ -80,6 +80,7 @@ class RehearsalRecord:
     validation: list[dict[str, Any]] = field(default_factory=list)
     verdict: str = ""
     proof: str | None = None
+    traffic: dict[str, Any] | None = None  # rehearse --traffic: the clients beside it
     error: str | None = None
     user: str = field(default_factory=current_user)
     host: str = field(default_factory=socket.gethostname)
@@ -260,7 +261,9 @@ def _rehearse(
             "Rehearsal failed validation on the copy: "
             + "; ".join(f"{r['name']}: {r['message']}" for r in failed_checks)
         )
-    broken = [b for r in record.revisions for b in r["limits_broken"]]
+    broken = [
+        f"revision {r['revision']}: {b}" for r in record.revisions for b in r["limits_broken"]
+    ]
     if broken:
         raise RehearsalFailed(f"Rehearsal broke the environment's limits: {'; '.join(broken)}.")
 
@@ -310,7 +313,10 @@ def _on_copy(
         observer = RevisionObserver(made.env)
         failure: upgrade.MigrationError | None = None
         console.say(f"rehearsing {len(path)} revision(s) on the copy")
+        load = _traffic(env, made.env, project, path, record)
         try:
+            if load is not None:
+                load.start()
             upgrade.run_migrations(made.env, project, target, observer=observer)
         except upgrade.MigrationError as exc:
             failure = exc
@@ -323,11 +329,56 @@ def _on_copy(
             )
         finally:
             observer.stop()
+            if load is not None:
+                record.traffic = _waits(load, observer, record)
         if failure is None:
             at_head = [target] == heads(project.scripts())
             results = validate.validate(made.env, project, target, compare_models=at_head)
             record.validation = [r.to_dict() for r in results]
     return observer
+
+
+def _traffic(
+    env: Environment, copy: Environment, project: Project, path: list[Any], record: RehearsalRecord
+) -> Any:
+    """The synthetic clients for ``rehearse --traffic`` (None without): on the tables the
+    pending revisions' offline SQL touches that exist on the copy before they run."""
+    from sqlalchemy import text
+
+    from safe_migrations.core.database import connect
+    from safe_migrations.operations.traffic import Traffic, touched_tables
+    from safe_migrations.project.alembic_api import render_sql
+
+    settings = env.settings.rehearsal
+    if not settings.traffic:
+        return None
+    named: list[str] = []
+    for rendered in render_sql(project.config(), project.scripts(), path, copy.dialect):
+        named += touched_tables(rendered.sql or "")
+    with connect(copy, role="traffic") as connection:
+        tables = [
+            name
+            for name in dict.fromkeys(named)
+            if connection.execute(text("SELECT to_regclass(:t)"), {"t": name}).scalar()
+        ]
+    record.limits["max_app_wait_ms"] = env.settings.policy.max_app_wait_ms
+    return Traffic(copy, tables, settings.traffic, long_reader_seconds=settings.long_reader_seconds)
+
+
+def _waits(load: Any, observer: RevisionObserver, record: RehearsalRecord) -> dict[str, Any]:
+    """Stop the clients; their waits per revision window, kept for _judge."""
+    from safe_migrations.operations.traffic import per_revision
+
+    waits = load.stop()
+    record.traffic_waits = per_revision(waits, observer.windows)  # type: ignore[attr-defined]
+    return {
+        "clients": min(load.clients, 32),
+        "long_reader_seconds": load.long_reader_seconds,
+        "tables": load.tables,
+        "operations": len(waits),
+        "errors": sum(1 for w in waits if w.error),
+        "limit_ms": record.limits.get("max_app_wait_ms"),
+    }
 
 
 def _backup(
@@ -348,10 +399,23 @@ def _judge(
     messages = {r.revision: r.message for r in path}
     statuses = []
     observed = engine_for(env.dialect).rehearsal_limits is None
+    waits: dict[str, Any] = getattr(record, "traffic_waits", {})
+    app_limit = env.settings.policy.max_app_wait_ms
     for item in found:
         status, sentence, broken = verdict(item, limit, observed)
+        app = waits.get(item.revision)
+        if app is not None and app_limit is not None and app["worst_ms"] > app_limit:
+            broken = [
+                *broken,
+                f"the application waited {app['worst_ms']} ms on the copy (p99 "
+                f"{app['p99_ms']} ms, {app['operations']} operations), over "
+                f"policy.max_app_wait_ms={app_limit}",
+            ]
+            status = "over limit"
         statuses.append(status)
         data = item.to_dict()
+        if waits:
+            data["app_waits"] = app
         data.update(
             message=messages.get(item.revision, ""),
             status=status,
@@ -412,6 +476,12 @@ def render_terminal(record: RehearsalRecord) -> str:
             f"  {item['revision']:<14} {item['duration_ms']:>8} ms  {item['status']:<10} "
             f"{item['verdict']}"
         )
+        app = item.get("app_waits")
+        if app:
+            lines.append(
+                f"  {'':<14} the application's waits: p50 {app['p50_ms']} ms, p99 "
+                f"{app['p99_ms']} ms, worst {app['worst_ms']} ms ({app['operations']} operations)"
+            )
     if record.lock_details:
         lines.append(f"  ({record.lock_details})")
     else:
