@@ -179,6 +179,15 @@ class ReportSettings:
 
 
 @dataclass(frozen=True)
+class TelemetrySettings:
+    """Where a run's traces and metrics go (pipeline/telemetry.py); none unless set."""
+
+    otlp_endpoint: str | None = None  # an OTLP/HTTP collector, e.g. http://collector:4318
+    file: str | None = None  # OTLP JSON lines, for teams without a collector
+    prometheus_textfile: str | None = None  # node_exporter's textfile collector format
+
+
+@dataclass(frozen=True)
 class CheckSettings:
     # `check --stairway` makes its scratch database on the environment's server as
     # <scratch_prefix><12 hex digits>; a shared server's naming rules may want a prefix.
@@ -228,6 +237,7 @@ class EnvironmentFile:
     migration: MigrationSettings = field(default_factory=MigrationSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     reports: ReportSettings = field(default_factory=ReportSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     check: CheckSettings = field(default_factory=CheckSettings)
     rehearsal: RehearsalSettings = field(default_factory=RehearsalSettings)
     fleet: FleetSettings | None = None

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from safe_migrations.core.config import Environment
 from safe_migrations.core.errors import EXIT_BLOCKED, EXIT_OK, ToolError
 from safe_migrations.core.escaping import terminal
-from safe_migrations.core.masking import redact
+from safe_migrations.core.masking import redact, redact_data
 from safe_migrations.core.results import StepResult, format_results
 from safe_migrations.pipeline import report
 from safe_migrations.pipeline.report import RunRecord, reported, write_report
@@ -121,7 +121,11 @@ class Run:
 def recorded(run: Run) -> Iterator[RunRecord]:
     """Run a body with the run's record; the report is written whatever happens, and
     a report that cannot be written never hides the outcome."""
+    from safe_migrations.pipeline import telemetry
+
     env, record, console = run.env, run.record, run.console
+    if telemetry.wanted(env):
+        telemetry.check_installed(env)
     report.prewarm()
     started = time.perf_counter()
     try:
@@ -154,6 +158,9 @@ def recorded(run: Run) -> Iterator[RunRecord]:
             record.error = f"{record.error}; {note}" if record.error else note
         try:
             console.say(f"report: {write_report(env, record)}")
+            if telemetry.wanted(env):
+                for warning in telemetry.emit(env, redact_data(record.to_dict(), [env.password])):
+                    console.warn(f"warning: {warning}")
         except OSError as exc:  # the outcome still reaches the user, with the run's exit code
             outcome = "succeeded" if record.success else f"failed: {record.error}"
             console.warn(

@@ -9,6 +9,7 @@ hooks share one connection's state; the lock-wait watcher is already apart
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -57,6 +58,8 @@ class AppliedRevision:
     autocommit: bool = False
     # Operations the engine ran in their non-blocking form (migration.safe_operations).
     rewritten: tuple[dict[str, Any], ...] = ()
+    # Each statement's kind ("ALTER TABLE", never its text), start and seconds (telemetry).
+    statements: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -100,6 +103,43 @@ class Observer(Protocol):
     def applied(self, connection: Any, revision: str) -> None: ...
 
 
+MAX_STATEMENTS = 500  # timed per revision; a data migration's loop is not a trace
+_KIND = re.compile(
+    r"\s*(CREATE|ALTER|DROP|RENAME|TRUNCATE|COMMENT|INSERT|UPDATE|DELETE|LOCK|"
+    r"SELECT|WITH|GRANT|REVOKE)\b(\s+(?:UNIQUE\s+)?[A-Z]+)?",
+    re.IGNORECASE,
+)
+
+
+def statement_kind(statement: str) -> str | None:
+    """ "ALTER TABLE", "CREATE INDEX", "UPDATE": what a statement is, without a name or
+    value of it; None for the version table's bookkeeping and the session's settings."""
+    if "alembic_version" in statement:
+        return None
+    found = _KIND.match(statement)
+    if found is None:
+        return None
+    verb, what = found.group(1).upper(), (found.group(2) or "").split()
+    objects = {
+        "TABLE",
+        "INDEX",
+        "VIEW",
+        "SEQUENCE",
+        "TYPE",
+        "SCHEMA",
+        "FUNCTION",
+        "TRIGGER",
+        "EXTENSION",
+        "CONSTRAINT",
+        "COLUMN",
+        "MATERIALIZED",
+        "UNIQUE",
+    }
+    if verb in {"CREATE", "ALTER", "DROP", "COMMENT"} and what and what[-1].upper() in objects:
+        return f"{verb} {what[-1].upper()}"
+    return verb
+
+
 class _Clock:
     """Times each revision from Alembic's on_version_apply callback, and notes the
     revisions that ran an autocommit block (PostgreSQL: from there they wait for
@@ -125,6 +165,30 @@ class _Clock:
         self.done: list[AppliedRevision] = []
         self.autocommitted: set[str] = set()
         self.mark = time.perf_counter()
+        self.statements: list[dict[str, Any]] = []
+        self._sent_at = self.mark
+
+    def time_statements(self, connection: Any) -> None:
+        """Each statement of the revision running: its kind and timing, no text."""
+        from sqlalchemy import event
+
+        event.listen(connection, "before_cursor_execute", self._sent)
+        event.listen(connection, "after_cursor_execute", self._answered)
+
+    def _sent(self, *_args: Any) -> None:
+        self._sent_at = time.perf_counter()
+
+    def _answered(self, _conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        kind = statement_kind(statement)
+        if kind is not None and len(self.statements) < MAX_STATEMENTS:
+            now = time.perf_counter()
+            self.statements.append(
+                {
+                    "kind": kind,
+                    "offset": round(self._sent_at - self.mark, 4),
+                    "seconds": round(now - self._sent_at, 4),
+                }
+            )
 
     def running(self) -> Revision:
         return self.path[min(len(self.done), len(self.path) - 1)]
@@ -148,9 +212,10 @@ class _Clock:
                 self.retries.get(revision, 0),
                 autocommit,
                 tuple(self.rewrites.take()) if self.rewrites is not None else (),
+                tuple(self.statements),
             )
         )
-        self.mark = now
+        self.mark, self.statements = now, []
         if self.log is not None:
             self.log.next_revision()
         if self.observer is not None:
@@ -277,6 +342,7 @@ def _attempts(
             if log is not None:
                 log.attach(connection)
             clock = _Clock(path, direction, retries, lock_ms, observer, log, rewrites)
+            clock.time_statements(connection)
             forced = {
                 "on_version_apply": clock,
                 "transaction_per_migration": settings.transaction_per_migration,
