@@ -7,7 +7,8 @@ observer took. Goal: ours <= 1.2x by hand; the sampling must not slow the migrat
 The proof case: `invoke backups --prove` of that backup (restored into a scratch
 database, every table fingerprinted and compared with the source's fingerprints at
 the dump's snapshot) against restoring it by hand (createdb, `pg_restore -d`,
-dropdb). Goal: <= 1.2x.
+dropdb). Goal: <= 1.2x. The traffic case: the example history rehearsed with
+`--traffic 4`, each revision's worst client wait.
 
     python benchmarks/bench_rehearse.py [--scale 70] [--runs 3] [--quick] [--only proof]
 """
@@ -105,6 +106,27 @@ def proof_cost(admin: str, backup: Path, env: dict[str, str], runs: int) -> dict
     }
 
 
+def traffic_case(backup: Path, env: dict[str, str]) -> dict:
+    """The example history rehearsed from ``backup`` with 4 clients on the copy: each
+    revision's worst wait, as the report gives it."""
+    done = subprocess.run(
+        invoke(
+            "rehearse", "--env", "bench", "--from-backup", str(backup), "--traffic", "4", "--json"
+        ),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    report = json.loads(done.stdout)
+    worst = {r["revision"]: (r.get("app_waits") or {}).get("worst_ms") for r in report["revisions"]}
+    print(
+        f"rehearse --traffic 4: {report['traffic']['operations']:,} client operations on "
+        f"{', '.join(report['traffic']['tables'])}; worst wait per revision (ms): {worst}"
+    )
+    return {"operations": report["traffic"]["operations"], "worst_ms": worst}
+
+
 def observer_cost(admin: str, backup: Path, envs: Path, runs: int) -> tuple[float, float]:
     """The same upgrade of a restored copy, in process, with and without the rehearsal's
     observer beside it (median seconds each): what the sampling costs the migration."""
@@ -176,6 +198,7 @@ def main() -> None:
                 rates.append(report["samples_per_second"])
                 upgrade_ms.append(sum(r["duration_ms"] for r in report["revisions"]))
         plain_s, observed_s = observer_cost(admin, backup, envs, runs)
+        traffic = traffic_case(backup, env)
         drop_database(admin, url)
     shutil.rmtree(work, ignore_errors=True)
     ratio = median(ours) / median(hand)
@@ -211,6 +234,7 @@ def main() -> None:
             "upgrade_observed_s": round(observed_s, 3),
             "observer_ratio": round(observed_s / plain_s, 3),
             "backup_prove_s": round(proving_backup, 3),
+            "traffic": traffic,
             "proof": proof,
         },
     )
