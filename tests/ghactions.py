@@ -56,6 +56,7 @@ JOB_KEYS = {
     "steps",
     "defaults",  # only run.working-directory, as at the workflow's top level
     "strategy",  # a matrix job is played once per entry, with the entry as context["matrix"]
+    "services",  # the test starts the database and points the workflow's env at it
 }
 
 

@@ -43,6 +43,7 @@ NEEDS_DATABASE = {
 NO_DATABASE = {
     "heads": "reads the scripts only",
     "dashboard": "shows an unreachable database on its page and exits 0 (test_dashboard.py)",
+    "pr-comment": "reads the pull-request jobs' report files only",
     "report": "reads report files only",
     "backups": "reads the backup folder (or the store) only",
     "rollback": "refused (2) before connecting when there is no run to undo",

@@ -16,7 +16,7 @@ from invoke import Collection
 from safe_migrations.commands.common import exits_with_documented_codes
 from safe_migrations.commands.fleets import fleet_matrix, fleet_report
 from safe_migrations.commands.reads import dashboard, heads, health, report_task, status
-from safe_migrations.commands.revisions import check, generate, lint, rehearse
+from safe_migrations.commands.revisions import check, generate, lint, pr_comment, rehearse
 from safe_migrations.commands.runs import (
     backup,
     backups_task,
@@ -33,6 +33,7 @@ __all__ = ["exits_with_documented_codes", "ns"]
 
 ns = Collection(
     status,
+    pr_comment,
     dashboard,
     heads,
     generate,

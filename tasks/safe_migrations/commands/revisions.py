@@ -12,6 +12,7 @@ from safe_migrations.commands.common import (
     ENV_HELP,
     FLEET_HELP,
     JSON_HELP,
+    OUTPUT_HELP,
     exits_with_documented_codes,
     fleet_of,
     load_env,
@@ -186,3 +187,29 @@ def rehearse(
         console=Console(say=lambda _text: None) if json_ else Console(),
         on_report=print_json if json_ else None,
     )
+
+
+@task(
+    name="pr-comment",
+    help={
+        "input": "the folder of the pull-request jobs' reports (lint.json, check.json, "
+        "rehearsal.json, staging.json or staging-skipped.txt)",
+        "output": OUTPUT_HELP,
+    },
+)
+@exits_with_documented_codes
+def pr_comment(c: Any, input_: str = "", output: str = "") -> None:
+    """The pull request's comment about its new revisions; exit 1 when the verdict fails."""
+    from pathlib import Path
+
+    from safe_migrations.commands.common import emit, github_output
+    from safe_migrations.operations.pr_comment import read_inputs, render
+    from safe_migrations.pipeline.report import run_url
+
+    if not input_:
+        raise UsageError("pr-comment needs --input, the folder the pull-request jobs wrote.")
+    inputs = read_inputs(Path(input_))
+    emit(render(inputs, run_url()), output)
+    github_output("verdict", "pass" if inputs.passed else "fail")
+    if not inputs.passed:
+        raise Exit("pr-comment: the verdict fails; the comment says why.", code=EXIT_FAILED)
