@@ -60,7 +60,8 @@ class PostgreSQL(Engine):
         "failed_revision": "rolled back",
         "health_basics": "yes",
         "health_sessions": "`pg_locks`, `pg_stat_activity`",
-        "backup": "`pg_dump`",
+        "backup": "`pg_dump`; `backup.prove: restore` restores it into a scratch database and "
+        "compares every table with the dump's snapshot",
         "restore": "one transaction",
         "validate": "yes, plus invalid indexes",
         "zero_downtime": (
@@ -71,7 +72,7 @@ class PostgreSQL(Engine):
         ),
         "lint": "squawk",
         "check": "yes",
-        "rehearse": "locks sampled, rewrites seen",
+        "rehearse": "locks sampled, rewrites seen; `--traffic N` clients' waits per revision",
         "fleets": "yes",
     }
 
