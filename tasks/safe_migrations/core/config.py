@@ -503,11 +503,10 @@ def _check_proof(settings: EnvironmentFile, url: str, path: Path) -> None:
             f"{_relative(path)}: backup.prove: restore is available for PostgreSQL backups "
             "only; remove it (MySQL restores are proven on a scratch database anyway)."
         )
-    if settings.backup.storage.type != "local" or settings.backup.format != "custom":
+    if settings.backup.format != "custom":
         raise ConfigError(
-            f"{_relative(path)}: backup.prove: restore takes custom-format backups in the "
-            "backup folder for now; remove backup.storage (s3) and backup.format: directory, "
-            "or the proof."
+            f"{_relative(path)}: backup.prove: restore takes custom-format backups; remove "
+            "backup.format: directory, or the proof."
         )
 
 

@@ -172,7 +172,13 @@ class Engine:
         )
 
     def dump_to(
-        self, env: Environment, sink: Any, name: str, tables: int, progress: Progress
+        self,
+        env: Environment,
+        sink: Any,
+        name: str,
+        tables: int,
+        progress: Progress,
+        snapshot: str | None = None,
     ) -> Stored:
         """Dump into a store's ``sink``, read back on the way; committed by the sink."""
         raise self.cannot("A backup streamed to backup.storage s3 (keep backup.storage: local)")

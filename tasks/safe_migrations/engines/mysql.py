@@ -171,7 +171,13 @@ class MySQL(Engine):
         """The dump streams: compressed, encrypted and uploaded as it is made."""
 
     def dump_to(
-        self, env: Environment, sink: Any, name: str, tables: int, progress: Progress
+        self,
+        env: Environment,
+        sink: Any,
+        name: str,
+        tables: int,
+        progress: Progress,
+        snapshot: str | None = None,
     ) -> Stored:
         from pathlib import Path
 

@@ -192,11 +192,17 @@ class PostgreSQL(Engine):
         """The custom format streams: pg_dump's output goes to the store as it is made."""
 
     def dump_to(
-        self, env: Environment, sink: Any, name: str, tables: int, progress: Progress
+        self,
+        env: Environment,
+        sink: Any,
+        name: str,
+        tables: int,
+        progress: Progress,
+        snapshot: str | None = None,
     ) -> Stored:
         from safe_migrations.engines.pgdump import dump_postgres
 
-        stored = dump_postgres(env, Path(name), tables, progress, sink)
+        stored = dump_postgres(env, Path(name), tables, progress, sink, snapshot=snapshot)
         assert stored is not None  # streamed: always hashed on the way
         return stored
 

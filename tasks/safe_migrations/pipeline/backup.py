@@ -59,19 +59,30 @@ def _proven(
     from dataclasses import replace
 
     from safe_migrations.pipeline.backup_proof import ProofError, prove
-    from safe_migrations.stores.backupfiles import write_manifest
 
+    if env.settings.backup.encrypt_to:  # the proof decrypts it: refuse before the dump
+        from safe_migrations.core.errors import ConfigError
+        from safe_migrations.stores.encryption import IDENTITY_VARIABLE, identities
+
+        try:
+            identities()
+        except ConfigError:
+            raise ConfigError(
+                f"backup.prove: restore decrypts the encrypted backup to restore it; set "
+                f"{IDENTITY_VARIABLE} (the age identity) for this run, or remove the proof."
+            ) from None
     with engine.exported_snapshot(env) as (snapshot, connection):
         expected = engine.fingerprints(connection)
         info = store.save(engine, revision, progress, created, snapshot=snapshot)
+    backup = store.find(info.path)  # as a restore would find it (a store's: downloaded)
     try:
-        proof = prove(env, engine, info.to_dict(), expected)
+        with store.local_copy(backup) as local:
+            proof = prove(env, engine, local, expected)
     except ProofError:
-        store.delete(info.to_dict())
+        store.delete(backup)
         raise
-    proven = replace(info, proof=proof)
-    write_manifest(proven, env.masked_url)
-    return proven
+    store.record_proof(backup, proof)
+    return replace(info, proof=proof)
 
 
 def all_backups(env: Environment) -> list[dict[str, Any]]:

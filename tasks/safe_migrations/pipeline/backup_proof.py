@@ -96,10 +96,9 @@ def prove_existing(env: Environment, spec: str) -> dict[str, Any]:
     """``invoke backups --prove PATH|latest``: one of the environment's own backups,
     checksum first, restored and compared with the fingerprints its manifest recorded;
     the proof is written into its manifest. Returns the manifest."""
-    import json
-
     from safe_migrations.engines import engine_for
     from safe_migrations.operations.restore import find_backup, local_copy, verify_checksum
+    from safe_migrations.stores import store_for
 
     engine = engine_for(env.dialect)
     backup = find_backup(env, spec)
@@ -107,9 +106,5 @@ def prove_existing(env: Environment, spec: str) -> dict[str, Any]:
         verify_checksum(local)
         expected = (backup.get("proof") or {}).get("fingerprints")
         proof = prove(env, engine, local, expected, after="It stays where it is, unproven.")
-    manifest = Path(backup["manifest"])
-    data = json.loads(manifest.read_text(encoding="utf-8")) | {"proof": proof}
-    from safe_migrations.core.files import write_atomic
-
-    write_atomic(manifest, json.dumps(data, indent=2))
+    store_for(env).record_proof(backup, proof)
     return backup | {"proof": proof}

@@ -54,6 +54,10 @@ class BackupStore:
         (by location, never the manifest's claim) and ``manifest``."""
         raise NotImplementedError
 
+    def record_proof(self, backup: dict[str, Any], proof: dict[str, Any]) -> None:
+        """Add a restore's proof to the manifest of ``backup`` (as ``find`` returns it)."""
+        raise NotImplementedError
+
     # Whether manifests() reaches over the network (an offline reader uses copies()).
     remote: ClassVar[bool] = False
 

@@ -102,6 +102,13 @@ class LocalStore(BackupStore):
     def manifests(self) -> list[dict[str, Any]]:
         return list_backups(self.env)
 
+    def record_proof(self, backup: dict[str, Any], proof: dict[str, Any]) -> None:
+        from safe_migrations.core.files import write_atomic
+
+        manifest = Path(backup["manifest"])
+        data = json.loads(manifest.read_text(encoding="utf-8")) | {"proof": proof}
+        write_atomic(manifest, json.dumps(data, indent=2))
+
     def delete(self, backup: dict[str, Any]) -> None:
         remove_path(Path(backup["path"]))
         Path(backup["manifest"]).unlink(missing_ok=True)

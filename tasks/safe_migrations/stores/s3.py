@@ -186,7 +186,7 @@ class S3Store(BackupStore):
             abort_stale_uploads(env, store)
             total = engine.count_tables(env) if progress.enabled else 0  # the line's /N
             sink = ObjectSink(store, name)
-            stored = engine.dump_to(env, sink, name, total, progress)
+            stored = engine.dump_to(env, sink, name, total, progress, snapshot)
         except (BotoCoreError, ClientError) as exc:
             raise BackupError(
                 f"Storing the backup in {self.where} failed: {exc}; "
@@ -237,6 +237,17 @@ class S3Store(BackupStore):
         return remote_manifests(self.env, self.bucket)
 
     remote = True
+
+    def record_proof(self, backup: dict[str, Any], proof: dict[str, Any]) -> None:
+        """The manifest object again, with the proof; and this machine's copy of it."""
+        from safe_migrations.core.files import write_atomic
+
+        key = self.bucket.key(backup["name"]) + MANIFEST_SUFFIX
+        data = (self.bucket.get_json(key) or {}) | {"proof": proof}
+        self.bucket.put_json(key, data)
+        copy = self.env.backup_dir / "remote" / (backup["name"] + MANIFEST_SUFFIX)
+        if copy.is_file():
+            write_atomic(copy, json.dumps(data, indent=2))
 
     def copies(self) -> list[dict[str, Any]]:
         """The manifests' copies that this machine's backups left in ``<folder>/remote``."""
