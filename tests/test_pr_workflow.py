@@ -78,7 +78,8 @@ def add_revision(
 
 
 def add_column(folder: Path, revision: str, down: str, column: str) -> None:
-    """A pull request as a team writes it: the revision, its downgrade and the model."""
+    """A pull request's commit as a team writes it: the revision, its downgrade and the
+    model."""
     add_revision(
         folder,
         revision,
@@ -92,6 +93,12 @@ def add_column(folder: Path, revision: str, down: str, column: str) -> None:
     text = models.read_text()
     assert line in text
     models.write_text(text.replace(line, line + f'    sa.Column("{column}", sa.Text),\n', 1))
+    commit(folder, revision)
+
+
+def commit(folder: Path, message: str) -> None:
+    git(folder, "add", "-A")
+    git(folder, "commit", "-q", "-m", message)
 
 
 @pytest.fixture
@@ -182,8 +189,6 @@ def test_a_safe_revision_gets_one_passing_comment_updated_on_the_next_push(
 ) -> None:
     checkout, base = repository
     add_column(checkout, "0008", "0007", "nickname")
-    git(checkout, "add", "-A")
-    git(checkout, "commit", "-q", "-m", "0008")
     first = play(pg_url, tmp_path, checkout, gh, base)
     assert first["check"].status == "success", first["check"].logs
     assert first["comment"].status == "success", first["comment"].logs
@@ -192,8 +197,6 @@ def test_a_safe_revision_gets_one_passing_comment_updated_on_the_next_push(
     assert body.startswith(MARKER) and "✅ Database migrations" in body and "`0008`" in body
     assert "the repository does not enable it" in body  # no staging rehearsal configured
     add_column(checkout, "0009", "0008", "motto")
-    git(checkout, "add", "-A")
-    git(checkout, "commit", "-q", "-m", "0009")
     second = play(pg_url, tmp_path, checkout, gh, base)
     assert second["comment"].status == "success", second["comment"].logs
     assert len(second["comments"]) == 1  # the same comment, updated
@@ -215,8 +218,7 @@ def test_a_revision_holding_an_exclusive_lock_for_two_seconds_fails_by_name(
         '    op.execute("SELECT pg_sleep(2)")',
         "a long exclusive lock",
     )
-    git(checkout, "add", "-A")
-    git(checkout, "commit", "-q", "-m", "0008")
+    commit(checkout, "0008")
     run = play(pg_url, tmp_path, checkout, gh, base)
     assert run["comment"].status == "failure"  # the posted verdict fails the check
     body = run["comments"][0]["body"]
@@ -229,8 +231,6 @@ def test_a_forks_pull_request_runs_without_secrets_and_says_why_staging_was_skip
 ) -> None:
     checkout, base = repository
     add_column(checkout, "0008", "0007", "nickname")
-    git(checkout, "add", "-A")
-    git(checkout, "commit", "-q", "-m", "0008")
     run = play(pg_url, tmp_path, checkout, gh, base, fork=True)
     assert run["check"].status == "success", run["check"].logs
     assert run["comments"] == []  # a fork's token cannot comment: the summary has it

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from safe_migrations.core.config import Environment
+from safe_migrations.engines.pgsafe import qualified
 
 # The tool's own schema (rehearsal proofs) is no part of what a backup must bring back.
 TABLES = """
@@ -29,10 +30,6 @@ FINGERPRINT = (
     "SELECT count(*), coalesce(sum(('x' || left(md5(t::text), 15))::bit(60)::bigint), 0)::text "
     "FROM {table} AS t"
 )
-
-
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 @contextmanager
@@ -58,7 +55,7 @@ def fingerprints(connection: Any) -> dict[str, list[Any]]:
 
     found: dict[str, list[Any]] = {}
     for schema, table in connection.execute(text(TABLES)).all():
-        name = f"{_quoted(schema)}.{_quoted(table)}"
+        name = qualified(schema, table)
         rows, checksum = connection.execute(text(FINGERPRINT.format(table=name))).one()
         found[f"{schema}.{table}"] = [int(rows), str(checksum)]
     return found

@@ -542,10 +542,14 @@ def _is_not_null(context: Any, table: str, column: str) -> bool:
     )
 
 
+def quoted(name: str) -> str:
+    """An identifier double-quoted, its quotes doubled: case and dots are kept."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def qualified(schema: str | None, name: str) -> str:
-    """A name as ``to_regclass`` reads it (quoted, so case and dots are kept)."""
-    quoted = '"' + name.replace('"', '""') + '"'
-    return f'"{schema}".{quoted}' if schema else quoted
+    """A name as ``to_regclass`` and SQL text read it, schema-qualified when given."""
+    return f"{quoted(schema)}.{quoted(name)}" if schema else quoted(name)
 
 
 def _quoted_table(context: Any, schema: str | None, table: str) -> str:

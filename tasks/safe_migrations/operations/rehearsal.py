@@ -238,7 +238,7 @@ def _rehearse(
     record.backup = {k: backup.get(k) for k in ("path", "remote", "revision", "sha256", "size")}
     record.lock_details = engine_for(env.dialect).rehearsal_limits
     try:
-        observer = _on_copy(env, server, project, target, path, backup, console, record)
+        observer, waits = _on_copy(env, server, project, target, path, backup, console, record)
     finally:
         if record.copy is not None:
             record.copy["dropped"] = _dropped(server, record.copy["name"])
@@ -247,7 +247,8 @@ def _rehearse(
         record.samples, record.samples_per_second = sampler.ticks, sampler.per_second
         if sampler.error:
             record.lock_details = f"the sampling connection failed: {sampler.error}"
-    _judge(env, path, analyse(observer.windows, sampler.samples if sampler else []), record)
+    found = analyse(observer.windows, sampler.samples if sampler else [])
+    _judge(env, path, found, record, waits)
     console.say(render_terminal(record))
     failed = next((w for w in observer.windows if w.error), None)
     if failed is not None:
@@ -299,8 +300,9 @@ def _on_copy(
     backup: dict[str, Any],
     console: Console,
     record: RehearsalRecord,
-) -> RevisionObserver:
-    """Restore into a fresh copy, upgrade it under observation, validate it; dropped after."""
+) -> tuple[RevisionObserver, dict[str, Any]]:
+    """Restore into a fresh copy, upgrade it under observation (beside the clients of
+    ``--traffic``: their waits per revision), validate it; dropped after."""
     with engine_for(server.dialect).database_copy(env, server) as made:
         record.copy = {"name": made.name, "server": made.server, "dropped": False}
         if made.dropped_stale:
@@ -314,6 +316,7 @@ def _on_copy(
         failure: upgrade.MigrationError | None = None
         console.say(f"rehearsing {len(path)} revision(s) on the copy")
         load = _traffic(env, made.env, project, path, record)
+        waits: dict[str, Any] = {}
         try:
             if load is not None:
                 load.start()
@@ -330,12 +333,12 @@ def _on_copy(
         finally:
             observer.stop()
             if load is not None:
-                record.traffic = _waits(load, observer, record)
+                record.traffic, waits = _waits(load, observer, record)
         if failure is None:
             at_head = [target] == heads(project.scripts())
             results = validate.validate(made.env, project, target, compare_models=at_head)
             record.validation = [r.to_dict() for r in results]
-    return observer
+    return observer, waits
 
 
 def _traffic(
@@ -365,20 +368,21 @@ def _traffic(
     return Traffic(copy, tables, settings.traffic, long_reader_seconds=settings.long_reader_seconds)
 
 
-def _waits(load: Any, observer: RevisionObserver, record: RehearsalRecord) -> dict[str, Any]:
-    """Stop the clients; their waits per revision window, kept for _judge."""
-    from safe_migrations.operations.traffic import per_revision
+def _waits(
+    load: Any, observer: RevisionObserver, record: RehearsalRecord
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Stop the clients: the report's summary of them, and their waits per revision."""
+    from safe_migrations.operations.traffic import MAX_CLIENTS, per_revision
 
     waits = load.stop()
-    record.traffic_waits = per_revision(waits, observer.windows)  # type: ignore[attr-defined]
     return {
-        "clients": min(load.clients, 32),
+        "clients": min(load.clients, MAX_CLIENTS),
         "long_reader_seconds": load.long_reader_seconds,
         "tables": load.tables,
         "operations": len(waits),
         "errors": sum(1 for w in waits if w.error),
         "limit_ms": record.limits.get("max_app_wait_ms"),
-    }
+    }, per_revision(waits, observer.windows)
 
 
 def _backup(
@@ -393,13 +397,16 @@ def _backup(
 
 
 def _judge(
-    env: Environment, path: list[Any], found: list[Findings], record: RehearsalRecord
+    env: Environment,
+    path: list[Any],
+    found: list[Findings],
+    record: RehearsalRecord,
+    waits: dict[str, Any],
 ) -> None:
     limit = env.settings.policy.max_exclusive_lock_ms
     messages = {r.revision: r.message for r in path}
     statuses = []
     observed = engine_for(env.dialect).rehearsal_limits is None
-    waits: dict[str, Any] = getattr(record, "traffic_waits", {})
     app_limit = env.settings.policy.max_app_wait_ms
     for item in found:
         status, sentence, broken = verdict(item, limit, observed)

@@ -140,7 +140,11 @@ class Traffic:
 
 
 def _quoted(table: str) -> str:
-    return ".".join('"' + part.replace('"', '""') + '"' for part in table.split("."))
+    """``schema.table`` or ``table``, as the offline SQL named it, quoted."""
+    from safe_migrations.engines.pgsafe import qualified
+
+    schema, _, name = table.rpartition(".")
+    return qualified(schema or None, name)
 
 
 def _first_column(connection: Any, table: str) -> str | None:

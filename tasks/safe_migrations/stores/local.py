@@ -141,7 +141,7 @@ class LocalStore(BackupStore):
                     f"No backup at {spec}; pass a path that `invoke backup` printed, or 'latest'."
                 )
             manifest = Path(str(archive) + MANIFEST_SUFFIX)
-            data = _read_manifest(manifest) or {}
+            data = read_manifest(manifest) or {}
             data["manifest"] = str(manifest) if manifest.is_file() else None
             data["path"] = str(archive)  # by location, never the manifest's own claim
         reason = foreign_reason(env, archive, data)
@@ -173,17 +173,15 @@ def list_backups(env: Environment) -> list[dict[str, Any]]:
         archive = archive_of(manifest)
         if manifest.is_symlink() or not is_own_backup(env, archive):
             continue
-        try:
-            data = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and data.get("environment") == env.name:
+        data = read_manifest(manifest)
+        if data is not None and data.get("environment") == env.name:
             data["manifest"], data["path"] = str(manifest), str(archive)
             found.append(data)
     return sorted(found, key=lambda d: str(d.get("created_at")), reverse=True)
 
 
-def _read_manifest(manifest: Path) -> dict[str, Any] | None:
+def read_manifest(manifest: Path) -> dict[str, Any] | None:
+    """A manifest's data; None for a symlink, a missing file or one that is not JSON."""
     if manifest.is_symlink() or not manifest.is_file():
         return None
     try:

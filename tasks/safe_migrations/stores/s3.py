@@ -251,15 +251,12 @@ class S3Store(BackupStore):
 
     def copies(self) -> list[dict[str, Any]]:
         """The manifests' copies that this machine's backups left in ``<folder>/remote``."""
-        found = []
-        for path in (self.env.backup_dir / "remote").glob(f"{self.env.name}-*{MANIFEST_SUFFIX}"):
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(data, dict) and data.get("environment") == self.env.name:
-                found.append(data)
-        return sorted(found, key=lambda d: str(d.get("created_at")), reverse=True)
+        from safe_migrations.stores.local import read_manifest
+
+        folder = self.env.backup_dir / "remote"
+        found = [read_manifest(path) for path in folder.glob(f"{self.env.name}-*{MANIFEST_SUFFIX}")]
+        own = [d for d in found if d is not None and d.get("environment") == self.env.name]
+        return sorted(own, key=lambda d: str(d.get("created_at")), reverse=True)
 
     def delete(self, backup: dict[str, Any]) -> None:
         """The object, its manifest object and the manifest's copy in the backup folder."""
