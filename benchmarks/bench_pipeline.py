@@ -24,6 +24,7 @@ from common import (
     empty_project,
     environment_file,
     finish,
+    installed_bytecode,
     invoke,
     mariadb,
     median,
@@ -118,6 +119,7 @@ def show(engine: str, count: int, runs: int, figures: dict) -> None:
 def main() -> None:
     args = arguments(__doc__, runs=5, revisions=40)
     runs, count = (1, 6) if args.quick else (args.runs, args.revisions)
+    installed_bytecode()
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     generate_project(work, count)
     environments = environment_file(work, "bench", alembic=alembic_settings(work))

@@ -166,6 +166,17 @@ def alembic_settings(folder: Path) -> dict[str, str]:
     return {"ini": str(folder / "alembic.ini"), "script_location": str(folder / "migrations")}
 
 
+def installed_bytecode() -> None:
+    """Compile the package's modules, as `pip install` does for a user's install.
+
+    An editable install under PYTHONDONTWRITEBYTECODE=1 (CI images, this machine)
+    compiles every module of ours at every start while Alembic's are read from pip's
+    .pyc files; measured at 60 ms of `invoke migrate`, a cost no installed user pays."""
+    import compileall
+
+    compileall.compile_dir(str(ROOT / "tasks"), quiet=1)
+
+
 def machine() -> str:
     return f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
 

@@ -14,6 +14,7 @@ from typing import Any
 from invoke import Exit
 
 from safe_migrations.core.errors import EXIT_BLOCKED, EXIT_FAILED, ToolError, UsageError
+from safe_migrations.core.quick_exit import freeze_at_exit
 
 ENV_HELP = "environment name, a file in environments/ (default: local)"
 JSON_HELP = "print machine-readable JSON instead of text"
@@ -42,6 +43,7 @@ def exits_with_documented_codes(function: Callable[..., Any]) -> Callable[..., A
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         # A cancelled CI job sends SIGTERM: stop like Ctrl-C, so reports are still written.
         signal.signal(signal.SIGTERM, _interrupt)
+        freeze_at_exit()
         code = EXIT_FAILED
         try:
             result = _mapped(function, *args, **kwargs)
