@@ -84,6 +84,8 @@ class Run:
     pending: list[Revision] = field(default_factory=list)
     lock_wait: float = 0.0
     drift_before: list[str] | None = None  # differences from the models before the run
+    # (revision,) as the health step read it (a None revision: base); None: it read none
+    read_by_health: tuple[str | None] | None = None
 
     @classmethod
     def start(

@@ -102,6 +102,9 @@ def health_step(run: Run) -> None:
     if options.resume:
         results = [resumable(result) for result in results]
     run.record.health = [r.to_dict() for r in results]
+    run.read_by_health = next(
+        ((r.details["current"],) for r in results if r.name == "alembic_version"), None
+    )
     failed = health.blocking(results)
     message = (
         "failed: " + "; ".join(f"{r.name}: {r.message}" for r in failed)
@@ -136,8 +139,11 @@ def resumable(result: StepResult) -> StepResult:
 
 
 def plan_step(run: Run) -> None:
-    """Where the database is, that it is where a rollback expects, and what is pending."""
-    run.at(read_current(run.env))
+    """Where the database is, that it is where a rollback expects, and what is pending.
+    The revision health has just read is taken as it is (one connection less): the lock
+    step reads it again under the lock, where it counts."""
+    seen = run.read_by_health
+    run.at(seen[0] if seen is not None else read_current(run.env))
     check_expected(run)
     run.pending = _pending(run)
     run.record.pending = [r.to_dict() for r in run.pending]
