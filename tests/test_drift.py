@@ -130,3 +130,96 @@ def test_alembic_check_and_invoke_check_list_the_same_differences(
     assert kinds == sorted(re.findall(r"\('((?:add|remove|modify)_\w+)'", listed)), (ours, listed)
     for difference in ours:
         assert difference.split(" ", 1)[1].split(":")[0].split(".")[-1] in listed
+
+
+def test_on_an_empty_database_the_differences_before_are_made_after_and_are_the_same(
+    url: str, scratch: ScratchProject, make_env: Callable[..., Environment]
+) -> None:
+    """A database without tables is only noted before the run; what validation then
+    takes as the differences before (the compare with every table hidden) is what the
+    compare of the empty database says, and only what the run made is "introduced"."""
+    from sqlalchemy.pool import NullPool
+
+    from safe_migrations.project.drift import differences, has_tables
+
+    metadata = models()
+    sa.Table("never_made", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    sa.Index("ix_never_made_id", metadata.tables["never_made"].c.id)
+    engine = sa.create_engine(url, poolclass=NullPool)
+    with engine.connect() as connection:
+        assert not has_tables(connection)
+        empty = differences(connection, metadata)
+    scratch.add('op.create_table("t", sa.Column("id", sa.Integer, primary_key=True))')
+    with pytest.raises(DriftError) as failed:
+        migrate(make_env(url), UNATTENDED, scratch.project(metadata), QUIET)
+    with engine.connect() as connection:
+        assert has_tables(connection)
+        assert not has_tables(connection, {"include_name": lambda name, *_: name != "t"})
+        hidden = differences(connection, metadata, as_if_empty=True)
+        after = differences(connection, metadata)
+    engine.dispose()
+    assert sorted(hidden) == sorted(empty) and "add_table never_made" in empty
+    assert "add_index never_made.ix_never_made_id" in empty
+    assert after != empty and "add_column t.name" in after
+    message = failed.value.message
+    assert "introduced by this run: add_column t.name)" in message  # never_made: not new
+    assert "add_table never_made" in message.split("introduced by this run")[1]
+
+
+SERIALS = """
+CREATE SEQUENCE shared_seq;
+CREATE TABLE plain (id serial PRIMARY KEY, n integer DEFAULT nextval('shared_seq'));
+CREATE TABLE "Quoted Name" (id bigserial PRIMARY KEY);
+CREATE SCHEMA other;
+CREATE SEQUENCE other.own_seq;
+CREATE TABLE other.elsewhere (id serial PRIMARY KEY, m integer DEFAULT nextval('other.own_seq'));
+"""
+
+
+def test_the_postgresql_compare_decides_serials_as_alembic_does_with_one_query(
+    pg_url: str,
+) -> None:
+    """Alembic reads a sequence's owner once per nextval() column; the tuned compare once
+    in all, and its differences (server defaults compared) are Alembic's own."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy.pool import NullPool
+
+    from safe_migrations.project.drift import describe, differences
+
+    engine = sa.create_engine(pg_url, poolclass=NullPool)
+    with engine.begin() as connection:
+        for statement in SERIALS.strip().split(";\n"):
+            connection.exec_driver_sql(statement.rstrip(";"))
+    metadata = sa.MetaData()
+    sa.Table(
+        "plain", metadata, sa.Column("id", sa.Integer, primary_key=True), sa.Column("n", sa.Integer)
+    )
+    sa.Table("Quoted Name", metadata, sa.Column("id", sa.BigInteger, primary_key=True))
+    sa.Table(
+        "elsewhere",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("m", sa.Integer),
+        schema="other",
+    )
+    options = {"compare_server_default": True, "include_schemas": True}
+    queries: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: queries.append(a[2]))
+    with engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"target_metadata": metadata, **options}
+        )
+        compare_metadata(context, metadata)  # what a first compare reads once, read
+        queries[:] = []
+        theirs = [describe(d) for d in compare_metadata(context, metadata)]
+        their_queries, queries[:] = len(queries), []
+        ours = differences(connection, metadata, options)
+    engine.dispose()
+    assert sorted(ours) == sorted(theirs)
+    # not owned: compared, and named by its SQL (the same text in every run)
+    assert "modify_default plain.n: \"nextval('shared_seq'::regclass)\" -> None" in ours
+    assert any(d.startswith('modify_default elsewhere.m: "nextval(') for d in ours)
+    assert not any(".id" in d for d in ours)  # the serials: their defaults are not drift
+    assert sum("pg_depend" in q for q in queries) == 1
+    assert len(queries) == their_queries - 5 + 1  # five nextval() columns asked about: once

@@ -24,6 +24,7 @@ from safe_migrations.pipeline.report import RunRecord, reported, write_report
 from safe_migrations.pipeline.status import reread_current
 from safe_migrations.pipeline.upgrade import Direction
 from safe_migrations.project.alembic_api import Project, Revision, project_for
+from safe_migrations.project.drift import Before
 from safe_migrations.stores.backupfiles import Progress
 
 
@@ -83,7 +84,7 @@ class Run:
     current: str | None = None
     pending: list[Revision] = field(default_factory=list)
     lock_wait: float = 0.0
-    drift_before: list[str] | None = None  # differences from the models before the run
+    drift_before: Before | None = None  # differences from the models before the run
     # (revision,) as the health step read it (a None revision: base); None: it read none
     read_by_health: tuple[str | None] | None = None
 

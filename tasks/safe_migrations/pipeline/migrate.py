@@ -358,11 +358,12 @@ def at_head(run: Run) -> bool:
 
 def drift_before(run: Run) -> None:
     """The differences from the models before the run, so validation can name the ones
-    the run introduced; only when validation will compare."""
+    the run introduced; only when validation will compare. A database without tables
+    is only noted: its differences are made after the run, if any are found then."""
     from sqlalchemy.exc import DBAPIError
 
     from safe_migrations.core.database import connect
-    from safe_migrations.project.drift import differences
+    from safe_migrations.project.drift import Before, differences, has_tables
 
     if run.options.skip_validation or run.options.direction != "upgrade" or not at_head(run):
         return
@@ -370,7 +371,11 @@ def drift_before(run: Run) -> None:
     try:  # reflection waits behind a strong lock: never longer than a revision would
         with connect(run.env, role="validate", lock_timeout=wait) as connection:
             metadata, options = run.project.comparison(connection)
-            if metadata is not None:
-                run.drift_before = differences(connection, metadata, options)
+            if metadata is None:
+                return
+            if not has_tables(connection, options):
+                run.drift_before = Before(empty=True)
+            else:
+                run.drift_before = Before(differences(connection, metadata, options))
     except DBAPIError:  # validation then names the differences without telling which are new
         run.drift_before = None

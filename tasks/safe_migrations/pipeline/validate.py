@@ -12,9 +12,10 @@ from safe_migrations.core.errors import UnreachableError, first_line
 from safe_migrations.core.results import StepResult, timed
 from safe_migrations.engines import engine_for
 from safe_migrations.project.alembic_api import Project, current_revision
+from safe_migrations.project.drift import Before
 
 
-def schema_drift(connection: Any, project: Project, before: list[str] | None = None) -> Any:
+def schema_drift(connection: Any, project: Project, before: Before | None = None) -> Any:
     """The schema step's result: the differences from the models (the project's compare
     options), split by the drift baseline, and those this run introduced (not there in
     ``before``, the differences found before the run)."""
@@ -29,7 +30,10 @@ def schema_drift(connection: Any, project: Project, before: list[str] | None = N
         drift = against_baseline(
             differences(connection, metadata, options), Path(project.scripts().dir)
         )
-    introduced = [d for d in drift.new if before is not None and d not in before]
+    known = (
+        before.resolve(connection, metadata, options) if before is not None and drift.new else None
+    )
+    introduced = [d for d in drift.new if known is not None and d not in known]
     said = []
     if drift.new:
         said.append(
@@ -71,7 +75,7 @@ def validate(
     project: Project,
     target: str | None,
     compare_models: bool,
-    before: list[str] | None = None,
+    before: Before | None = None,
 ) -> list[StepResult]:
     """Each check as a result; any failure makes the run fail.
 
