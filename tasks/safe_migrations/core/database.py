@@ -74,10 +74,20 @@ def connect(
             f"Cannot reach the {env.name} database at {env.masked_url}: {first_line(exc)}; "
             "check the URL and that the server is running."
         ) from None
+    with closed_after(connection):
+        yield connection
+
+
+@contextmanager
+def closed_after(connection: Connection) -> Iterator[Connection]:
+    """Close an open connection after the body; a connection lost meanwhile must not
+    hide the body's own error."""
+    from sqlalchemy.exc import DBAPIError
+
     try:
         yield connection
     finally:
-        with suppress(DBAPIError):  # a lost connection: closing it must not hide the error
+        with suppress(DBAPIError):
             connection.close()
 
 

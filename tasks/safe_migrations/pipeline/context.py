@@ -87,6 +87,8 @@ class Run:
     drift_before: Before | None = None  # differences from the models before the run
     # (revision,) as the health step read it (a None revision: base); None: it read none
     read_by_health: tuple[str | None] | None = None
+    # (revision,) as validation read it after the run: the record's post-revision
+    read_by_validation: tuple[str | None] | None = None
 
     @classmethod
     def start(
@@ -154,7 +156,10 @@ def recorded(run: Run) -> Iterator[RunRecord]:
         try:  # on a fresh connection, retried: the server may just have restarted
             # a run that never read the revision changed nothing: one try is enough
             attempts = 4 if record.pre_revision is not None else 1
-            record.post_revision = reported(reread_current(env, attempts))
+            read = run.read_by_validation  # the last step: read just now, after the lock
+            record.post_revision = reported(
+                read[0] if read is not None else reread_current(env, attempts)
+            )
         except ToolError as exc:
             record.post_revision = None  # unknown, never guessed from the pre-revision
             note = f"the revision could not be re-read at the end ({exc.message})"

@@ -12,7 +12,7 @@ import threading
 from typing import Any
 
 from safe_migrations.core.config import Environment
-from safe_migrations.core.database import connect, make_engine
+from safe_migrations.core.database import closed_after, make_engine
 from safe_migrations.core.errors import ConfigError, first_line
 from safe_migrations.core.results import StepResult, timed
 from safe_migrations.core.revisions import resolve_revision
@@ -22,22 +22,29 @@ from safe_migrations.project.alembic_api import Project, current_revision, heads
 
 def check_connection(env: Environment) -> StepResult:
     """Connect within ``database.connect_timeout``; a silent host fails at the deadline."""
+    result, connection = connect_checked(env)
+    if connection is not None:
+        connection.close()
+    return result
+
+
+def connect_checked(env: Environment) -> tuple[StepResult, Any]:
+    """``check_connection``'s result and, when it passed, the connection it opened, for
+    the checks that follow (one connection less per run)."""
     timeout = env.settings.database.connect_timeout
     outcome: dict[str, Any] = {}
 
     def attempt() -> None:
         from sqlalchemy import text
 
-        engine = make_engine(env, role="health")
         try:
-            with engine.connect() as connection:
-                outcome["version"] = connection.execute(
-                    text(engine_for(env.dialect).version_sql)
-                ).scalar()
+            connection = make_engine(env, role="health").connect()
+            outcome["version"] = connection.execute(
+                text(engine_for(env.dialect).version_sql)
+            ).scalar()
+            outcome["connection"] = connection
         except Exception as exc:  # reported below, never swallowed
             outcome["error"] = exc
-        finally:
-            engine.dispose()
 
     with timed() as clock:
         worker = threading.Thread(target=attempt, daemon=True)
@@ -51,18 +58,17 @@ def check_connection(env: Environment) -> StepResult:
             "(host unreachable or not a database server)",
             duration=clock.seconds,
             details={"timeout": timeout},
-        )
+        ), None
     if "error" in outcome:
-        return StepResult(
-            "connection", False, connection_message(env, outcome["error"]), duration=clock.seconds
-        )
+        message = connection_message(env, outcome["error"])
+        return StepResult("connection", False, message, duration=clock.seconds), None
     return StepResult(
         "connection",
         True,
         f"connected, server {outcome['version']}",
         duration=clock.seconds,
         details={"server_version": outcome["version"]},
-    )
+    ), outcome["connection"]
 
 
 def connection_message(env: Environment, exc: BaseException) -> str:
@@ -165,12 +171,13 @@ def run_health(
 ) -> list[StepResult]:
     """All checks in order; a failed connection skips those that need the database.
     ``backing_up`` false (a run that takes no backup) skips the backup store's probe."""
-    results = [check_connection(env)]
+    checked, opened = connect_checked(env)
+    results = [checked]
     db_size: int | None = None
     current: str | None = None
-    if results[0].ok:
+    if opened is not None:
         engine = engine_for(env.dialect)
-        with connect(env, role="health") as connection:
+        with closed_after(opened) as connection:
             first = engine.first_checks(env, connection)  # before the catalog queries
             results += first
             if not all(result.ok for result in first):

@@ -57,8 +57,7 @@ def migrate(
         rehearsed_step(run)
         confirm_step(run)
         with lock_step(run):
-            backup_step(run)
-            drift_before(run)
+            backup_beside_drift(run)
             upgrade_step(run)
         validate_step(run)
         return run.record
@@ -263,6 +262,22 @@ def wants_backup(run: Run) -> bool:
     return bool(wanted or (wanted is None and run.env.settings.backup.required))
 
 
+def backup_beside_drift(run: Run) -> None:
+    """The backup, and beside it the compare before the run: the dump works in its own
+    process while the compare reads the catalog, and the lock keeps the schema still
+    for both. Without a backup the compare runs alone."""
+    if not (wants_backup(run) and run.pending):
+        backup_step(run)
+        drift_before(run)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="drift-before") as pool:
+        compared = pool.submit(drift_before, run)
+        backup_step(run)  # a failed backup stops the run once the compare is back
+    compared.result()
+
+
 def backup_step(run: Run) -> None:
     """When asked or required, and only when there is something to apply."""
     if not wants_backup(run):
@@ -334,6 +349,9 @@ def validate_step(run: Run) -> None:
             run.env, run.project, run.target, compare_models=at_head(run), before=run.drift_before
         )
     run.record.validation = [r.to_dict() for r in results]
+    run.read_by_validation = next(
+        ((r.details["current"],) for r in results if r.name == "revision"), None
+    )
     failed = [r for r in results if not r.ok]
     message = (
         "; ".join(f"{r.name}: {r.message}" for r in failed)

@@ -86,10 +86,12 @@ def validate(
 
     results: list[StepResult] = []
     try:
-        with timed() as clock, connect(env, role="validate") as connection:
-            connection.execute(text("SELECT 1"))
-        results.append(StepResult("answers", True, "the database answers", duration=clock.seconds))
         with connect(env, role="validate") as connection:
+            with timed() as clock:
+                connection.execute(text("SELECT 1"))
+            results.append(
+                StepResult("answers", True, "the database answers", duration=clock.seconds)
+            )
             with timed() as clock:
                 current = current_revision(connection)
             ok = current == target
