@@ -610,3 +610,27 @@ def test_a_role_without_the_process_privilege_gets_a_warning_naming_the_grant_no
     finally:
         with engine(mysql_admin).begin() as connection:
             connection.execute(text(f"DROP USER IF EXISTS '{user}'@'%'"))
+
+
+def test_sessions_without_tls_options_share_one_tls_context_and_others_build_their_own(
+    mysql_url: str,
+) -> None:
+    """PyMySQL's PREFERRED mode built a TLS context (the system CA store read) for every
+    connection; a run's sessions now share one, and a URL naming TLS options keeps its
+    own context as PyMySQL builds it."""
+    from pymysql.connections import Connection
+
+    from safe_migrations.engines.mysqlsession import share_preferred_tls_context
+
+    share_preferred_tls_context()
+    share_preferred_tls_context()  # once per process, however many engines ask
+    first, second = (Connection(host="127.0.0.1", defer_connect=True) for _ in range(2))
+    assert first.ctx is second.ctx and first.ssl and not first._ssl_required
+    import ssl
+
+    ca = ssl.get_default_verify_paths().cafile or ssl.get_default_verify_paths().openssl_cafile
+    named = Connection(host="127.0.0.1", defer_connect=True, ssl_ca=ca)
+    assert named.ctx is not first.ctx and named._ssl_required
+    with engine(mysql_url).connect() as one, engine(mysql_url).connect() as other:
+        assert one.connection.dbapi_connection.ctx is other.connection.dbapi_connection.ctx
+        assert one.execute(text("SELECT 1")).scalar() == 1

@@ -113,6 +113,11 @@ class MySQL(Engine):
             results += check_mysql_sessions(env, connection)
         return results
 
+    def prepare(self, env: Environment) -> None:
+        from safe_migrations.engines.mysqlsession import share_preferred_tls_context
+
+        share_preferred_tls_context()
+
     def connect_args(
         self,
         env: Environment,
