@@ -6,7 +6,8 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, Any
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, cast
 
 from safe_migrations.core.errors import UnreachableError, first_line
 
@@ -23,29 +24,63 @@ def application_name(role: str = "run") -> str:
     return f"{APPLICATION_NAME}:{role}:{socket.gethostname()}:{os.getpid()}"[:63]
 
 
+Session = tuple[str, float | None, float | None]  # role, lock and statement timeouts
+
+# The session the connection being opened is for, read as the driver connects.
+_OPENING: ContextVar[Session | None] = ContextVar("safe_migrations_session", default=None)
+
+
+class Sessions:
+    """Connections for one role (its name on the server, its lock and statement limits)
+    on the URL's one engine: one dialect initialised once and one compiled-SQL cache for
+    the whole run, each connection still given its own limits as it opens."""
+
+    def __init__(self, engine: Engine, session: Session) -> None:
+        self.engine = engine
+        self.session = session
+
+    @property
+    def dialect(self) -> Any:
+        return self.engine.dialect
+
+    def connect(self) -> Connection:
+        token = _OPENING.set(self.session)
+        try:
+            return self.engine.connect()
+        finally:
+            _OPENING.reset(token)
+
+    def raw_connection(self) -> Any:
+        token = _OPENING.set(self.session)
+        try:
+            return self.engine.raw_connection()
+        finally:
+            _OPENING.reset(token)
+
+    def dispose(self) -> None:
+        """Nothing to close: without a pool the engine holds no connection."""
+
+
 def make_engine(
     env: Environment,
     role: str = "run",
     lock_timeout: float | None = None,
     statement_timeout: float | None = None,
     autocommit: bool = False,
-) -> Engine:
-    """An engine without a pool: every connection is opened on purpose and closed after.
+) -> Sessions:
+    """Connections of one kind; none is opened until asked for.
 
-    Engines are kept per URL and options: building one costs tens of milliseconds and
-    a run asks for the same kind several times. Without a pool they hold no connection.
-    """
-    key = (
-        env.url,
-        env.settings.database.connect_timeout,
-        role,
-        lock_timeout,
-        statement_timeout,
-        autocommit,
-    )
+    One engine per URL and connection settings, kept for the process, without a pool:
+    every connection is opened on purpose and closed after. Building an engine and
+    initialising its dialect cost milliseconds, and a run opens connections of seven
+    kinds; the role and the limits reach each connection as it opens."""
+    key = (env.url, env.settings.database)
     if key not in _ENGINES:
-        _ENGINES[key] = _build_engine(env, role, lock_timeout, statement_timeout, autocommit)
-    return _ENGINES[key]
+        _ENGINES[key] = _build_engine(env)
+    engine = _ENGINES[key]
+    if autocommit:
+        engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+    return Sessions(engine, (role, lock_timeout, statement_timeout))
 
 
 _ENGINES: dict[tuple[Any, ...], Engine] = {}
@@ -66,9 +101,9 @@ def connect(
     """
     from sqlalchemy.exc import DBAPIError
 
-    engine = make_engine(env, role, lock_timeout, statement_timeout, autocommit)
+    sessions = make_engine(env, role, lock_timeout, statement_timeout, autocommit)
     try:
-        connection = engine.connect()
+        connection = sessions.connect()
     except DBAPIError as exc:
         raise UnreachableError(
             f"Cannot reach the {env.name} database at {env.masked_url}: {first_line(exc)}; "
@@ -91,16 +126,16 @@ def closed_after(connection: Connection) -> Iterator[Connection]:
             connection.close()
 
 
-def _build_engine(
-    env: Environment,
-    role: str,
-    lock_timeout: float | None,
-    statement_timeout: float | None,
-    autocommit: bool,
-) -> Engine:
-    """The engine's connect arguments and session listeners (engines/), no pool."""
+def opened_for(record: Any) -> Session:
+    """The session a connection was opened for (its pool record), for connect listeners."""
+    return cast("Session", record.info.get("session", ("run", None, None)))
+
+
+def _build_engine(env: Environment) -> Engine:
+    """The URL's engine, no pool: each connection gets its session's driver arguments
+    (engines/) as it opens, and the engine's listeners see which session it is."""
     import sqlalchemy
-    from sqlalchemy import create_engine
+    from sqlalchemy import create_engine, event
     from sqlalchemy.pool import NullPool
 
     from safe_migrations.engines.registry import load  # engines/ sit above this module
@@ -108,16 +143,17 @@ def _build_engine(
     impl = load(env.dialect)
     impl.prepare(env)
     options: dict[str, Any] = {"poolclass": NullPool}
-    if autocommit:
-        options["isolation_level"] = "AUTOCOMMIT"
     if sqlalchemy.__version__.startswith("1."):
         options["future"] = True  # 2.0's Connection (commit, rollback) on 1.4
-    engine = create_engine(
-        env.url,
-        connect_args=impl.connect_args(env, role, lock_timeout, statement_timeout),
-        **options,
-    )
-    impl.listen(engine, lock_timeout, statement_timeout)
+    engine = create_engine(env.url, **options)
+
+    def session_arguments(_dialect: Any, record: Any, _args: Any, params: dict[str, Any]) -> None:
+        session = _OPENING.get() or ("run", None, None)
+        record.info["session"] = session
+        params.update(impl.connect_args(env, *session))
+
+    event.listen(engine, "do_connect", session_arguments)
+    impl.listen(engine)
     return engine
 
 

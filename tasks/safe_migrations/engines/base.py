@@ -59,10 +59,9 @@ class Engine:
         """The driver's arguments: timeouts, the session's name."""
         return {}
 
-    def listen(
-        self, engine: SAEngine, lock_timeout: float | None, statement_timeout: float | None
-    ) -> None:
-        """Connect listeners for every new session (its limits, its settings)."""
+    def listen(self, engine: SAEngine) -> None:
+        """Connect listeners for every new session (its limits, its settings): the
+        session's role and limits are ``database.opened_for(record)``."""
 
     # --- the one-at-a-time lock ----------------------------------------------------
     def migration_lock(self, env: Environment, wait: float) -> AbstractContextManager[None]:

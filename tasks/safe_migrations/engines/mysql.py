@@ -133,14 +133,12 @@ class MySQL(Engine):
             "program_name": application_name(role),
         }
 
-    def listen(
-        self, engine: SAEngine, lock_timeout: float | None, statement_timeout: float | None
-    ) -> None:
+    def listen(self, engine: SAEngine) -> None:
         from sqlalchemy import event
 
-        from safe_migrations.engines.mysqlsession import session_timeouts
+        from safe_migrations.engines.mysqlsession import session_limits
 
-        event.listen(engine, "connect", session_timeouts(lock_timeout, statement_timeout))
+        event.listen(engine, "connect", session_limits)
 
     def migration_lock(self, env: Environment, wait: float) -> AbstractContextManager[None]:
         from safe_migrations.engines.mysqlserver import named_lock

@@ -3,8 +3,7 @@
 MySQL has no ``lock_timeout`` below a second: a DDL statement waits for its metadata
 lock at most ``lock_wait_timeout`` seconds (whole seconds, at least 1). MariaDB ends
 any statement after ``max_statement_time``; MySQL's ``max_execution_time`` covers
-SELECT only. Imports nothing of the package: ``database.py`` builds engines with it,
-and ``mysql.py`` (which connects through ``database.py``) sits above both.
+SELECT only. Each connection learns its session's limits from ``database.opened_for``.
 """
 
 from __future__ import annotations
@@ -22,6 +21,14 @@ def lock_wait_seconds(lock_timeout: float) -> int:
 
 def is_mariadb(dbapi_connection: Any) -> bool:
     return "mariadb" in str(dbapi_connection.get_server_info()).lower()
+
+
+def session_limits(dbapi_connection: Any, record: Any) -> None:
+    """The connect listener: the limits of the session the connection was opened for."""
+    from safe_migrations.core.database import opened_for
+
+    _role, lock_timeout, statement_timeout = opened_for(record)
+    session_timeouts(lock_timeout, statement_timeout)(dbapi_connection, record)
 
 
 def session_timeouts(

@@ -141,9 +141,7 @@ class PostgreSQL(Engine):
             args["options"] = " ".join(settings)
         return args
 
-    def listen(
-        self, engine: SAEngine, lock_timeout: float | None, statement_timeout: float | None
-    ) -> None:
+    def listen(self, engine: SAEngine) -> None:
         from sqlalchemy import event
 
         from safe_migrations.engines.pgwire import check_client_connection

@@ -131,9 +131,7 @@ class SQLite(Engine):
     ) -> dict[str, Any]:
         return {"timeout": env.settings.database.connect_timeout}
 
-    def listen(
-        self, engine: SAEngine, lock_timeout: float | None, statement_timeout: float | None
-    ) -> None:
+    def listen(self, engine: SAEngine) -> None:
         from sqlalchemy import event
 
         event.listen(engine, "connect", _sqlite_foreign_keys)
