@@ -129,7 +129,9 @@ class SQLite(Engine):
         lock_timeout: float | None,
         statement_timeout: float | None,
     ) -> dict[str, Any]:
-        return {"timeout": env.settings.database.connect_timeout}
+        # Health hands the connection its check opened (on a thread, for the deadline)
+        # to the checks after it, as SQLAlchemy 2 allows for files; 1.4 needs it said.
+        return {"timeout": env.settings.database.connect_timeout, "check_same_thread": False}
 
     def listen(self, engine: SAEngine) -> None:
         from sqlalchemy import event

@@ -157,6 +157,7 @@ class _Clock:
     ) -> None:
         self.rewrites = rewrites
         self.path = path
+        self.messages = {r.revision: r.message for r in path}  # read once per revision
         self.log = log
         self.observer = observer
         self.direction = direction
@@ -196,7 +197,7 @@ class _Clock:
     def __call__(self, *, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
         now = time.perf_counter()
         revision = step.up_revision_id  # the revision applied, or the one undone
-        message = next((r.message for r in self.path if r.revision == revision), "")
+        message = self.messages.get(revision, "")
         autocommit = revision in self.autocommitted
         applied = getattr(self.rewrites, "applied", None)
         if applied is not None:  # the engine's journal record goes with the version update
