@@ -119,6 +119,27 @@ def test_an_upload_cut_off_halfway_leaves_nothing_and_the_migration_does_not_sta
     assert uploads.get("Uploads", []) == []
 
 
+def test_a_store_that_refuses_the_upload_while_pg_dump_runs_is_one_sentence_and_leaves_nothing(
+    pg_url: str, make_env: Callable[..., Environment], bucket: dict[str, str], tmp_path: Path
+) -> None:
+    """The upload is begun beside pg_dump's start; a bucket that does not exist fails
+    it: the sentence names the store, pg_dump is stopped, nothing is left anywhere."""
+    import subprocess
+
+    missing = bucket | {"bucket": "no-such-bucket"}
+    env = make_env(pg_url, backup={"storage": missing})
+    seed(env, rows=20)
+    with pytest.raises(BackupError, match=r"Storing the backup in s3://no-such-bucket/.* failed"):
+        take_backup(env, "0007")
+    assert keys(bucket) == []
+    leftover = (
+        [p for p in env.backup_dir.rglob("*") if p.is_file()] if env.backup_dir.exists() else []
+    )
+    assert leftover == []
+    running = subprocess.run(["pgrep", "-f", "pg_dump"], capture_output=True, text=True)
+    assert running.stdout.strip() == ""
+
+
 def test_an_encrypted_object_hides_the_rows_and_restores_only_with_the_identity(
     pg_url: str,
     make_env: Callable[..., Environment],
@@ -274,9 +295,10 @@ def test_an_upload_left_open_by_a_killed_run_is_aborted_by_the_next_backup(
 ) -> None:
     """SIGKILL while pg_dump streams: the multipart upload stays open (nothing aborts
     it); the next backup, once it is older than backup.timeout, aborts it."""
+    import signal
     import time
 
-    from helpers import HangingTool
+    from helpers import HangingTool, start_invoke
 
     env = cli_env(
         tmp_path, pg_url, policy={"confirm": "never"}, backup={"storage": bucket, "timeout": 1}
@@ -285,11 +307,20 @@ def test_an_upload_left_open_by_a_killed_run_is_aborted_by_the_next_backup(
     s3 = client(bucket)
     theirs = "staging/notes-upload.bin"  # not a name this tool gives: never touched
     s3.create_multipart_upload(Bucket=bucket["bucket"], Key=theirs)
-    HangingTool(tmp_path / "spybin", "pg_dump").kill_runner_at_it(
-        "backup", "--env", "staging", env=env
-    )
-    uploads = s3.list_multipart_uploads(Bucket=bucket["bucket"]).get("Uploads", [])
-    mine = [u["Key"] for u in uploads if u["Key"] != theirs]
+    hanging = HangingTool(tmp_path / "spybin", "pg_dump")
+    runner = start_invoke("backup", "--env", "staging", env=env | {"PATH": hanging.path()})
+    mine: list[str] = []
+    try:  # the upload is begun beside pg_dump's start: killed once both are under way
+        assert hanging.wait_until_hung()
+        deadline = time.monotonic() + 30
+        while not mine and time.monotonic() < deadline:
+            uploads = s3.list_multipart_uploads(Bucket=bucket["bucket"]).get("Uploads", [])
+            mine = [u["Key"] for u in uploads if u["Key"] != theirs]
+            time.sleep(0.05)
+    finally:
+        runner.send_signal(signal.SIGKILL)
+        runner.communicate(timeout=30)
+        hanging.release()
     assert len(mine) == 1 and mine[0].startswith("staging/staging-")
     time.sleep(1.5)  # older than backup.timeout: no live run can still be writing it
     again = run_invoke("backup", "--env", "staging", env=env)

@@ -121,7 +121,9 @@ def dump_postgres(
     reader.start()
     deadline = time.monotonic() + settings.timeout
     try:
-        while process.poll() is None:
+        # pg_dump's stderr closes as it exits: waiting on its reader wakes at once, where
+        # Popen.wait(timeout) polls with sleeps of up to 50 ms.
+        while reader.is_alive() or process.poll() is None:
             if time.monotonic() > deadline:
                 process.kill()
                 process.wait()
@@ -131,9 +133,11 @@ def dump_postgres(
                     "format with more jobs."
                 )
             show_progress()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=0.2)
-        reader.join(timeout=5)
+            if reader.is_alive():
+                reader.join(timeout=0.2)
+            else:  # stderr closed before the exit: rare, and polled
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=0.2)
         if encryptor is not None:
             encryptor.join()
         show_progress()

@@ -29,7 +29,7 @@ from safe_migrations.stores.backupfiles import (
     write_manifest,
 )
 from safe_migrations.stores.base import BackupStore, foreign_reason
-from safe_migrations.stores.s3bucket import ObjectSink, Store, bucket_for
+from safe_migrations.stores.s3bucket import ObjectSink, PendingSink, Store, bucket_for
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -170,23 +170,29 @@ class S3Store(BackupStore):
         Kept long: the upload, its manifest and the local copy of the manifest each fail
         differently, and each failure's sentence says exactly what is left in the store."""
         import time
+        from concurrent.futures import ThreadPoolExecutor
         from dataclasses import replace
 
         from botocore.exceptions import BotoCoreError, ClientError
 
         env = self.env
         engine.check_streamed_backup()
-        store = self.bucket
         encrypted = env.settings.backup.encrypt_to is not None
         name = backup_name(env, revision, created, engine.backup_suffix(env)) + (
             ".age" if encrypted else ""
         )
         started = time.perf_counter()
+
+        def begin() -> ObjectSink:  # beside the dump's start
+            abort_stale_uploads(env, self.bucket)
+            return ObjectSink(self.bucket, name)
+
         try:
-            abort_stale_uploads(env, store)
-            total = engine.count_tables(env) if progress.enabled else 0  # the line's /N
-            sink = ObjectSink(store, name)
-            stored = engine.dump_to(env, sink, name, total, progress, snapshot)
+            with ThreadPoolExecutor(1, thread_name_prefix="s3-begin") as pool:
+                sink = PendingSink(pool.submit(begin))
+                total = engine.count_tables(env) if progress.enabled else 0  # the line's /N
+                stored = engine.dump_to(env, sink, name, total, progress, snapshot)
+            store = self.bucket
         except (BotoCoreError, ClientError) as exc:
             raise BackupError(
                 f"Storing the backup in {self.where} failed: {exc}; "

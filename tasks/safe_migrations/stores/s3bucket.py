@@ -218,3 +218,60 @@ def bucket_for(env: Environment) -> Store:
             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile (AWS_PROFILE), or a role."
         )
     return Store(env)
+
+
+class PendingSink:
+    """An ObjectSink still being made (the client built, stale uploads aborted, the upload
+    begun) while the dump already runs: what the dump writes meanwhile waits in memory,
+    up to BUFFERED bytes, after which the writer waits for the sink. Made so that boto3's
+    import and the first requests (a third of a second) overlap the dump's start."""
+
+    BUFFERED = 64 * 1024 * 1024
+
+    def __init__(self, making: Any) -> None:
+        self._making = making  # a Future of the ObjectSink
+        self._sink: ObjectSink | None = None
+        self._early = bytearray()
+        self.written = 0
+
+    def _ready(self) -> ObjectSink:
+        if self._sink is None:
+            self._sink = self._making.result()  # a failure to begin the upload raises here
+            if self._early:
+                self._sink.write(bytes(self._early))
+                self._early.clear()
+        return self._sink
+
+    def write(self, data: bytes) -> int:
+        self.written += len(data)
+        room = len(self._early) + len(data) <= self.BUFFERED
+        if self._sink is None and not self._making.done() and room:
+            self._early += data
+            return len(data)
+        return self._ready().write(data)
+
+    def flush(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        self._ready().finish()
+
+    def commit(self) -> None:
+        self._ready().commit()
+
+    def abort(self) -> None:
+        """Abort the upload if it began; one that never began left nothing behind."""
+        try:
+            sink = self._ready()
+        except Exception:  # noqa: BLE001 - the begin's own failure is reported by save
+            self._early.clear()
+            return
+        sink.abort()
+
+    @property
+    def key(self) -> str:
+        return self._ready().key
+
+    @property
+    def path(self) -> str:
+        return self._ready().path
