@@ -185,7 +185,7 @@ def _use_list(listing: list[str], installed: set[str]) -> str:
 
 
 class _CopyReader:
-    """COPY data for psycopg2's copy_expert, read line by line from the script."""
+    """COPY data for psycopg2's copy_expert, a block of whole lines per read."""
 
     def __init__(self, lines: Any) -> None:
         self.lines = lines
