@@ -137,6 +137,40 @@ def test_a_backup_rewritten_after_it_was_made_fails_backups_prove(
     assert "It stays where it is, unproven." in refused.stderr
 
 
+def test_a_backup_proven_with_the_first_proofs_md5_checksums_is_proven_the_same_way(
+    pg_url: str, tmp_path: Path, make_env: Callable[..., Environment]
+) -> None:
+    """New proofs checksum rows with PostgreSQL's 64-bit hash and say so; a manifest of
+    the first proofs (md5, no checksum named) is checked with md5, its tampered
+    fingerprint still found."""
+    from safe_migrations.engines.pgproof import fingerprints
+
+    variables = cli_env(tmp_path, pg_url, backup={"prove": "restore"})
+    env = make_env(pg_url, backup={"prove": "restore"})
+    seed(env, rows=40)
+    info = take_backup(env, "0007")
+    assert info.proof is not None and info.proof["checksum"] == "hash64"
+    with create_engine(pg_url, poolclass=NullPool).connect() as connection:
+        md5 = fingerprints(connection, "md5")
+    assert md5 != info.proof["fingerprints"] and md5.keys() == info.proof["fingerprints"].keys()
+    manifest = Path(info.manifest)
+    data = json.loads(manifest.read_text())
+    data["proof"] = {k: v for k, v in data["proof"].items() if k != "checksum"} | {
+        "fingerprints": md5
+    }
+    manifest.write_text(json.dumps(data))
+    proven = run_invoke("backups", "--env", "staging", "--prove", "latest", env=variables)
+    assert proven.returncode == 0, proven.stdout + proven.stderr
+    assert "every table's rows and checksum match the source" in proven.stdout
+    assert json.loads(manifest.read_text())["proof"]["checksum"] == "md5"
+    data = json.loads(manifest.read_text())
+    data["proof"]["fingerprints"]["public.users"][1] = "12345"
+    manifest.write_text(json.dumps(data))
+    refused = run_invoke("backups", "--env", "staging", "--prove", "latest", env=variables)
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "public.users has 40 rows as the source had, but other contents" in refused.stderr
+
+
 def test_prove_is_refused_where_it_is_not_built(
     sqlite_url: str, make_env: Callable[..., Environment]
 ) -> None:

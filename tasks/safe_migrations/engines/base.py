@@ -157,12 +157,16 @@ class Engine:
         """A transaction whose snapshot ``dump(snapshot=...)`` dumps, and its id."""
         raise self.cannot("Proving a backup by restoring it (backup.prove)")
 
-    def fingerprints(self, connection: Connection) -> dict[str, list[Any]]:
+    # How new fingerprints checksum rows (recorded with them: a later proof checks a
+    # backup the way its source was checked; manifests without it used "md5").
+    checksum: ClassVar[str] = "md5"
+
+    def fingerprints(self, connection: Connection, checksum: str | None = None) -> dict[str, Any]:
         """Each table's [rows, checksum] in the connection's transaction."""
         raise self.cannot("Proving a backup by restoring it (backup.prove)")
 
     def restored_fingerprints(
-        self, env: Environment, scratch: Environment, path: Path
+        self, env: Environment, scratch: Environment, path: Path, checksum: str | None = None
     ) -> tuple[dict[str, list[Any]], float]:
         """Restore ``path`` into ``scratch``: its fingerprints and the restore's seconds."""
         raise self.cannot("Proving a backup by restoring it (backup.prove)")

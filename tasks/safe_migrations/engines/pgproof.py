@@ -1,7 +1,7 @@
 """A PostgreSQL backup proven by restoring it (``backup.prove: restore``).
 
 The source's tables are fingerprinted (row count and an order-free sum of each row's
-md5) in a REPEATABLE READ transaction whose snapshot pg_dump then dumps
+hash, CHECKSUMS) in a REPEATABLE READ transaction whose snapshot pg_dump then dumps
 (``--snapshot``), so the fingerprints describe exactly the rows the archive holds, on a
 live database too. The archive is restored into a scratch database, fingerprinted the
 same way there and compared table by table; the restore's duration is the recovery
@@ -26,10 +26,17 @@ WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 
   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
 ORDER BY 1, 2
 """
-FINGERPRINT = (
-    "SELECT count(*), coalesce(sum(('x' || left(md5(t::text), 15))::bit(60)::bigint), 0)::text "
-    "FROM {table} AS t"
-)
+# How each row is checksummed; the name goes into the manifest with the fingerprints, so
+# a backup proven again later is checked the way its source was. "md5" (the first
+# proofs): 60 bits of each row's md5; "hash64": PostgreSQL's own 64-bit text hash,
+# 2.7 times faster (0.46 against 1.26 s over 2,000,000 pgbench rows), the sum exact.
+CHECKSUMS = {
+    "md5": "SELECT count(*), coalesce(sum(('x' || left(md5(t::text), 15))::bit(60)::bigint), 0)"
+    "::text FROM {table} AS t",
+    "hash64": "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text "
+    "FROM {table} AS t",
+}
+CHECKSUM = "hash64"  # what new fingerprints use
 
 
 @contextmanager
@@ -49,19 +56,22 @@ def exported_snapshot(env: Environment) -> Iterator[tuple[str, Any]]:
             connection.rollback()
 
 
-def fingerprints(connection: Any) -> dict[str, list[Any]]:
+def fingerprints(connection: Any, checksum: str = CHECKSUM) -> dict[str, list[Any]]:
     """Each table's [rows, checksum] as ``connection``'s transaction sees it."""
     from sqlalchemy import text
 
     found: dict[str, list[Any]] = {}
+    query = CHECKSUMS[checksum]
     for schema, table in connection.execute(text(TABLES)).all():
         name = qualified(schema, table)
-        rows, checksum = connection.execute(text(FINGERPRINT.format(table=name))).one()
-        found[f"{schema}.{table}"] = [int(rows), str(checksum)]
+        rows, checksum_of = connection.execute(text(query.format(table=name))).one()
+        found[f"{schema}.{table}"] = [int(rows), str(checksum_of)]
     return found
 
 
-def restored_fingerprints(env: Environment, scratch: Environment, path: Any) -> tuple[Any, float]:
+def restored_fingerprints(
+    env: Environment, scratch: Environment, path: Any, checksum: str = CHECKSUM
+) -> tuple[Any, float]:
     """Restore ``path`` into ``scratch``; its fingerprints and the restore's seconds."""
     from safe_migrations.core.database import connect
     from safe_migrations.engines.pgrestore import restore_postgres
@@ -70,4 +80,4 @@ def restored_fingerprints(env: Environment, scratch: Environment, path: Any) -> 
     restore_postgres(scratch, path)
     seconds = time.perf_counter() - started
     with connect(scratch, role="check") as connection:
-        return fingerprints(connection), seconds
+        return fingerprints(connection, checksum), seconds

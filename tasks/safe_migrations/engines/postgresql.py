@@ -183,17 +183,19 @@ class PostgreSQL(Engine):
 
         return exported_snapshot(env)
 
-    def fingerprints(self, connection: Connection) -> dict[str, list[Any]]:
+    checksum = "hash64"  # pgproof.CHECKSUM
+
+    def fingerprints(self, connection: Connection, checksum: str | None = None) -> dict[str, Any]:
         from safe_migrations.engines.pgproof import fingerprints
 
-        return fingerprints(connection)
+        return fingerprints(connection, checksum or self.checksum)
 
     def restored_fingerprints(
-        self, env: Environment, scratch: Environment, path: Path
+        self, env: Environment, scratch: Environment, path: Path, checksum: str | None = None
     ) -> tuple[dict[str, list[Any]], float]:
         from safe_migrations.engines.pgproof import restored_fingerprints
 
-        return restored_fingerprints(env, scratch, path)
+        return restored_fingerprints(env, scratch, path, checksum or self.checksum)
 
     def check_streamed_backup(self) -> None:
         """The custom format streams: pg_dump's output goes to the store as it is made."""

@@ -31,17 +31,21 @@ def prove(
     backup: dict[str, Any],
     expected: dict[str, Any] | None,
     after: str = "It was not kept as a backup; nothing was migrated.",
+    checksum: str | None = None,
 ) -> dict[str, Any]:
     """Restore ``backup`` (a manifest with its local ``path``) into a scratch database and
     compare; the proof for the manifest. Without ``expected`` (a backup taken before its
-    source was fingerprinted) it proves the archive restores, and says nothing compared."""
+    source was fingerprinted) it proves the archive restores, and says nothing compared.
+    ``checksum``: how ``expected`` was made (None: the engine's way for new ones)."""
     from safe_migrations.operations.restore import readable_archive
+
+    checksum = checksum or engine.checksum
 
     with (
         readable_archive(env, backup) as clear,
         engine.scratch_database(env, env.backup_dir) as scratch,
     ):
-        found, seconds = engine.restored_fingerprints(env, scratch, clear)
+        found, seconds = engine.restored_fingerprints(env, scratch, clear, checksum)
     name = Path(backup["path"]).name
     if expected is not None:
         differ = sorted(
@@ -61,6 +65,7 @@ def prove(
         "rows": sum(int(rows) for rows, _checksum in found.values()),
         "proven_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "fingerprints": expected if expected is not None else found,
+        "checksum": checksum,
     }
 
 
@@ -104,7 +109,11 @@ def prove_existing(env: Environment, spec: str) -> dict[str, Any]:
     backup = find_backup(env, spec)
     with local_copy(env, backup) as local:
         verify_checksum(local)
-        expected = (backup.get("proof") or {}).get("fingerprints")
-        proof = prove(env, engine, local, expected, after="It stays where it is, unproven.")
+        recorded = backup.get("proof") or {}
+        expected = recorded.get("fingerprints")
+        checksum = recorded.get("checksum", "md5") if expected is not None else None
+        proof = prove(
+            env, engine, local, expected, after="It stays where it is, unproven.", checksum=checksum
+        )
     store_for(env).record_proof(backup, proof)
     return backup | {"proof": proof}
