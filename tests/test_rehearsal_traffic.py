@@ -65,7 +65,9 @@ def test_a_two_second_exclusive_lock_fails_the_application_wait_limit(
     assert "r002" in result.stderr and "policy.max_app_wait_ms=300" in result.stderr
     report = rehearsal(tmp_path)
     waits = report["revisions"][0]["app_waits"]
-    assert waits["worst_ms"] >= 1500 and waits["operations"] > 10
+    # every client queued behind the lock: at least one operation each, counted here
+    # (how many more ran before the lock and after it depends on the machine's speed)
+    assert waits["worst_ms"] >= 1500 and waits["operations"] >= 4
     assert report["traffic"]["clients"] == 4 and report["traffic"]["tables"] == ["accounts"]
     assert copies_on(pg_admin_url) == set()
 

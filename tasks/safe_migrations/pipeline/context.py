@@ -123,15 +123,18 @@ class Run:
 
 
 @contextmanager
-def recorded(run: Run) -> Iterator[RunRecord]:
+def recorded(run: Run, prewarm: bool = True) -> Iterator[RunRecord]:
     """Run a body with the run's record; the report is written whatever happens, and
-    a report that cannot be written never hides the outcome."""
+    a report that cannot be written never hides the outcome. ``prewarm`` false: the
+    body starts the report's template (``report.prewarm``) where it waits on the
+    database, not beside the work that keeps this process busy."""
     from safe_migrations.pipeline import telemetry
 
     env, record, console = run.env, run.record, run.console
     if telemetry.wanted(env):
         telemetry.check_installed(env)
-    report.prewarm()
+    if prewarm:
+        report.prewarm()
     started = time.perf_counter()
     try:
         yield record

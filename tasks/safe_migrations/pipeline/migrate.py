@@ -26,7 +26,7 @@ from safe_migrations.core.errors import (
 from safe_migrations.core.results import StepResult, format_results, timed
 from safe_migrations.core.revisions import resolve_revision
 from safe_migrations.operations import proof
-from safe_migrations.pipeline import confirm, health, upgrade, validate
+from safe_migrations.pipeline import confirm, health, report, upgrade, validate
 from safe_migrations.pipeline.backup import take_backup
 from safe_migrations.pipeline.context import Console, Run, RunOptions, recorded
 from safe_migrations.pipeline.locking import migration_lock
@@ -47,7 +47,7 @@ def migrate(
     """The whole pipeline; raises a ToolError (with its exit code) when a step fails."""
     run = Run.start(env, options, project, console)
     refuse_before_any_work(run)
-    with recorded(run):
+    with recorded(run, prewarm=False):
         resolve_target(run)
         health_step(run)  # first: an unreachable database is a failed check (exit 3)
         plan_step(run)
@@ -57,6 +57,7 @@ def migrate(
         rehearsed_step(run)
         confirm_step(run)
         with lock_step(run):
+            report.prewarm()  # beside the dump and the upgrade, which wait on the database
             backup_beside_drift(run)
             upgrade_step(run)
         validate_step(run)
