@@ -17,8 +17,8 @@ from sqlalchemy.pool import NullPool
 from safe_migrations.core.config import Environment
 from safe_migrations.pipeline.health import (
     blocking,
-    check_connection,
     check_single_head,
+    connect_checked,
     run_health,
 )
 from safe_migrations.pipeline.upgrade import run_migrations
@@ -81,8 +81,9 @@ def test_silent_host_fails_connection_within_timeout(
         f"postgresql://u:pw@127.0.0.1:{silent_server}/db", database={"connect_timeout": 1}
     )
     started = time.monotonic()
-    result = check_connection(env)
+    result, opened = connect_checked(env)
     elapsed = time.monotonic() - started
+    assert opened is None
     assert not result.ok and "no answer" in result.message and "within 1s" in result.message
     assert 0.9 <= elapsed < 1.6
 
@@ -95,8 +96,8 @@ def test_refused_port_fails_at_once_with_its_own_message(
         port = probe.getsockname()[1]
     env = make_env(f"postgresql://u:pw@127.0.0.1:{port}/db", database={"connect_timeout": 5})
     started = time.monotonic()
-    result = check_connection(env)
-    assert time.monotonic() - started < 1
+    result, opened = connect_checked(env)
+    assert time.monotonic() - started < 1 and opened is None
     assert not result.ok and "connection refused" in result.message
     assert "pw" not in result.message
 

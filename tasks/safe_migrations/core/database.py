@@ -26,6 +26,8 @@ def application_name(role: str = "run") -> str:
 
 Session = tuple[str, float | None, float | None]  # role, lock and statement timeouts
 
+NO_SESSION: Session = ("run", None, None)  # connect()'s defaults
+
 # The session the connection being opened is for, read as the driver connects.
 _OPENING: ContextVar[Session | None] = ContextVar("safe_migrations_session", default=None)
 
@@ -39,26 +41,24 @@ class Sessions:
         self.engine = engine
         self.session = session
 
-    @property
-    def dialect(self) -> Any:
-        return self.engine.dialect
-
     def connect(self) -> Connection:
-        token = _OPENING.set(self.session)
-        try:
+        with self._opening():
             return self.engine.connect()
-        finally:
-            _OPENING.reset(token)
 
     def raw_connection(self) -> Any:
-        token = _OPENING.set(self.session)
-        try:
+        with self._opening():
             return self.engine.raw_connection()
-        finally:
-            _OPENING.reset(token)
 
     def dispose(self) -> None:
         """Nothing to close: without a pool the engine holds no connection."""
+
+    @contextmanager
+    def _opening(self) -> Iterator[None]:
+        token = _OPENING.set(self.session)
+        try:
+            yield
+        finally:
+            _OPENING.reset(token)
 
 
 def make_engine(
@@ -128,7 +128,7 @@ def closed_after(connection: Connection) -> Iterator[Connection]:
 
 def opened_for(record: Any) -> Session:
     """The session a connection was opened for (its pool record), for connect listeners."""
-    return cast("Session", record.info.get("session", ("run", None, None)))
+    return cast("Session", record.info.get("session", NO_SESSION))
 
 
 def _build_engine(env: Environment) -> Engine:
@@ -148,7 +148,7 @@ def _build_engine(env: Environment) -> Engine:
     engine = create_engine(env.url, **options)
 
     def session_arguments(_dialect: Any, record: Any, _args: Any, params: dict[str, Any]) -> None:
-        session = _OPENING.get() or ("run", None, None)
+        session = _OPENING.get() or NO_SESSION
         record.info["session"] = session
         params.update(impl.connect_args(env, *session))
 

@@ -161,7 +161,9 @@ class Engine:
     # backup the way its source was checked; manifests without it used "md5").
     checksum: ClassVar[str] = "md5"
 
-    def fingerprints(self, connection: Connection, checksum: str | None = None) -> dict[str, Any]:
+    def fingerprints(
+        self, connection: Connection, checksum: str | None = None
+    ) -> dict[str, list[Any]]:
         """Each table's [rows, checksum] in the connection's transaction."""
         raise self.cannot("Proving a backup by restoring it (backup.prove)")
 

@@ -36,7 +36,6 @@ CHECKSUMS = {
     "hash64": "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text "
     "FROM {table} AS t",
 }
-CHECKSUM = "hash64"  # what new fingerprints use
 
 
 @contextmanager
@@ -56,7 +55,7 @@ def exported_snapshot(env: Environment) -> Iterator[tuple[str, Any]]:
             connection.rollback()
 
 
-def fingerprints(connection: Any, checksum: str = CHECKSUM) -> dict[str, list[Any]]:
+def fingerprints(connection: Any, checksum: str) -> dict[str, list[Any]]:
     """Each table's [rows, checksum] as ``connection``'s transaction sees it."""
     from sqlalchemy import text
 
@@ -70,7 +69,7 @@ def fingerprints(connection: Any, checksum: str = CHECKSUM) -> dict[str, list[An
 
 
 def restored_fingerprints(
-    env: Environment, scratch: Environment, path: Any, checksum: str = CHECKSUM
+    env: Environment, scratch: Environment, path: Any, checksum: str
 ) -> tuple[Any, float]:
     """Restore ``path`` into ``scratch``; its fingerprints and the restore's seconds."""
     from safe_migrations.core.database import connect

@@ -183,9 +183,11 @@ class PostgreSQL(Engine):
 
         return exported_snapshot(env)
 
-    checksum = "hash64"  # pgproof.CHECKSUM
+    checksum = "hash64"  # one of pgproof.CHECKSUMS
 
-    def fingerprints(self, connection: Connection, checksum: str | None = None) -> dict[str, Any]:
+    def fingerprints(
+        self, connection: Connection, checksum: str | None = None
+    ) -> dict[str, list[Any]]:
         from safe_migrations.engines.pgproof import fingerprints
 
         return fingerprints(connection, checksum or self.checksum)

@@ -20,17 +20,10 @@ from safe_migrations.engines import engine_for
 from safe_migrations.project.alembic_api import Project, current_revision, heads
 
 
-def check_connection(env: Environment) -> StepResult:
-    """Connect within ``database.connect_timeout``; a silent host fails at the deadline."""
-    result, connection = connect_checked(env)
-    if connection is not None:
-        connection.close()
-    return result
-
-
 def connect_checked(env: Environment) -> tuple[StepResult, Any]:
-    """``check_connection``'s result and, when it passed, the connection it opened, for
-    the checks that follow (one connection less per run)."""
+    """Connect within ``database.connect_timeout`` (a silent host fails at the deadline):
+    the result and, when it passed, the connection it opened, for the checks that
+    follow (one connection less per run)."""
     timeout = env.settings.database.connect_timeout
     outcome: dict[str, Any] = {}
 
