@@ -286,7 +286,7 @@ def test_copy_data_in_blocks_restores_every_row_of_tables_larger_and_smaller_tha
 
 
 def test_the_script_splitter_ends_copy_data_only_at_its_own_line_in_blocks() -> None:
-    from safe_migrations.engines.sqlscript import Copy
+    from safe_migrations.engines.sqlscript import COPY_BLOCK, Copy
 
     rows = [f"{i}\tvalue {i}\n".encode() for i in range(20000)]
     script = (
@@ -303,3 +303,8 @@ def test_the_script_splitter_ends_copy_data_only_at_its_own_line_in_blocks() -> 
         parts.append(b"".join(item.lines) if isinstance(item, Copy) else item)
     assert parts[1] == b"".join(rows) and parts[2] == b"" and parts[3] == b"\\\\.\n"
     assert parts[4] == b"SELECT 1;"
+    # the data goes to the server in blocks of whole lines, not a call per row
+    first = next(item for item in split_script(script) if isinstance(item, Copy))
+    blocks = list(first.lines)
+    assert 1 < len(blocks) < len(rows) // 100
+    assert all(len(b) >= COPY_BLOCK and b.endswith(b"\n") for b in blocks[:-1])

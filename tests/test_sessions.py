@@ -60,3 +60,33 @@ def test_mariadb_sessions_share_one_engine_and_keep_their_own_lock_waits(
                 validate.execute(text(global_waits)).one()
             )
             assert validate.dialect is migrate.dialect
+
+
+def test_a_migrate_run_opens_seven_connections_on_one_engine(
+    pg_url: str, make_env: Callable[..., Environment]
+) -> None:
+    """Health's checks on its connection check's connection, validation on one, the
+    post-revision as validation read it: health, lock, the revision under the lock, the
+    compare before, the migration, the lock watcher and validation (ten before)."""
+    from helpers import QUIET, UNATTENDED
+    from sqlalchemy import event
+    from sqlalchemy.pool import Pool
+
+    from safe_migrations.core import database
+    from safe_migrations.pipeline.migrate import migrate
+
+    env = make_env(pg_url)
+    opened: list[object] = []
+
+    def count(_dbapi: object, record: object) -> None:
+        opened.append(database.opened_for(record)[0])
+
+    event.listen(Pool, "connect", count)
+    try:
+        assert migrate(env, UNATTENDED, console=QUIET).success
+    finally:
+        event.remove(Pool, "connect", count)
+    assert sorted(opened) == sorted(
+        ["health", "lock", "status", "validate", "migrate", "watch", "validate"]
+    )
+    assert len({k for k in database._ENGINES if k[0] == env.url}) == 1
