@@ -308,3 +308,42 @@ def test_the_script_splitter_ends_copy_data_only_at_its_own_line_in_blocks() -> 
     blocks = list(first.lines)
     assert 1 < len(blocks) < len(rows) // 100
     assert all(len(b) >= COPY_BLOCK and b.endswith(b"\n") for b in blocks[:-1])
+
+
+def test_the_script_splitter_gives_the_same_items_however_the_script_arrives() -> None:
+    """A stream is read in chunks that cut lines, the end-of-data line and CRLF anywhere;
+    the statements and COPY data that come out are the same as from whole lines, and a
+    script cut off inside COPY data is refused."""
+    import io
+
+    from safe_migrations.engines.sqlscript import Copy
+
+    rows = [f"{i}\tvalue {i}\\.\n".encode() for i in range(3000)]
+    lines = (
+        [b"SET x = 1;\n", b"COPY public.a (i, v) FROM stdin;\n", b"\\.x\n", *rows, b"\\.\n"]
+        + [b"COPY public.b (i) FROM stdin;\n", b"\\.\r\n", b"SELECT 'a\n", b"b';\n"]
+        + [b"COPY public.c (v) FROM stdin;\n", b"1\n", b"\\."]
+    )
+    script = b"".join(lines)
+
+    def items(source: object) -> list[bytes]:
+        return [
+            i.sql + b" <- " + b"".join(i.lines) if isinstance(i, Copy) else i
+            for i in split_script(source)
+        ]
+
+    expected = items(lines)
+    assert expected == [
+        b"SET x = 1;",
+        b"COPY public.a (i, v) FROM stdin; <- \\.x\n" + b"".join(rows),
+        b"COPY public.b (i) FROM stdin; <- ",
+        b"SELECT 'a\nb';",
+        b"COPY public.c (v) FROM stdin; <- 1\n",
+    ]
+    for size in (1, 2, 3, 7, 100, 4096):
+        pieces = [script[i : i + size] for i in range(0, len(script), size)]
+        assert items(pieces) == expected, size
+    assert items(io.BufferedReader(io.BytesIO(script), buffer_size=13)) == expected
+    cut = script[: script.index(b"value 2999")]
+    with pytest.raises(ScriptError, match="ends inside COPY data"):
+        items([cut])
