@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -176,3 +177,76 @@ def test_prove_is_refused_where_it_is_not_built(
 ) -> None:
     with pytest.raises(ConfigError, match="PostgreSQL backups only"):
         make_env(sqlite_url, backup={"prove": "restore"})
+
+
+def test_a_dump_that_fails_stops_the_source_fingerprints_running_beside_it(
+    pg_url: str, tmp_path: Path, make_env: Callable[..., Environment], monkeypatch: Any
+) -> None:
+    """The source is fingerprinted on the snapshot's connection while pg_dump dumps it.
+    When pg_dump fails, the fingerprints' query is cancelled: here one waits on a lock
+    another session holds, and the failure comes back while that lock is still held;
+    no backup is left."""
+    import threading
+
+    from safe_migrations.core.errors import BackupError
+
+    env = make_env(pg_url, backup={"prove": "restore"})
+    seed(env, rows=20)
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    script = folder / "pg_dump"
+    script.write_text("#!/bin/sh\nsleep 1\necho 'pg_dump: error: the disk is full' >&2\nexit 1\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    locked, release = threading.Event(), threading.Event()
+    held_until_released = []
+
+    def hold_lock() -> None:
+        with create_engine(pg_url, poolclass=NullPool).connect() as connection:
+            connection.execute(text("LOCK TABLE users IN ACCESS EXCLUSIVE MODE"))
+            locked.set()
+            held_until_released.append(release.wait(timeout=60))
+            connection.rollback()
+
+    locker = threading.Thread(target=hold_lock)
+    locker.start()
+    try:
+        assert locked.wait(timeout=30)
+        with pytest.raises(BackupError, match="pg_dump failed: pg_dump: error: the disk is full"):
+            take_backup(env, "0007")
+    finally:
+        release.set()
+        locker.join()
+    assert held_until_released == [True]  # the lock was still held when the failure came
+    assert not list((tmp_path / "var" / "backups").glob("*.dump*"))
+
+
+@pytest.mark.parametrize(
+    "failing",
+    [
+        "SELECT count(*), (count(*) / 0)::text FROM {table} AS t",
+        "SELECT count(*), (count(*) / CASE WHEN pg_sleep(1.5) IS NULL THEN 1 ELSE 0 END)::text "
+        "FROM {table} AS t",
+    ],
+    ids=["before-pg_dump-took-the-snapshot", "after-the-dump-was-stored"],
+)
+def test_a_dump_whose_source_fingerprints_failed_is_not_kept(
+    pg_url: str,
+    tmp_path: Path,
+    make_env: Callable[..., Environment],
+    monkeypatch: Any,
+    failing: str,
+) -> None:
+    """The fingerprints beside pg_dump fail on the server: at once (their error, not
+    pg_dump's, which then could not import the snapshot they ended), or once the dump
+    is stored (without them there is nothing to prove it against: it is removed)."""
+    from sqlalchemy.exc import DBAPIError
+
+    from safe_migrations.engines import pgproof
+
+    env = make_env(pg_url, backup={"prove": "restore"})
+    seed(env, rows=20)
+    monkeypatch.setitem(pgproof.CHECKSUMS, "hash64", failing)
+    with pytest.raises(DBAPIError, match="division by zero"):
+        take_backup(env, "0007")
+    assert not list((tmp_path / "var" / "backups").glob("*.dump*"))

@@ -8,9 +8,9 @@ method that says so in one sentence (``Unsupported``). Imports nothing but the c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from safe_migrations.core.errors import BackupError, ConfigError
 
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from safe_migrations.project.baseline import Baseline
     from safe_migrations.project.lint import LintResult
     from safe_migrations.stores.backupfiles import Progress, Stored
+
+
+T = TypeVar("T")
 
 
 class Unsupported(ConfigError):
@@ -166,6 +169,13 @@ class Engine:
     ) -> dict[str, list[Any]]:
         """Each table's [rows, checksum] in the connection's transaction."""
         raise self.cannot("Proving a backup by restoring it (backup.prove)")
+
+    def fingerprints_beside(
+        self, connection: Connection, work: Callable[[], T]
+    ) -> tuple[dict[str, list[Any]], T]:
+        """The fingerprints, and what ``work`` (the dump of the same snapshot) returns;
+        here one after the other."""
+        return self.fingerprints(connection), work()
 
     def restored_fingerprints(
         self, env: Environment, scratch: Environment, path: Path, checksum: str | None = None

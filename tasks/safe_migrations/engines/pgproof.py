@@ -11,13 +11,16 @@ against what its source held, whoever can rewrite the file and its checksum.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from safe_migrations.core.config import Environment
 from safe_migrations.engines.pgsafe import qualified
+
+T = TypeVar("T")
 
 # The tool's own schema (rehearsal proofs) is no part of what a backup must bring back.
 TABLES = """
@@ -55,17 +58,55 @@ def exported_snapshot(env: Environment) -> Iterator[tuple[str, Any]]:
             connection.rollback()
 
 
-def fingerprints(connection: Any, checksum: str) -> dict[str, list[Any]]:
-    """Each table's [rows, checksum] as ``connection``'s transaction sees it."""
+def fingerprints(
+    connection: Any, checksum: str, stop: threading.Event | None = None
+) -> dict[str, list[Any]]:
+    """Each table's [rows, checksum] as ``connection``'s transaction sees it (until
+    ``stop`` is set: then Cancelled)."""
     from sqlalchemy import text
 
     found: dict[str, list[Any]] = {}
     query = CHECKSUMS[checksum]
     for schema, table in connection.execute(text(TABLES)).all():
+        if stop is not None and stop.is_set():
+            raise Cancelled
         name = qualified(schema, table)
         rows, checksum_of = connection.execute(text(query.format(table=name))).one()
         found[f"{schema}.{table}"] = [int(rows), str(checksum_of)]
     return found
+
+
+class Cancelled(Exception):
+    """The fingerprints were stopped: the dump beside them failed."""
+
+
+def fingerprints_beside(
+    connection: Any, checksum: str, work: Callable[[], T]
+) -> tuple[dict[str, list[Any]], T]:
+    """The fingerprints made on a thread while ``work`` (pg_dump of the connection's
+    exported snapshot) runs: both wait on the server, and one after the other a
+    proven backup paid for both (2.0 s of fingerprints before a 2.5 s dump of 1 GB).
+    When the work fails, the fingerprints stop: their running query is cancelled on
+    the server (again until the thread is back: a query may start after a cancel).
+    When they failed first, theirs is the error: it ended the exported snapshot."""
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import wait as wait_for
+
+    stop = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="fingerprints") as pool:
+        found = pool.submit(fingerprints, connection, checksum, stop)
+        try:
+            done = work()
+        except BaseException as exc:
+            if found.done() and found.exception() is not None:
+                # failed first, and aborted the snapshot's transaction under pg_dump
+                raise found.exception() from exc  # type: ignore[misc]
+            stop.set()
+            while not found.done():
+                connection.connection.dbapi_connection.cancel()
+                wait_for([found], timeout=0.1)
+            raise
+    return found.result(), done
 
 
 def restored_fingerprints(

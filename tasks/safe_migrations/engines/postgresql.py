@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from safe_migrations.core.database import application_name, connect
 from safe_migrations.core.errors import LockHeldError
-from safe_migrations.engines.base import Engine
+from safe_migrations.engines.base import Engine, T
 from safe_migrations.engines.libpq import keepalive_options
 
 if TYPE_CHECKING:
@@ -191,6 +191,13 @@ class PostgreSQL(Engine):
         from safe_migrations.engines.pgproof import fingerprints
 
         return fingerprints(connection, checksum or self.checksum)
+
+    def fingerprints_beside(
+        self, connection: Connection, work: Callable[[], T]
+    ) -> tuple[dict[str, list[Any]], T]:
+        from safe_migrations.engines.pgproof import fingerprints_beside
+
+        return fingerprints_beside(connection, self.checksum, work)
 
     def restored_fingerprints(
         self, env: Environment, scratch: Environment, path: Path, checksum: str | None = None

@@ -72,8 +72,18 @@ def _proven(
                 f"{IDENTITY_VARIABLE} (the age identity) for this run, or remove the proof."
             ) from None
     with engine.exported_snapshot(env) as (snapshot, connection):
-        expected = engine.fingerprints(connection)
-        info = store.save(engine, revision, progress, created, snapshot=snapshot)
+        saved: list[BackupInfo] = []
+
+        def save() -> BackupInfo:
+            saved.append(store.save(engine, revision, progress, created, snapshot=snapshot))
+            return saved[0]
+
+        try:
+            expected, info = engine.fingerprints_beside(connection, save)
+        except BaseException:
+            if saved:  # dumped, but its source's fingerprints failed: nothing to prove
+                store.delete(store.find(saved[0].path))
+            raise
     backup = store.find(info.path)  # as a restore would find it (a store's: downloaded)
     try:
         with store.local_copy(backup) as local:
