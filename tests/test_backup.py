@@ -348,3 +348,27 @@ def test_failed_restore_is_rolled_back_whole(
     assert "ERROR: cannot drop table public.orders" in failure.value.message
     assert table_fingerprints(env.url) == before
     assert "made_after_backup" in before
+
+
+def test_a_backup_compiles_its_report_template_once_pg_dump_runs(
+    pg_url: str, make_env: Callable[..., Environment], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The template's import and compile take the interpreter for tens of milliseconds:
+    started once, after pg_dump's process is running, not on the way to it; the
+    report is written as always."""
+    from safe_migrations.operations import standalone
+    from safe_migrations.pipeline import report
+
+    env = make_env(pg_url)
+    seed(env, rows=5)
+    dumps_running: list[bool] = []
+
+    def prewarm() -> object:
+        found = subprocess.run(["pgrep", "-f", "pg_dump"], capture_output=True)
+        dumps_running.append(found.returncode == 0)
+        return report.prewarm()
+
+    monkeypatch.setattr(standalone, "prewarm", prewarm)
+    record = standalone.backup(env, QUIET)
+    assert dumps_running == [True]
+    assert record.success and list(env.report_dir.glob("staging-backup-*.md"))

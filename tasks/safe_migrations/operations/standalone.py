@@ -13,9 +13,10 @@ from safe_migrations.core.results import StepResult, timed
 from safe_migrations.pipeline.context import Console, Run, RunOptions, recorded
 from safe_migrations.pipeline.locking import migration_lock
 from safe_migrations.pipeline.migrate import check_expected, confirm, migrate, record_backup
-from safe_migrations.pipeline.report import RunRecord, last_report, reported
+from safe_migrations.pipeline.report import RunRecord, last_report, prewarm, reported
 from safe_migrations.pipeline.status import read_current
 from safe_migrations.project.alembic_api import Project
+from safe_migrations.stores.backupfiles import Progress
 
 
 def rollback(
@@ -125,7 +126,10 @@ def restore(
 def backup(env: Environment, console: Console | None = None) -> RunRecord:
     """Take a verified backup on its own, with a report, under the migration lock."""
     run = Run.start(env, RunOptions(backup=True), console=console, operation="backup")
-    with recorded(run), migration_lock(env):
+    # the report's template compiles beside the dump, not on the way to it
+    progress = run.console.progress or Progress()
+    progress.when_started(prewarm)
+    with recorded(run, prewarm=False), migration_lock(env):
         run.at(read_current(env))
-        record_backup(run)
+        record_backup(run, progress)
         return run.record

@@ -34,6 +34,7 @@ from safe_migrations.pipeline.report import RunRecord, reported
 from safe_migrations.pipeline.status import read_current
 from safe_migrations.project import alembic_api
 from safe_migrations.project.alembic_api import Project
+from safe_migrations.stores.backupfiles import Progress
 
 __all__ = ["Console", "RunOptions", "migrate"]
 
@@ -289,10 +290,11 @@ def backup_step(run: Run) -> None:
     record_backup(run)
 
 
-def record_backup(run: Run) -> None:
-    """Take a verified backup at the run's current revision and record it."""
+def record_backup(run: Run, progress: Progress | None = None) -> None:
+    """Take a verified backup at the run's current revision and record it (``progress``:
+    instead of the console's)."""
     with timed() as clock:
-        info = take_backup(run.env, run.current, run.console.progress)
+        info = take_backup(run.env, run.current, progress or run.console.progress)
     run.record.backup = info.to_dict()
     message = f"{info.path} ({info.size:,} bytes, sha256 {info.sha256[:12]}...)"
     if info.proof is not None:

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -130,8 +131,17 @@ class Progress:
     def __init__(self, enabled: bool | None = None, stream: Any = None) -> None:
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
+        self._started: Callable[[], object] | None = None
+
+    def when_started(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` once, at the first progress of the dump (its process
+        running): work that would slow the way to it can start there."""
+        self._started = callback
 
     def show(self, text: str) -> None:
+        if self._started is not None:
+            started, self._started = self._started, None
+            started()
         if self.enabled:
             self.stream.write("\r\033[K" + text)
             self.stream.flush()
