@@ -265,9 +265,8 @@ def wants_backup(run: Run) -> bool:
 
 
 def backup_beside_drift(run: Run) -> None:
-    """The backup, and beside it the compare before the run: the dump works in its own
-    process while the compare reads the catalog, and the lock keeps the schema still
-    for both. Without a backup the compare runs alone."""
+    """The backup, and beside it the compare before the run: the dump works in its own process
+    while the compare reads the catalog; the lock keeps the schema still for both."""
     if not (wants_backup(run) and run.pending):
         backup_step(run)
         drift_before(run)
@@ -291,8 +290,7 @@ def backup_step(run: Run) -> None:
 
 
 def record_backup(run: Run, progress: Progress | None = None) -> None:
-    """Take a verified backup at the run's current revision and record it (``progress``:
-    instead of the console's)."""
+    """Take a verified backup at the current revision and record it (progress: or the console's)."""
     with timed() as clock:
         info = take_backup(run.env, run.current, progress or run.console.progress)
     run.record.backup = info.to_dict()
