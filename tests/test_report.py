@@ -287,3 +287,30 @@ def test_every_field_a_report_file_carries_is_escaped_in_the_issue_and_the_shell
         if line.startswith("invoke "):
             words = shlex.split(line)
             assert words[words.index("--env") + 1] == forged.replace("\n", " ")
+
+
+def test_a_record_as_data_equals_asdict_and_is_a_copy() -> None:
+    """Records become data without asdict's deep copy of every value: the same dict,
+    tuples kept, and changing it changes nothing in the record."""
+    from dataclasses import asdict
+
+    from safe_migrations.pipeline.report import RunRecord
+    from safe_migrations.pipeline.upgrade import AppliedRevision
+
+    applied = AppliedRevision(
+        "0002", "add orders", "upgrade", 1.234567, 1, True,
+        ({"operation": "create_index", "as": ["CONCURRENTLY"]},),
+        ({"kind": "CREATE INDEX", "offset": 0.1, "seconds": 1.1},),
+    )  # fmt: skip
+    expected = asdict(applied) | {"duration": 1.2346}
+    assert applied.to_dict() == expected
+    assert isinstance(applied.to_dict()["statements"], tuple)
+    record = RunRecord("staging", "migrate", "postgresql://db/app")
+    record.applied = [applied.to_dict()]
+    record.backup = {"proof": {"fingerprints": {"public.users": [3, "12"]}}}
+    data = record.to_dict()
+    assert data == asdict(record)
+    data["applied"][0]["rewritten"][0]["as"].append("changed")
+    data["backup"]["proof"]["fingerprints"]["public.users"][0] = 4
+    assert record.applied[0]["rewritten"][0]["as"] == ["CONCURRENTLY"]
+    assert record.backup["proof"]["fingerprints"]["public.users"] == [3, "12"]

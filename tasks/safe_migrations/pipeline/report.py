@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from safe_migrations.core import escaping
 from safe_migrations.core.config import PROJECT_ROOT, Environment
 from safe_migrations.core.files import append_line, private_folder, write_atomic
 from safe_migrations.core.masking import redact, redact_data
-from safe_migrations.core.results import StepResult
+from safe_migrations.core.results import StepResult, fields_copied
 
 REPORT_SCHEMA_VERSION = 2
 BASE = "base"  # a revision field's value for an empty history; None means unknown
@@ -74,7 +74,7 @@ class RunRecord:
         self.steps.append(result.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return fields_copied(self)
 
 
 def current_user() -> str:

@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -21,6 +21,7 @@ from safe_migrations.core.config import Environment
 from safe_migrations.core.database import make_engine
 from safe_migrations.core.errors import JournalError, ToolError, first_line
 from safe_migrations.core.masking import redact
+from safe_migrations.core.results import fields_copied
 from safe_migrations.engines import engine_for
 from safe_migrations.pipeline.lockwait import (
     Cancelled,
@@ -62,7 +63,7 @@ class AppliedRevision:
     statements: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = fields_copied(self)
         data["duration"] = round(self.duration, 4)
         return data
 
