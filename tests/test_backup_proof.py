@@ -138,38 +138,68 @@ def test_a_backup_rewritten_after_it_was_made_fails_backups_prove(
     assert "It stays where it is, unproven." in refused.stderr
 
 
-def test_a_backup_proven_with_the_first_proofs_md5_checksums_is_proven_the_same_way(
-    pg_url: str, tmp_path: Path, make_env: Callable[..., Environment]
+@pytest.mark.parametrize("earlier", ["md5", "hash64"])
+def test_a_backup_proven_by_earlier_proofs_checksums_is_proven_the_same_way(
+    pg_url: str, tmp_path: Path, make_env: Callable[..., Environment], earlier: str
 ) -> None:
-    """New proofs checksum rows with PostgreSQL's 64-bit hash and say so; a manifest of
-    the first proofs (md5, no checksum named) is checked with md5, its tampered
-    fingerprint still found."""
+    """New proofs (PostgreSQL 14+) checksum rows with the row's own 64-bit hash and say
+    so; a manifest of earlier proofs (the first ones' md5, no checksum named; then the
+    text's hash64) is checked their way, its tampered fingerprint still found."""
     from safe_migrations.engines.pgproof import fingerprints
 
     variables = cli_env(tmp_path, pg_url, backup={"prove": "restore"})
     env = make_env(pg_url, backup={"prove": "restore"})
     seed(env, rows=40)
     info = take_backup(env, "0007")
-    assert info.proof is not None and info.proof["checksum"] == "hash64"
+    assert info.proof is not None and info.proof["checksum"] == "record64"
     with create_engine(pg_url, poolclass=NullPool).connect() as connection:
-        md5 = fingerprints(connection, "md5")
-    assert md5 != info.proof["fingerprints"] and md5.keys() == info.proof["fingerprints"].keys()
+        old = fingerprints(connection, earlier)
+    assert old != info.proof["fingerprints"] and old.keys() == info.proof["fingerprints"].keys()
     manifest = Path(info.manifest)
     data = json.loads(manifest.read_text())
+    named = {"checksum": earlier} if earlier != "md5" else {}
     data["proof"] = {k: v for k, v in data["proof"].items() if k != "checksum"} | {
-        "fingerprints": md5
+        "fingerprints": old,
+        **named,
     }
     manifest.write_text(json.dumps(data))
     proven = run_invoke("backups", "--env", "staging", "--prove", "latest", env=variables)
     assert proven.returncode == 0, proven.stdout + proven.stderr
     assert "every table's rows and checksum match the source" in proven.stdout
-    assert json.loads(manifest.read_text())["proof"]["checksum"] == "md5"
+    assert json.loads(manifest.read_text())["proof"]["checksum"] == earlier
     data = json.loads(manifest.read_text())
     data["proof"]["fingerprints"]["public.users"][1] = "12345"
     manifest.write_text(json.dumps(data))
     refused = run_invoke("backups", "--env", "staging", "--prove", "latest", env=variables)
     assert refused.returncode == 3, refused.stdout + refused.stderr
     assert "public.users has 40 rows as the source had, but other contents" in refused.stderr
+
+
+def test_a_table_whose_types_hash_loosely_is_checksummed_by_its_text(
+    pg_url: str, make_env: Callable[..., Environment]
+) -> None:
+    """The row's own hash only where every column's hash tells values apart as its text
+    does: a numeric's 1.0 and 1.00 hash alike, an enum's hash is its label's oid (another
+    in the restored copy); such a table is hashed by its text, so its backup proves and
+    a change of scale is found."""
+    from safe_migrations.engines.pgproof import fingerprints
+
+    env = make_env(pg_url, backup={"prove": "restore"})
+    seed(env, rows=10)
+    source = create_engine(pg_url, poolclass=NullPool)
+    with source.begin() as connection:
+        connection.execute(text("CREATE TYPE mood AS ENUM ('calm', 'busy')"))
+        connection.execute(text("CREATE TABLE prices (id int PRIMARY KEY, amount numeric, m mood)"))
+        connection.execute(text("INSERT INTO prices VALUES (1, 1.0, 'busy'), (2, 2.5, 'calm')"))
+    info = take_backup(env, "0007")  # the enum's oids differ in the scratch copy
+    assert info.proof is not None and info.proof["compared"] is True
+    with source.connect() as connection:
+        record, by_text = fingerprints(connection, "record64"), fingerprints(connection, "hash64")
+        assert record["public.prices"] == by_text["public.prices"]
+        assert record["public.users"] != by_text["public.users"]  # its types hash exactly
+        connection.execute(text("UPDATE prices SET amount = 1.00 WHERE id = 1"))
+        assert fingerprints(connection, "record64")["public.prices"] != record["public.prices"]
+    source.dispose()
 
 
 def test_prove_is_refused_where_it_is_not_built(
@@ -247,6 +277,7 @@ def test_a_dump_whose_source_fingerprints_failed_is_not_kept(
     env = make_env(pg_url, backup={"prove": "restore"})
     seed(env, rows=20)
     monkeypatch.setitem(pgproof.CHECKSUMS, "hash64", failing)
+    monkeypatch.setitem(pgproof.CHECKSUMS, "record64", failing)
     with pytest.raises(DBAPIError, match="division by zero"):
         take_backup(env, "0007")
     assert not list((tmp_path / "var" / "backups").glob("*.dump*"))

@@ -164,6 +164,10 @@ class Engine:
     # backup the way its source was checked; manifests without it used "md5").
     checksum: ClassVar[str] = "md5"
 
+    def checksum_for(self, connection: Connection) -> str:
+        """How new fingerprints on ``connection``'s server checksum rows."""
+        return self.checksum
+
     def fingerprints(
         self, connection: Connection, checksum: str | None = None
     ) -> dict[str, list[Any]]:
@@ -171,11 +175,11 @@ class Engine:
         raise self.cannot("Proving a backup by restoring it (backup.prove)")
 
     def fingerprints_beside(
-        self, connection: Connection, work: Callable[[], T]
+        self, connection: Connection, work: Callable[[], T], checksum: str
     ) -> tuple[dict[str, list[Any]], T]:
         """The fingerprints, and what ``work`` (the dump of the same snapshot) returns;
         here one after the other."""
-        return self.fingerprints(connection), work()
+        return self.fingerprints(connection, checksum), work()
 
     def restored_fingerprints(
         self, env: Environment, scratch: Environment, path: Path, checksum: str | None = None

@@ -23,22 +23,50 @@ from safe_migrations.engines.pgsafe import qualified
 T = TypeVar("T")
 
 # The tool's own schema (rehearsal proofs) is no part of what a backup must bring back.
-TABLES = """
-SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+USER_TABLES = """
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'safe_migrations')
   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
 ORDER BY 1, 2
 """
+TABLES = "SELECT n.nspname, c.relname" + USER_TABLES
 # How each row is checksummed; the name goes into the manifest with the fingerprints, so
 # a backup proven again later is checked the way its source was. "md5" (the first
 # proofs): 60 bits of each row's md5; "hash64": PostgreSQL's own 64-bit text hash,
 # 2.7 times faster (0.46 against 1.26 s over 2,000,000 pgbench rows), the sum exact.
+# "record64" (PostgreSQL 14+): the row's own 64-bit hash, no text made of it (1.39-1.49
+# against 2.17-2.51 s over 7,000,000 pgbench rows), for a table whose every column's hash
+# tells values apart exactly as their text does (EXACT_TYPES); any other table: hash64.
 CHECKSUMS = {
     "md5": "SELECT count(*), coalesce(sum(('x' || left(md5(t::text), 15))::bit(60)::bigint), 0)"
     "::text FROM {table} AS t",
     "hash64": "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text "
     "FROM {table} AS t",
+    "record64": "SELECT count(*), coalesce(sum(hash_record_extended(t, 0)), 0)::text "
+    "FROM {table} AS t",
 }
+# The types whose hash differs wherever their text does. Not numeric (1.0 and 1.00 hash
+# alike), floats (0 and -0), interval (1 day and 24 hours), jsonb (its numbers), enums
+# (their hash is the label's oid, another in the restored copy), domains, arrays, ...;
+# text types only under a deterministic collation, char(n) only with its length (its
+# hash ignores trailing blanks, which char(n) pads anyway).
+EXACT_TYPES = (
+    "int2 int4 int8 bool date time timestamp timestamptz uuid bytea oid text varchar bpchar"
+)
+EXACT_TABLES = f"""
+SELECT n.nspname, c.relname, coalesce((
+    SELECT bool_and(a.atttypid = ANY ('{{{",".join(EXACT_TYPES.split())}}}'::regtype[])
+                    AND (a.atttypid <> 'bpchar'::regtype OR a.atttypmod > 0)
+                    AND (a.attcollation = 0 OR co.collisdeterministic))
+    FROM pg_attribute a LEFT JOIN pg_collation co ON co.oid = a.attcollation
+    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), false)
+{USER_TABLES}"""
+
+
+def checksum_for(connection: Any) -> str:
+    """How new fingerprints on this server checksum rows: record64 where it has
+    hash_record_extended (PostgreSQL 14), hash64 before."""
+    return "record64" if connection.dialect.server_version_info >= (14,) else "hash64"
 
 
 @contextmanager
@@ -66,10 +94,11 @@ def fingerprints(
     from sqlalchemy import text
 
     found: dict[str, list[Any]] = {}
-    query = CHECKSUMS[checksum]
-    for schema, table in connection.execute(text(TABLES)).all():
+    tables = EXACT_TABLES if checksum == "record64" else TABLES
+    for schema, table, *exact in connection.execute(text(tables)).all():
         if stop is not None and stop.is_set():
             raise Cancelled
+        query = CHECKSUMS["hash64" if exact == [False] else checksum]
         name = qualified(schema, table)
         rows, checksum_of = connection.execute(text(query.format(table=name))).one()
         found[f"{schema}.{table}"] = [int(rows), str(checksum_of)]

@@ -183,7 +183,12 @@ class PostgreSQL(Engine):
 
         return exported_snapshot(env)
 
-    checksum = "hash64"  # one of pgproof.CHECKSUMS
+    checksum = "hash64"  # one of pgproof.CHECKSUMS: every server has it
+
+    def checksum_for(self, connection: Connection) -> str:
+        from safe_migrations.engines.pgproof import checksum_for
+
+        return checksum_for(connection)
 
     def fingerprints(
         self, connection: Connection, checksum: str | None = None
@@ -193,11 +198,11 @@ class PostgreSQL(Engine):
         return fingerprints(connection, checksum or self.checksum)
 
     def fingerprints_beside(
-        self, connection: Connection, work: Callable[[], T]
+        self, connection: Connection, work: Callable[[], T], checksum: str
     ) -> tuple[dict[str, list[Any]], T]:
         from safe_migrations.engines.pgproof import fingerprints_beside
 
-        return fingerprints_beside(connection, self.checksum, work)
+        return fingerprints_beside(connection, checksum, work)
 
     def restored_fingerprints(
         self, env: Environment, scratch: Environment, path: Path, checksum: str | None = None

@@ -78,8 +78,9 @@ def _proven(
             saved.append(store.save(engine, revision, progress, created, snapshot=snapshot))
             return saved[0]
 
+        checksum = engine.checksum_for(connection)
         try:
-            expected, info = engine.fingerprints_beside(connection, save)
+            expected, info = engine.fingerprints_beside(connection, save, checksum)
         except BaseException:
             if saved:  # dumped, but its source's fingerprints failed: nothing to prove
                 store.delete(store.find(saved[0].path))
@@ -87,7 +88,7 @@ def _proven(
     backup = store.find(info.path)  # as a restore would find it (a store's: downloaded)
     try:
         with store.local_copy(backup) as local:
-            proof = prove(env, engine, local, expected)
+            proof = prove(env, engine, local, expected, checksum=checksum)
     except ProofError:
         store.delete(backup)
         raise
