@@ -183,6 +183,42 @@ def test_retention_removes_only_old_remote_objects_of_its_own(
     assert {"staging/notes.txt", other, "elsewhere/staging.dump"} <= set(left)
 
 
+def test_the_store_lists_every_backup_of_its_own_newest_first(
+    pg_url: str, make_env: Callable[..., Environment], bucket: dict[str, str]
+) -> None:
+    """Manifests are read several at a time: the listing still holds each of the
+    environment's own once, newest first, and skips another environment's and a
+    manifest that is not JSON."""
+    env = make_env(pg_url, backup={"storage": bucket})
+    s3 = client(bucket)
+    days = [17, 3, 28, 9, 21, 14, 1, 25, 6, 11, 30, 19]
+    for day in days:
+        name = f"staging-202601{day:02d}T000000000Z-0007.dump"
+        manifest = {"environment": "staging", "created_at": f"2026-01-{day:02d}T00:00:00+00:00"}
+        s3.put_object(
+            Bucket=bucket["bucket"], Key=f"staging/{name}.manifest.json", Body=json.dumps(manifest)
+        )
+    foreign = {"environment": "production", "created_at": "2026-02-01T00:00:00+00:00"}
+    s3.put_object(
+        Bucket=bucket["bucket"],
+        Key="staging/staging-20260201T000000000Z-0007.dump.manifest.json",
+        Body=json.dumps(foreign),
+    )
+    s3.put_object(
+        Bucket=bucket["bucket"],
+        Key="staging/staging-20260202T000000000Z-0007.dump.manifest.json",
+        Body=b"{not json",
+    )
+    listed = all_backups(env)
+    assert [d["name"] for d in listed] == [
+        f"staging-202601{day:02d}T000000000Z-0007.dump" for day in sorted(days, reverse=True)
+    ]
+    assert (
+        listed[0]["path"]
+        == f"s3://{bucket['bucket']}/staging/staging-20260130T000000000Z-0007.dump"
+    )
+
+
 def test_no_credential_or_password_in_output_reports_manifests_or_tags(
     pg_url: str, tmp_path: Path, bucket: dict[str, str]
 ) -> None:

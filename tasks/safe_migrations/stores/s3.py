@@ -83,20 +83,34 @@ def check_provenance(env: Environment, store: Store, backup: dict[str, Any]) -> 
             )
 
 
+MANIFEST_READERS = 8  # a store's round trip is the cost of a read: they go together
+
+
 def remote_manifests(env: Environment, store: Store) -> list[dict[str, Any]]:
-    """Manifests of this environment's backups in the store, newest first."""
+    """Manifests of this environment's backups in the store, newest first. They are read
+    MANIFEST_READERS at a time (boto3's client is thread-safe): one after the other, a
+    listing of backups or a prune after each backup waited one round trip per backup."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from safe_migrations.stores.backupfiles import is_backup_name
 
+    archives = [
+        name[: -len(MANIFEST_SUFFIX)] for name in store.names() if name.endswith(MANIFEST_SUFFIX)
+    ]
+    archives = [archive for archive in archives if is_backup_name(env, archive)]
+
+    def read(archive: str) -> dict[str, Any] | None:
+        return store.get_json(store.key(archive + MANIFEST_SUFFIX))
+
+    if len(archives) > 1:
+        with ThreadPoolExecutor(min(MANIFEST_READERS, len(archives)), "s3-manifests") as pool:
+            read_back = list(pool.map(read, archives))
+    else:
+        read_back = [read(archive) for archive in archives]
     found = []
-    for name in store.names():
-        if not name.endswith(MANIFEST_SUFFIX):
-            continue
-        archive = name[: -len(MANIFEST_SUFFIX)]
-        if not is_backup_name(env, archive):
-            continue
-        data = store.get_json(store.key(name))
+    for archive, data in zip(archives, read_back, strict=True):
         if data is not None and data.get("environment") == env.name:
-            data["manifest"] = store.url(store.key(name))
+            data["manifest"] = store.url(store.key(archive + MANIFEST_SUFFIX))
             data["path"] = store.url(store.key(archive))  # by location, never its claim
             data["name"] = archive
             found.append(data)
