@@ -102,11 +102,8 @@ def remote_manifests(env: Environment, store: Store) -> list[dict[str, Any]]:
     def read(archive: str) -> dict[str, Any] | None:
         return store.get_json(store.key(archive + MANIFEST_SUFFIX))
 
-    if len(archives) > 1:
-        with ThreadPoolExecutor(min(MANIFEST_READERS, len(archives)), "s3-manifests") as pool:
-            read_back = list(pool.map(read, archives))
-    else:
-        read_back = [read(archive) for archive in archives]
+    with ThreadPoolExecutor(min(MANIFEST_READERS, len(archives)) or 1, "s3-manifests") as pool:
+        read_back = list(pool.map(read, archives))
     found = []
     for archive, data in zip(archives, read_back, strict=True):
         if data is not None and data.get("environment") == env.name:
