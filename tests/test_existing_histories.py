@@ -238,3 +238,30 @@ def test_a_scratch_prefix_that_cannot_name_a_database_is_one_sentence(
 ) -> None:
     with pytest.raises(ConfigError, match="check.scratch_prefix"):
         make_env(sqlite_url, check={"scratch_prefix": 'x"; DROP DATABASE prod; --'})
+
+
+def test_the_scripts_are_loaded_again_after_any_edit_and_a_missing_location_holds_none(
+    tmp_path: Path,
+) -> None:
+    """A run asks for the scripts a dozen times and gets them loaded once, until a
+    revision file is added or edited; a version location not made yet is no error."""
+    import os
+
+    from safe_migrations.project.alembic_api import heads, script_directory
+
+    scratch = ScratchProject(tmp_path / "migrations")
+    first = scratch.add(BASE_TABLE)
+    project = scratch.project()
+    loaded = project.scripts()
+    assert project.scripts() is loaded and heads(loaded) == [first]
+    second = scratch.add(DROP_NOTE)
+    assert heads(project.scripts()) == [second]
+    again = project.scripts()
+    path = next(scratch.folder.glob(f"versions/*{second}*.py"))
+    path.write_text(path.read_text().replace("test revision", "tset revision"))
+    os.utime(path, ns=(0, 0))  # the same size and an earlier time: still an edit
+    assert project.scripts() is not again
+    cfg = project.config()
+    later = os.pathsep.join([str(scratch.folder / "versions"), str(tmp_path / "later")])
+    cfg.set_main_option("version_locations", later)  # alembic.ini: path_separator = os
+    assert heads(script_directory(cfg)) == [second]
