@@ -2,7 +2,12 @@
 
 ``backfill`` updates a table in key-ordered batches, each its own short transaction,
 so no row lock is held for longer than one batch and the application's writes go on
-between them. It is resumable: which rows are left is read from the data (the rows
+between them. Batches are sized by time, as Spirit sizes its chunks: the first is small,
+and each next one is scaled so that a batch takes about ``batch_seconds`` (50 ms by
+default), never more than ``batch_size`` rows; a writer that meets a batch's row locks
+waits one batch at most, whatever the table's size or its rows' width.
+
+It is resumable: which rows are left is read from the data (the rows
 whose new values are not yet in place, or those ``where`` selects), never from a
 counter, so a rerun after an interruption carries on where the data says it stopped.
 """
@@ -30,9 +35,11 @@ def backfill(
     batch_size: int = 10_000,
     pause: float = 0.0,
     schema: str | None = None,
+    batch_seconds: float = 0.05,
 ) -> Backfilled:
-    """``UPDATE table SET column = expression, ...`` in batches of ``batch_size`` rows
-    in primary-key order, ``pause`` seconds apart.
+    """``UPDATE table SET column = expression, ...`` in batches of at most ``batch_size``
+    rows, each sized to take about ``batch_seconds``, in primary-key order, ``pause``
+    seconds apart.
 
     ``set_`` maps each column to a SQL expression (``{"status": "'active'"}``,
     ``{"email_lower": "lower(email)"}``). ``where`` (SQL) selects the rows still to
@@ -42,8 +49,10 @@ def backfill(
     """
     from alembic import op
 
-    if not set_ or batch_size < 1:
-        raise ValueError("backfill needs set_ (column -> SQL expression) and batch_size >= 1")
+    if not set_ or batch_size < 1 or batch_seconds <= 0:
+        raise ValueError(
+            "backfill needs set_ (column -> SQL expression), batch_size >= 1 and batch_seconds > 0"
+        )
     context = op.get_context()
     if context.as_sql:  # offline (--dry-run, lint): nothing to walk; say what would run
         context.impl.static_output(
@@ -61,12 +70,16 @@ def backfill(
         assert connection is not None  # online: a connection of the run's
         low = connection.execute(text(first)).scalar()
         last: Any = None if low is None else _before(low)
+        size = min(batch_size, FIRST_BATCH)
+        update = text(statement).execution_options(safe_migrations_backfill=True)
         while last is not None:
-            done = connection.execute(text(statement), {"last": last, "size": batch_size})
+            began = time.perf_counter()
+            done = connection.execute(update, {"last": last, "size": size})
             keys = [row[0] for row in done]
             if not keys:
                 break
             rows, batches, last = rows + len(keys), batches + 1, max(keys)
+            size = next_size(size, time.perf_counter() - began, batch_seconds, batch_size)
             _progress(table, rows, batches)
             if pause:
                 time.sleep(pause)
@@ -75,6 +88,16 @@ def backfill(
         sys.stderr.write("\n")
     _record(result)
     return result
+
+
+FIRST_BATCH = 100
+
+
+def next_size(size: int, took: float, target: float, most: int) -> int:
+    """The next batch's rows: scaled by how far the last one was from the target time,
+    at most doubled (a fast batch says little about the next) and never above ``most``."""
+    scaled = int(size * target / max(took, 1e-4))
+    return max(1, min(most, 2 * size, scaled))
 
 
 def _statements(

@@ -143,6 +143,10 @@ class MigrationSettings:
     # PostgreSQL: Alembic's index, constraint and NOT NULL operations in their
     # non-blocking form (engines/pgsafe.py); check: listed and refused; off: as written.
     safe_operations: Literal["rewrite", "check", "off"] = "off"
+    # PostgreSQL, with safe_operations on: an UPDATE, DELETE or INSERT ... SELECT the
+    # planner expects to touch more rows than this is refused with the backfill recipe
+    # (pgrefusals.py; checked before the run and as a revision issues it). Unset: none.
+    max_rows_in_one_statement: int | None = setting(None, ge=1)
     # MySQL/MariaDB: each ALTER TABLE / CREATE INDEX / DROP INDEX with ALGORITHM=INSTANT,
     # else INPLACE with LOCK=NONE; enforce refuses what the server cannot run online.
     online_ddl: Literal["enforce", "warn", "off"] = "off"

@@ -48,6 +48,22 @@ RECIPES = {
         "release the application without any use of the column first, then drop it in a "
         "later revision marked as such"
     ),
+    "adding-generated-column": (
+        "add a plain nullable column, fill it with safe_migrations.ops.backfill (and a "
+        "trigger or the application for new rows), then add its constraints"
+    ),
+    "renaming-table": (
+        "create the new table (or a view under the new name), move the application to it, "
+        "then drop or rename the old one in a later release"
+    ),
+    "ban-drop-table": (
+        "release the application without any use of the table first, then drop it in a "
+        "later revision marked as such"
+    ),
+    "large-data-change": (
+        "update it with safe_migrations.ops.backfill, which commits short batches sized by "
+        "time, in a revision of its own"
+    ),
 }
 _CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(")  # function names in a default, read only
 _LENGTHS = re.compile(r"\(([\d,\s]+)\)")
@@ -63,7 +79,7 @@ def preflight(env: Environment, project: Project, path: list[Revision], connecti
     created = {_key(op) for _r, op in collected if _is(op, "CreateTableOp")}
     refused = []
     for revision, op in collected:
-        found = judge(connection, op, created)
+        found = judge(connection, op, created, env.settings.migration.max_rows_in_one_statement)
         if found is None:
             continue
         rule, what = found
@@ -107,17 +123,42 @@ def collect(env: Environment, project: Project, path: list[Revision]) -> list[tu
         return list(safety.collected)
 
 
-def judge(connection: Any, op: Any, created: set[str]) -> tuple[str, str] | None:
+def judge(
+    connection: Any, op: Any, created: set[str], limit: int | None = None
+) -> tuple[str, str] | None:
     """(rule, what is wrong) for an operation that cannot be made safe, else None."""
+    if _is(op, "ExecuteSQLOp"):
+        return large_data_change(connection, op.sqltext, limit)
     if _key(op) in created or not getattr(op, "table_name", None):
         return None  # a table of the run's own, or an operation on none (drop_index)
     table = qualified(op.schema, op.table_name)
     if connection.exec_driver_sql("SELECT to_regclass(%(t)s)", {"t": table}).scalar() is None:
         return None  # not there before the run: made by its revisions, used by no one yet
+    if _is(op, "RenameTableOp"):
+        return (
+            "renaming-table",
+            f"op.rename_table renames {op.table_name} to {op.new_table_name}: the running "
+            "application's queries name the old table",
+        )
+    if _is(op, "DropTableOp"):
+        return (
+            "ban-drop-table",
+            f"op.drop_table drops {op.table_name}: the running application may still read "
+            "or write it, and its rows are gone",
+        )
     if _is(op, "AddColumnOp"):
         column = op.column
         if not _has_rows(connection, table):
             return None
+        generated = column.computed is not None or column.identity is not None
+        if generated:
+            kind = "an identity" if column.identity is not None else "a stored generated"
+            return (
+                "adding-generated-column",
+                f"op.add_column adds {column.name} as {kind} column to {op.table_name}, which "
+                "has rows: PostgreSQL computes it for every row, rewriting the table under "
+                "ACCESS EXCLUSIVE",
+            )
         if column.server_default is None and column.nullable is False:
             return (
                 "adding-not-nullable-field",
@@ -156,10 +197,136 @@ def judge(connection: Any, op: Any, created: set[str]) -> tuple[str, str] | None
     return None
 
 
+_DATA = re.compile(r"^\s*(?:with\b.*?\)\s*)?(update|delete|insert)\b", re.I | re.S)
+
+
+def large_data_change(connection: Any, sql: Any, limit: int | None) -> tuple[str, str] | None:
+    """An UPDATE, DELETE or INSERT ... SELECT the planner expects to touch more than
+    ``limit`` rows: one transaction holding every row lock it takes (writers of those
+    rows wait for all of it), refused with the ``backfill`` recipe. A table that is not
+    there yet, or made by the run itself, is nobody else's: not judged."""
+    text = str(sql) if not isinstance(sql, str) else sql
+    if limit is None or not _DATA.match(text) or ";" in text.strip().rstrip(";"):
+        return None
+    estimate = estimated_rows(connection, text.strip().rstrip(";"))
+    if estimate is None or estimate <= limit:
+        return None
+    return ("large-data-change", too_many_rows(text, estimate, limit))
+
+
+def too_many_rows(statement: str, estimate: int, limit: int) -> str:
+    shown = " ".join(statement.split())[:80]
+    return (
+        f"`{shown}` would change about {estimate:,} rows in one transaction (more than "
+        f"migration.max_rows_in_one_statement={limit:,}), holding every row lock it takes "
+        "until it ends and stalling the writers of those rows"
+    )
+
+
+def estimated_rows(connection: Any, statement: str) -> int | None:
+    """The planner's estimate of the rows a data statement touches (the largest of its
+    plan's nodes), on a savepoint; None where it cannot be planned here (a table the run
+    makes) or the target table is the transaction's own."""
+    return _estimate_raw(connection.connection.dbapi_connection, statement, None)
+
+
+def guard_data_statements(connection: Any, limit: int) -> None:
+    """Data statements a revision issues as it runs (a loop over ``op.get_bind()``):
+    each UPDATE, DELETE or INSERT ... SELECT is planned first, and one the planner
+    expects to touch more than ``limit`` rows stops the revision before it runs (the
+    revision's transaction rolls back). ``backfill``'s batches are exempt."""
+    from sqlalchemy import event
+
+    from safe_migrations.engines.pgsafe import CURRENT
+
+    def allowed() -> bool:
+        safety = CURRENT.get()
+        step = safety.running() if safety is not None and safety.running else None
+        return step is not None and "large-data-change" in _markers(step)
+
+    def before(conn: Any, cursor: Any, statement: str, parameters: Any, *rest: Any) -> None:
+        if rest[-1] or not _DATA.match(statement) or "alembic_version" in statement:
+            return  # executemany, not a data statement, or the version table
+        if rest[0] is not None and rest[0].execution_options.get("safe_migrations_backfill"):
+            return  # backfill's batches, sized by time
+        estimate = _estimate_raw(cursor.connection, statement, parameters)
+        if estimate is not None and estimate > limit and not allowed():
+            what = too_many_rows(statement.replace("%%", "%"), estimate, limit)
+            raise RefusedError(
+                f"Stopped before it ran: {what}; instead, {RECIPES['large-data-change']}, "
+                "or mark the revision "
+                "`# squawk: allow large-data-change -- why` to take the risk knowingly"
+            )
+
+    event.listen(connection, "before_cursor_execute", before)
+
+
+def _estimate_raw(dbapi: Any, statement: str, parameters: Any) -> int | None:
+    """estimated_rows on the driver's connection (inside a cursor event, where the
+    SQLAlchemy connection is busy): a savepoint when a transaction is open. The
+    parameters are the driver's (None: a statement as written, with its ``%`` kept)."""
+    import psycopg2
+
+    cursor = dbapi.cursor()
+    savepoint = not dbapi.autocommit
+    try:
+        if savepoint:
+            cursor.execute("SAVEPOINT sm_estimate")
+        try:
+            cursor.execute("EXPLAIN (FORMAT JSON, VERBOSE) " + statement, parameters)
+            plan = cursor.fetchone()[0]
+
+            def scalar(sql: str, params: dict[str, Any]) -> Any:
+                cursor.execute(sql, params)
+                row = cursor.fetchone()
+                return row[0] if row else None
+
+            new = _new_target(scalar, plan)
+        except psycopg2.Error:
+            return None
+        finally:
+            if savepoint:
+                cursor.execute("ROLLBACK TO SAVEPOINT sm_estimate")
+                cursor.execute("RELEASE SAVEPOINT sm_estimate")
+    finally:
+        cursor.close()
+    return None if new else _plan_rows(plan)
+
+
+def _plan_rows(plan: Any) -> int:
+    import json
+
+    found = json.loads(plan) if isinstance(plan, str) else plan
+
+    def rows(node: dict[str, Any]) -> int:
+        return max([int(node.get("Plan Rows", 0))] + [rows(c) for c in node.get("Plans", [])])
+
+    return rows(found[0]["Plan"])
+
+
+def _new_target(scalar: Any, plan: Any) -> bool:
+    """Whether the statement's target table was made by the transaction running now."""
+    import json
+
+    top = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
+    relation = top.get("Relation Name")
+    if not relation:
+        return False
+    return bool(
+        scalar(
+            "SELECT t.xmin::text = (pg_current_xact_id_if_assigned()::xid)::text "
+            "FROM pg_class c JOIN pg_type t ON t.oid = c.reltype "
+            "WHERE c.oid = to_regclass(%(t)s)",
+            {"t": qualified(top.get("Schema"), relation)},
+        )
+    )
+
+
 def _rewrites(connection: Any, table: str, op: Any) -> bool:
     """Whether the type change rewrites: not when the new type is the same one with
     limits no tighter, or a binary-coercible one without a limit (varchar to text)."""
     from sqlalchemy.dialects import postgresql
+    from sqlalchemy.sql.type_api import to_instance
 
     rows = connection.exec_driver_sql(
         "SELECT atttypid, format_type(atttypid, atttypmod) FROM pg_attribute "
@@ -169,7 +336,7 @@ def _rewrites(connection: Any, table: str, op: Any) -> bool:
     if not rows:
         return False  # no such column yet: the revision fails on its own
     old_oid, old_text = rows[0]
-    new_text = str(op.modify_type.compile(dialect=postgresql.dialect()))
+    new_text = str(to_instance(op.modify_type).compile(dialect=postgresql.dialect()))
     new_oid = connection.exec_driver_sql(
         "SELECT to_regtype(%(t)s)::oid", {"t": re.sub(r"\(.*\)", "", new_text)}
     ).scalar()

@@ -63,6 +63,7 @@ class Safety:
     rewritten: list[dict[str, Any]] = field(default_factory=list)
     collected: list[tuple[str, Any]] = field(default_factory=list)
     revision: str = ""  # collect: the revision being rendered
+    running: Callable[[], Any] | None = None  # a run: the revision running now (upgrade.py)
 
     def note(self, operation: str, target: str, parts: list[str], done: str = "ran") -> None:
         self.rewritten.append(
@@ -96,8 +97,11 @@ def safe_operations(env: Environment, mode: str) -> Iterator[Safety | None]:
 
 
 def install() -> None:
-    """Wrap Alembic's implementations once per process; each wrapper hands the
-    operation to the one it replaced unless a PostgreSQL run has the rewrite on."""
+    """Wrap every operation implementation Alembic has, once per process; each wrapper
+    hands the operation to the one it replaced unless a PostgreSQL run has the rewrite
+    on. The operations with no rewrite are wrapped too: they are listed for the
+    refusals (pgrefusals.py), and inside a batch they run when they are called, in order
+    with the rewritten ones (see ``_unbatched``)."""
     if _INSTALLED:
         return
     from alembic.operations import Operations
@@ -108,12 +112,13 @@ def install() -> None:
         alembic_ops.DropIndexOp: _drop_index,
         alembic_ops.AddConstraintOp: _add_constraint,
         alembic_ops.AlterColumnOp: _alter_column,
-        alembic_ops.AddColumnOp: _as_written,  # listed for the refusals (pgrefusals.py)
-        alembic_ops.DropColumnOp: _as_written,
-        alembic_ops.CreateTableOp: _as_written,
+        alembic_ops.AddColumnOp: _add_column,
     }
-    for op_class, rewrite in rewrites.items():
-        original = Operations._to_impl.dispatch(op_class)
+    registry = Operations._to_impl._registry
+    for (op_class, qualifier), original in list(registry.items()):
+        if qualifier != "default" or not isinstance(op_class, type):
+            continue
+        rewrite = rewrites.get(op_class, _as_written)
         Operations.implementation_for(op_class, replace=True)(_wrapped(original, rewrite))
     _INSTALLED.append(True)
 
@@ -126,9 +131,29 @@ def _wrapped(original: Callable[..., Any], rewrite: Callable[..., Any]) -> Calla
         if safety.mode == "collect":
             safety.collected.append((safety.revision, operation))
             return original(operations, operation)
-        return rewrite(safety, operations, operation, lambda: original(operations, operation))
+        plain = _unbatched(operations)
+        if plain is None:  # a batch that recreates the table: entirely as written
+            return original(operations, operation)
+        return rewrite(safety, plain, operation, lambda: original(plain, operation))
 
     return implementation
+
+
+def _unbatched(operations: Operations) -> Operations | None:
+    """Inside ``op.batch_alter_table`` PostgreSQL runs each operation as a plain ALTER
+    (unless ``recreate='always'``): the same operation outside the batch, run now rather
+    than queued to the batch's end, so rewritten and written parts keep their order and
+    none of them sees a catalog from before the others. None: the batch recreates the
+    table (move and copy), which is left whole to Alembic."""
+    from alembic.operations import Operations
+    from alembic.operations.batch import BatchOperationsImpl
+
+    batch = operations.impl
+    if not isinstance(batch, BatchOperationsImpl):
+        return operations
+    if batch._should_recreate():
+        return None
+    return Operations(operations.migration_context)
 
 
 # --- the rewrites -----------------------------------------------------------------------
@@ -139,38 +164,48 @@ def _as_written(safety: Safety, operations: Operations, operation: Any, bare: An
 
 
 def _create_index(safety: Safety, operations: Operations, operation: Any, bare: Any) -> None:
+    _index(safety, operations, operation.to_index(operations.migration_context), bare)
+
+
+def _index(safety: Safety, operations: Operations, index: Any, bare: Any) -> None:
     context = operations.migration_context
-    index = operation.to_index(context)
-    table = qualified(operation.schema, operation.table_name)
-    if index.name is None or _is_new(context, table):
+    table = qualified(index.table.schema, index.table.name)
+    name = _db_name(context, index)
+    if name is None or _is_new(context, table):
         return bare()
     if safety.mode == "check":
-        safety.note("create_index", str(index.name), ["CREATE INDEX CONCURRENTLY"], "would rewrite")
+        safety.note("create_index", name, ["CREATE INDEX CONCURRENTLY"], "would rewrite")
         return bare()
     index.dialect_options["postgresql"]["concurrently"] = True
-    name = qualified(operation.schema, str(index.name))
-    parts = [f"CREATE {'UNIQUE ' if index.unique else ''}INDEX CONCURRENTLY {index.name}"]
-    _build_index(safety, operations, name, table, lambda: operations.impl.create_index(index))
-    safety.note("create_index", str(index.name), parts)
+    parts = [f"CREATE {'UNIQUE ' if index.unique else ''}INDEX CONCURRENTLY {name}"]
+    where = qualified(index.table.schema, name)
+    _build_index(safety, operations, where, table, lambda: operations.impl.create_index(index))
+    safety.note("create_index", name, parts)
 
 
 def _drop_index(safety: Safety, operations: Operations, operation: Any, bare: Any) -> None:
     context = operations.migration_context
     index = operation.to_index(context)
-    name = qualified(operation.schema, str(index.name))
+    shown = _db_name(context, index) or str(index.name)
+    name = qualified(operation.schema, shown)
     if _is_new(context, name):
         return bare()
     if safety.mode == "check":
-        safety.note("drop_index", str(index.name), ["DROP INDEX CONCURRENTLY"], "would rewrite")
+        safety.note("drop_index", shown, ["DROP INDEX CONCURRENTLY"], "would rewrite")
         return bare()
     index.dialect_options["postgresql"]["concurrently"] = True
     with _outside_transaction(context):
         if context.as_sql or _relation_exists(context, name):
             _long(safety, context, lambda: operations.impl.drop_index(index, if_exists=True))
-    safety.note("drop_index", str(index.name), [f"DROP INDEX CONCURRENTLY {index.name}"])
+    safety.note("drop_index", shown, [f"DROP INDEX CONCURRENTLY {shown}"])
 
 
 def _add_constraint(safety: Safety, operations: Operations, operation: Any, bare: Any) -> None:
+    constraint = operation.to_constraint(operations.migration_context)
+    _constraint(safety, operations, constraint, bare)
+
+
+def _constraint(safety: Safety, operations: Operations, constraint: Any, bare: Any) -> None:
     from sqlalchemy.schema import (
         CheckConstraint,
         ForeignKeyConstraint,
@@ -179,28 +214,65 @@ def _add_constraint(safety: Safety, operations: Operations, operation: Any, bare
     )
 
     context = operations.migration_context
-    constraint = operation.to_constraint(context)
     table = qualified(constraint.table.schema, constraint.table.name)
-    name = constraint.name
     deferred = getattr(constraint, "deferrable", None) or getattr(constraint, "initially", None)
-    if not name or deferred or _is_new(context, table):
+    if deferred or _is_new(context, table):
         return bare()
+    name = _db_name(context, constraint) or "(named by PostgreSQL)"
     if isinstance(constraint, ForeignKeyConstraint | CheckConstraint):
         if safety.mode == "check":
-            safety.note("add_constraint", str(name), ["NOT VALID", "VALIDATE"], "would rewrite")
+            safety.note("add_constraint", name, ["NOT VALID", "VALIDATE"], "would rewrite")
             return bare()
         return _validated_later(safety, operations, constraint, table)
     if isinstance(constraint, UniqueConstraint | PrimaryKeyConstraint):
         if safety.mode == "check":
             safety.note(
                 "add_constraint",
-                str(name),
+                name,
                 ["UNIQUE INDEX CONCURRENTLY", "USING INDEX"],
                 "would rewrite",
             )
             return bare()
         return _from_index(safety, operations, constraint, table)
     return bare()
+
+
+def _add_column(safety: Safety, operations: Operations, operation: Any, bare: Any) -> None:
+    """``add_column`` with ``index=True``, ``unique=True`` or an inline ``ForeignKey``:
+    the column alone under ADD COLUMN's short lock, then each index and constraint it
+    carries through its own rewrite, as ``create_index`` and ``add_constraint`` would
+    run (Alembic's own implementation adds them under the same lock, building and
+    validating while the table is closed)."""
+    from sqlalchemy.schema import PrimaryKeyConstraint
+
+    context = operations.migration_context
+    column = operation.column
+    extras = column.foreign_keys or column.index or column.unique
+    if not extras or _is_new(context, qualified(operation.schema, operation.table_name)):
+        return bare()
+    if column.table is not None:
+        column = column._copy()
+    table = operations.schema_obj.table(operation.table_name, column, schema=operation.schema)
+    operations.impl.add_column(
+        operation.table_name,
+        column,
+        schema=operation.schema,
+        if_not_exists=operation.if_not_exists,
+        inline_primary_key=operation.inline_primary_key,
+        **operation.kw,
+    )
+    for constraint in table.constraints:
+        if not isinstance(constraint, PrimaryKeyConstraint):
+            _constraint(
+                safety,
+                operations,
+                constraint,
+                lambda c=constraint: operations.impl.add_constraint(c),
+            )
+    for index in table.indexes:
+        _index(safety, operations, index, lambda i=index: operations.impl.create_index(i))
+    if column.comment is not None and operations.impl.dialect.supports_comments:
+        operations.impl.create_column_comment(column)
 
 
 def _alter_column(safety: Safety, operations: Operations, operation: Any, bare: Any) -> None:
@@ -237,58 +309,86 @@ def _alter_column(safety: Safety, operations: Operations, operation: Any, bare: 
 
 def _validated_later(safety: Safety, operations: Operations, constraint: Any, table: str) -> None:
     """``ADD CONSTRAINT ... NOT VALID`` (a short lock), then ``VALIDATE CONSTRAINT`` in a
-    transaction of its own, which scans without blocking writes."""
+    transaction of its own, which scans without blocking writes. A validation that fails
+    (rows that break it) drops the constraint again: left NOT VALID it would reject the
+    application's new rows, where bare Alembic would have left nothing."""
     context = operations.migration_context
-    name = str(constraint.name)
-    found = None if context.as_sql else _constraint_state(context, table, name)
+    name = _db_name(context, constraint)
     constraint.dialect_options["postgresql"]["not_valid"] = True
     with _outside_transaction(context):
-        if found is None:
+        if context.as_sql:
+            operations.impl.add_constraint(constraint)
+            _execute(context, _validate_sql(context, table, name or "<named by PostgreSQL>"))
+            safety.note("add_constraint", str(name), ["NOT VALID", "VALIDATE"])
+            return
+        found = _constraint_state(context, table, name) if name else None
+        if name is None or found is None:
+            before = _constraint_names(context, table)
             _short(safety, context, lambda: operations.impl.add_constraint(constraint))
+            name = name or _added_name(context, table, before)
         if found is not True:
-            _long(safety, context, lambda: _execute(context, _validate_sql(context, table, name)))
+            _validate_or_drop(safety, context, table, name)
     safety.note("add_constraint", name, [f"ADD CONSTRAINT {name} NOT VALID", f"VALIDATE {name}"])
+
+
+def _validate_or_drop(safety: Safety, context: Any, table: str, name: str) -> None:
+    try:
+        _long(safety, context, lambda: _execute(context, _validate_sql(context, table, name)))
+    except Exception:
+        with contextlib.suppress(Exception):
+            _drop_constraint(safety, context, table, name)
+        raise
+
+
+def _drop_constraint(safety: Safety, context: Any, table: str, name: str) -> None:
+    quoted_name = context.dialect.identifier_preparer.quote(name)
+    _short(
+        safety,
+        context,
+        lambda: _execute(context, f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {quoted_name}"),
+    )
 
 
 def _set_not_null(
     safety: Safety, operations: Operations, table_name: str, column: str, schema: str | None
 ) -> None:
-    """NOT NULL through a validated check: PostgreSQL 12+ then sets it without a scan."""
+    """NOT NULL through a validated check: PostgreSQL 12+ then sets it without a scan.
+    The check is dropped in every outcome: after SET NOT NULL, after a failed validation
+    (NULLs left), and by a rerun when a kill left it."""
     from sqlalchemy import text
     from sqlalchemy.schema import CheckConstraint, Column, MetaData, Table
 
     context = operations.migration_context
     table = qualified(schema, table_name)
-    if not context.as_sql and _is_not_null(context, table, column):
-        return
     check = _check_name(table_name, column)
-    preparer = context.dialect.identifier_preparer
-    stub = Table(table_name, MetaData(), Column(column), schema=schema)
-    constraint = CheckConstraint(
-        text(f"{preparer.quote(column)} IS NOT NULL"), name=check, postgresql_not_valid=True
-    )
-    stub.append_constraint(constraint)
-    found = None if context.as_sql else _constraint_state(context, table, check)
-    quoted = _quoted_table(context, schema, table_name)
+    if not context.as_sql and _is_not_null(context, table, column):
+        if _constraint_state(context, table, check) is not None:
+            with _outside_transaction(context):
+                _drop_constraint(safety, context, table, check)  # a kill's leftover
+        return
     with _outside_transaction(context):
+        preparer = context.dialect.identifier_preparer
+        stub = Table(table_name, MetaData(), Column(column), schema=schema)
+        constraint = CheckConstraint(
+            text(f"{preparer.quote(column)} IS NOT NULL"), name=check, postgresql_not_valid=True
+        )
+        stub.append_constraint(constraint)
+        found = None if context.as_sql else _constraint_state(context, table, check)
         if found is None:
             _short(safety, context, lambda: operations.impl.add_constraint(constraint))
         if found is not True:
-            _long(safety, context, lambda: _execute(context, _validate_sql(context, table, check)))
-        _short(
-            safety,
-            context,
-            lambda: _execute(
-                context, f"ALTER TABLE {quoted} ALTER COLUMN {preparer.quote(column)} SET NOT NULL"
-            ),
-        )
-        _short(
-            safety,
-            context,
-            lambda: _execute(
-                context, f"ALTER TABLE {quoted} DROP CONSTRAINT IF EXISTS {preparer.quote(check)}"
-            ),
-        )
+            _validate_or_drop(safety, context, table, check)
+        try:
+            _short(
+                safety,
+                context,
+                lambda: _execute(
+                    context,
+                    f"ALTER TABLE {table} ALTER COLUMN {preparer.quote(column)} SET NOT NULL",
+                ),
+            )
+        finally:
+            _drop_constraint(safety, context, table, check)
     safety.note(
         "alter_column",
         f"{table_name}.{column}",
@@ -297,16 +397,22 @@ def _set_not_null(
 
 
 def _from_index(safety: Safety, operations: Operations, constraint: Any, table: str) -> None:
-    """A unique constraint or primary key from an index built concurrently, same name."""
+    """A unique constraint or primary key from an index built concurrently, same name
+    (an unnamed one gets the name PostgreSQL would have chosen). When the constraint
+    cannot be added (NULLs in a primary key), the index built for it is dropped."""
     from sqlalchemy.schema import PrimaryKeyConstraint
 
     context = operations.migration_context
-    name = str(constraint.name)
     columns = [c.name for c in constraint.columns]
     primary = isinstance(constraint, PrimaryKeyConstraint)
+    table_name, schema = constraint.table.name, constraint.table.schema
+    name = _db_name(context, constraint)
+    if name is None and not context.as_sql:
+        label = "pkey" if primary else "key"
+        name = chosen_name(context, schema, table_name, None if primary else columns, label)
+    name = name or f"{table_name}_{'_'.join(columns)}_key"
     if not context.as_sql and _constraint_state(context, table, name) is not None:
         return
-    table_name, schema = constraint.table.name, constraint.table.schema
     if primary:  # ADD PRIMARY KEY would set NOT NULL with a scan under ACCESS EXCLUSIVE
         for column in columns:
             _set_not_null(safety, operations, table_name, column, schema)
@@ -316,17 +422,22 @@ def _from_index(safety: Safety, operations: Operations, constraint: Any, table: 
     _build_index(safety, operations, index_name, table, lambda: operations.impl.create_index(index))
     preparer = context.dialect.identifier_preparer
     kind = "PRIMARY KEY" if primary else "UNIQUE"
-    quoted = _quoted_table(context, schema, table_name)
     with _outside_transaction(context):
-        _short(
-            safety,
-            context,
-            lambda: _execute(
+        try:
+            _short(
+                safety,
                 context,
-                f"ALTER TABLE {quoted} ADD CONSTRAINT {preparer.quote(name)} {kind} "
-                f"USING INDEX {preparer.quote(name)}",
-            ),
-        )
+                lambda: _execute(
+                    context,
+                    f"ALTER TABLE {table} ADD CONSTRAINT {preparer.quote(name)} {kind} "
+                    f"USING INDEX {preparer.quote(name)}",
+                ),
+            )
+        except Exception:
+            if not context.as_sql:
+                with contextlib.suppress(Exception):
+                    _drop_invalid(safety, context, index_name)
+            raise
     safety.note(
         "add_constraint", name, [f"CREATE UNIQUE INDEX CONCURRENTLY {name}", f"{kind} USING INDEX"]
     )
@@ -419,6 +530,28 @@ def _drop_invalid_aside(safety: Safety, name: str) -> None:
             c.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")  # quoted
 
 
+def drop_leftover_checks(connection: Any) -> None:
+    """The ``sm_nn_*`` checks a killed run left (between its SET NOT NULL and the check's
+    drop, or before its validation): dropped before any revision runs, upward or down,
+    each under the session's lock timeout; one that cannot be dropped now stays for the
+    validate step to name."""
+    from sqlalchemy import text
+
+    found = connection.execute(
+        text(
+            "SELECT conrelid::regclass::text, quote_ident(conname) FROM pg_constraint "
+            "WHERE contype = 'c' AND conname LIKE 'sm\\_nn\\_%'"
+        )
+    ).fetchall()
+    for table, name in found:
+        try:
+            connection.exec_driver_sql(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}")
+            connection.commit()
+        except Exception:  # noqa: BLE001 - left for validation to report, never fatal here
+            connection.rollback()
+    connection.rollback()
+
+
 # --- running a part ---------------------------------------------------------------------
 
 
@@ -494,15 +627,72 @@ def _sqlstate(exc: BaseException) -> str | None:
 
 def _is_new(context: Any, relation: str) -> bool:
     """Made by the transaction running now (or not there yet): no one else sees it, so
-    Alembic's plain statement blocks nobody. Offline, nothing can be read: not new."""
+    Alembic's plain statement blocks nobody. Read from the table's row type, which only
+    its creation writes (pg_class's own row is rewritten by every ALTER, so an
+    ``add_column`` earlier in the same revision would make any table look new); an index
+    has no row type and is judged by its pg_class row. Offline, nothing can be read:
+    not new."""
     if context.as_sql:
         return False
     found = context.connection.exec_driver_sql(
-        "SELECT c.xmin::text = (pg_current_xact_id_if_assigned()::xid)::text "
-        "FROM pg_class c WHERE c.oid = to_regclass(%(name)s)",
+        "SELECT coalesce(t.xmin, c.xmin)::text = (pg_current_xact_id_if_assigned()::xid)::text "
+        "FROM pg_class c LEFT JOIN pg_type t ON t.oid = c.reltype "
+        "WHERE c.oid = to_regclass(%(name)s)",
         {"name": relation},
     ).fetchall()
     return not found or bool(found[0][0])
+
+
+def _db_name(context: Any, item: Any) -> str | None:
+    """The name the database gets for an index or constraint: a conventional name over
+    63 characters is cut by SQLAlchemy with a hash, and the catalog holds the cut one."""
+    if item.name is None:
+        return None
+    name = context.dialect.identifier_preparer.format_constraint(item, _alembic_quote=False)
+    return str(name) if name else None
+
+
+def _constraint_names(context: Any, table: str) -> set[str]:
+    rows = context.connection.exec_driver_sql(
+        "SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%(t)s)", {"t": table}
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def _added_name(context: Any, table: str, before: set[str]) -> str:
+    """The name PostgreSQL chose for an unnamed constraint the run just added."""
+    added = sorted(_constraint_names(context, table) - before)
+    if len(added) != 1:
+        raise ToolError(f"Could not tell which constraint on {table} was just added: {added}.")
+    return added[0]
+
+
+def chosen_name(
+    context: Any, schema: str | None, table: str, columns: list[str] | None, label: str
+) -> str:
+    """The name PostgreSQL gives an unnamed unique constraint or primary key (its
+    ChooseRelationName): table, columns and label cut to 63 bytes, a number added to the
+    label while the name is taken."""
+    addition = "_".join(columns)[:63] if columns else None
+    for number in range(1000):
+        candidate = object_name(table, addition, label if number == 0 else f"{label}{number}")
+        if not _relation_exists(context, qualified(schema, candidate)):
+            return candidate
+    raise ToolError(f"No free name for a {label} on {table}.")
+
+
+def object_name(name1: str, name2: str | None, label: str) -> str:
+    """PostgreSQL's makeObjectName: the longer of the two names is cut first, so that
+    ``name1_name2_label`` fits in 63 characters."""
+    overhead = (1 if name2 else 0) + len(label) + 1
+    first, second = len(name1), len(name2 or "")
+    while first + second > 63 - overhead:
+        if first > second:
+            first -= 1
+        else:
+            second -= 1
+    parts = [name1[:first]] + ([name2[:second]] if name2 else []) + [label]
+    return "_".join(parts)
 
 
 def _relation_exists(context: Any, name: str) -> bool:
@@ -550,15 +740,6 @@ def quoted(name: str) -> str:
 def qualified(schema: str | None, name: str) -> str:
     """A name as ``to_regclass`` and SQL text read it, schema-qualified when given."""
     return f"{quoted(schema)}.{quoted(name)}" if schema else quoted(name)
-
-
-def _quoted_table(context: Any, schema: str | None, table: str) -> str:
-    preparer = context.dialect.identifier_preparer
-    return (
-        preparer.quote_schema(schema) + "." + preparer.quote(table)
-        if schema
-        else preparer.quote(table)
-    )
 
 
 def _validate_sql(context: Any, table: str, name: str) -> str:

@@ -76,6 +76,16 @@ class PostgreSQL(Engine):
         "fleets": "yes",
     }
 
+    def begin_migration(self, connection: Connection, wait: float) -> None:
+        from safe_migrations.engines.pgrefusals import guard_data_statements
+        from safe_migrations.engines.pgsafe import CURRENT, drop_leftover_checks
+
+        drop_leftover_checks(connection)
+        safety = CURRENT.get()
+        limit = safety.env.settings.migration.max_rows_in_one_statement if safety else None
+        if safety is not None and safety.mode != "collect" and limit is not None:
+            guard_data_statements(connection, limit)
+
     def safe_operations(
         self, env: Environment, resume: bool = False
     ) -> AbstractContextManager[Any]:

@@ -344,6 +344,8 @@ def _attempts(
             if log is not None:
                 log.attach(connection)
             clock = _Clock(path, direction, retries, lock_ms, observer, log, rewrites)
+            if hasattr(rewrites, "running"):  # the engine's guards ask which revision runs
+                rewrites.running = clock.running
             clock.time_statements(connection)
             forced = {
                 "on_version_apply": clock,

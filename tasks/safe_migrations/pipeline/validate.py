@@ -1,5 +1,7 @@
 """The validate step: the database is at the target, answers, matches the models,
-and (on PostgreSQL) has no index left INVALID by a failed CONCURRENTLY build.
+and (on PostgreSQL) has no index left INVALID by a failed CONCURRENTLY build and no
+constraint left NOT VALID (a rewrite's part, or the tool's own ``sm_nn_*`` check, that a
+kill or a failure left: it would reject new rows while checking none of the old).
 """
 
 from __future__ import annotations
@@ -70,6 +72,19 @@ def invalid_indexes(connection: Any) -> list[str]:
     return [row[0] for row in rows]
 
 
+def unvalidated_constraints(connection: Any) -> list[str]:
+    from sqlalchemy import text
+
+    rows = connection.execute(
+        text(
+            "SELECT conrelid::regclass::text || '.' || conname FROM pg_constraint "
+            "WHERE conrelid <> 0 AND (NOT convalidated OR conname LIKE 'sm\\_nn\\_%') "
+            "ORDER BY 1"
+        )
+    )
+    return [row[0] for row in rows]
+
+
 def validate(
     env: Environment,
     project: Project,
@@ -121,6 +136,20 @@ def validate(
                         else f"invalid indexes left by a failed build: {', '.join(invalid)}",
                         duration=clock.seconds,
                         details={"invalid": invalid},
+                    )
+                )
+                with timed() as clock:
+                    unvalidated = unvalidated_constraints(connection)
+                results.append(
+                    StepResult(
+                        "constraints",
+                        not unvalidated,
+                        "no constraint left NOT VALID"
+                        if not unvalidated
+                        else "constraints left NOT VALID (they reject new rows and check no old "
+                        f"one; VALIDATE or drop them): {', '.join(unvalidated)}",
+                        duration=clock.seconds,
+                        details={"unvalidated": unvalidated},
                     )
                 )
     except (DBAPIError, UnreachableError) as exc:
