@@ -77,7 +77,9 @@ def test_a_flask_migrate_project_is_adopted_at_its_root_and_migrates_sqlite_and_
     assert adopted.returncode == 0, adopted.stdout + adopted.stderr
     for written in ("tasks.py", "environments/staging.yml", ".github/workflows/db-migrate.yml"):
         assert (project / written).is_file(), written
-    assert _files(project / "migrations") == before  # nothing new inside migrations/
+    # Nothing new inside migrations/ but the baseline of the history shipped before adoption.
+    assert _files(project / "migrations") == before | {"lint-baseline.yml"}
+    assert "shipped before adoption" in (project / "migrations" / "lint-baseline.yml").read_text()
     assert "ini: migrations/alembic.ini" in (project / "environments" / "local.yml").read_text()
     assert "myapp.extensions.db" in adopted.stdout and "myapp.models" in adopted.stdout
     assert "compare_server_default=True" in adopted.stdout  # Migrate()'s option, carried

@@ -610,3 +610,67 @@ def test_backfill_sizes_its_batches_by_time() -> None:
     assert next_size(8_000, 0.2, 0.05, 10_000) == 2_000
     assert next_size(9_000, 0.01, 0.05, 10_000) == 10_000
     assert next_size(1, 5.0, 0.05, 10_000) == 1
+
+
+# --- refusals: all at once, before the backup, never for the history the team shipped --
+
+
+def test_refusals_list_every_pending_revision_at_once_before_the_prompt_and_the_backup(
+    pg_url: str, make_env: Callable[..., Environment], tmp_path: Path
+) -> None:
+    from helpers import QUIET, UNATTENDED
+
+    from safe_migrations.pipeline.migrate import migrate
+
+    scratch = ScratchProject(tmp_path / "p")
+    scratch.add(BASE)
+    scratch.add('op.drop_column("t", "note")\nop.rename_table("k", "k2")')
+    scratch.add('op.alter_column("t", "v", existing_type=sa.Integer, type_=sa.BigInteger)')
+    project = scratch.project()
+    env = make_env(
+        pg_url,
+        migration={"safe_operations": "rewrite", "max_rows_in_one_statement": LIMIT},
+        backup={"required": True, "folder": str(tmp_path / "backups")},
+    )
+    run_migrations(env, project, "r001")
+    with pytest.raises(RefusedError) as refused:
+        migrate(env, UNATTENDED, project, QUIET)
+    message = refused.value.message
+    for said in ("revision r002", "drop_column", "rename_table", "revision r003", "type"):
+        assert said in message, said
+    assert not list((tmp_path / "backups").glob("*"))  # a refused run takes no backup
+    with create_engine(pg_url, poolclass=NullPool).connect() as connection:
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == (
+            "r001"
+        )
+
+
+def test_the_history_init_baselines_is_never_refused_and_an_edit_or_a_new_revision_is(
+    pg_url: str, make_env: Callable[..., Environment], tmp_path: Path
+) -> None:
+    """Shipped revisions re-applied after a downgrade (every team does it on staging) run;
+    a new revision breaking the same rule is refused, and so is a shipped one edited."""
+    from safe_migrations.project.adopt import history_change
+
+    scratch = ScratchProject(tmp_path / "p")
+    scratch.add(BASE)
+    shipped = scratch.add(
+        'op.drop_column("t", "note")', 'op.add_column("t", sa.Column("note", sa.Text))'
+    )
+    change = history_change(tmp_path, scratch.folder / "alembic.ini", scratch.folder)
+    assert change is not None and "shipped before adoption" in change.text
+    change.path.write_text(change.text)
+    scratch.add('op.drop_column("t", "name")')
+    project = scratch.project()
+    env = safe_env(make_env, pg_url)
+    run_migrations(env, project, "r001")
+    assert run_migrations(env, project, shipped)[-1].revision == shipped
+    run_migrations(env, project, "r001", "downgrade")
+    assert run_migrations(env, project, shipped)[-1].revision == shipped  # again: not refused
+    with pytest.raises(RefusedError, match="revision r003.*drop_column drops t.name"):
+        run_migrations(env, project, "r003")
+    run_migrations(env, project, "r001", "downgrade")
+    path = scratch.folder / "versions" / f"{shipped}.py"
+    path.write_text(path.read_text() + "\n# edited after it shipped\n")
+    with pytest.raises(RefusedError, match=f"revision {shipped}"):
+        run_migrations(env, project, shipped)

@@ -100,6 +100,11 @@ class Engine:
     ) -> None:
         """Before the first statement of an upgrade: refuse what cannot run safely."""
 
+    def refuses(self, env: Environment) -> bool:
+        """Whether ``preflight`` may refuse anything under the environment's settings (the
+        pipeline then asks it before the prompt and the backup)."""
+        return False
+
     def is_lock_timeout(self, exc: BaseException) -> bool:
         """The statement gave up waiting for a lock (the revision is retried)."""
         return False

@@ -16,10 +16,10 @@ In ``check`` mode what would be rewritten is refused too, listed.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from safe_migrations.core.errors import RefusedError
+from safe_migrations.engines.pgdata import large_data_change, revision_file
 from safe_migrations.engines.pgsafe import qualified
 
 if TYPE_CHECKING:
@@ -75,8 +75,11 @@ def preflight(env: Environment, project: Project, path: list[Revision], connecti
     mode = env.settings.migration.safe_operations
     if mode == "off" or not path:
         return
+    from safe_migrations.project.baseline import load_baseline
+
     collected = collect(env, project, path)
     created = {_key(op) for _r, op in collected if _is(op, "CreateTableOp")}
+    accepted = load_baseline(project)
     refused = []
     for revision, op in collected:
         found = judge(connection, op, created, env.settings.migration.max_rows_in_one_statement)
@@ -84,8 +87,8 @@ def preflight(env: Environment, project: Project, path: list[Revision], connecti
             continue
         rule, what = found
         step = next(r for r in path if r.revision == revision)
-        if rule in _markers(step):
-            continue
+        if rule in _markers(step) or accepted.find(revision, revision_file(step), rule, None):
+            continue  # allowed by its marker, or history the lint baseline accepts
         refused.append(
             f"revision {revision} ({step.path}): {what}; instead, {RECIPES[rule]}, or mark "
             f"the revision `# squawk: allow {rule} -- why` to take the risk knowingly"
@@ -147,33 +150,7 @@ def judge(
             "or write it, and its rows are gone",
         )
     if _is(op, "AddColumnOp"):
-        column = op.column
-        if not _has_rows(connection, table):
-            return None
-        generated = column.computed is not None or column.identity is not None
-        if generated:
-            kind = "an identity" if column.identity is not None else "a stored generated"
-            return (
-                "adding-generated-column",
-                f"op.add_column adds {column.name} as {kind} column to {op.table_name}, which "
-                "has rows: PostgreSQL computes it for every row, rewriting the table under "
-                "ACCESS EXCLUSIVE",
-            )
-        if column.server_default is None and column.nullable is False:
-            return (
-                "adding-not-nullable-field",
-                f"op.add_column adds {column.name} NOT NULL without a default to "
-                f"{op.table_name}, which has rows (the statement fails, or with a volatile "
-                "default rewrites the table)",
-            )
-        default = _default_text(column.server_default, connection)
-        if default and _volatile(connection, default):
-            return (
-                "adding-field-with-default",
-                f"op.add_column adds {column.name} with the volatile default {default} to "
-                f"{op.table_name}, which has rows: PostgreSQL rewrites the whole table "
-                "under ACCESS EXCLUSIVE, blocking reads and writes",
-            )
+        return _judge_add_column(connection, op, table)
     if _is(op, "AlterColumnOp"):
         if op.modify_name is not None:
             return (
@@ -197,129 +174,37 @@ def judge(
     return None
 
 
-_DATA = re.compile(r"^\s*(?:with\b.*?\)\s*)?(update|delete|insert)\b", re.I | re.S)
-
-
-def large_data_change(connection: Any, sql: Any, limit: int | None) -> tuple[str, str] | None:
-    """An UPDATE, DELETE or INSERT ... SELECT the planner expects to touch more than
-    ``limit`` rows: one transaction holding every row lock it takes (writers of those
-    rows wait for all of it), refused with the ``backfill`` recipe. A table that is not
-    there yet, or made by the run itself, is nobody else's: not judged."""
-    text = str(sql) if not isinstance(sql, str) else sql
-    if limit is None or not _DATA.match(text) or ";" in text.strip().rstrip(";"):
+def _judge_add_column(connection: Any, op: Any, table: str) -> tuple[str, str] | None:
+    """A column added to a table that has rows: NOT NULL without a default, a volatile
+    default, a generated or identity column each rewrite the table (or fail)."""
+    column = op.column
+    if not _has_rows(connection, table):
         return None
-    estimate = estimated_rows(connection, text.strip().rstrip(";"))
-    if estimate is None or estimate <= limit:
-        return None
-    return ("large-data-change", too_many_rows(text, estimate, limit))
-
-
-def too_many_rows(statement: str, estimate: int, limit: int) -> str:
-    shown = " ".join(statement.split())[:80]
-    return (
-        f"`{shown}` would change about {estimate:,} rows in one transaction (more than "
-        f"migration.max_rows_in_one_statement={limit:,}), holding every row lock it takes "
-        "until it ends and stalling the writers of those rows"
-    )
-
-
-def estimated_rows(connection: Any, statement: str) -> int | None:
-    """The planner's estimate of the rows a data statement touches (the largest of its
-    plan's nodes), on a savepoint; None where it cannot be planned here (a table the run
-    makes) or the target table is the transaction's own."""
-    return _estimate_raw(connection.connection.dbapi_connection, statement, None)
-
-
-def guard_data_statements(connection: Any, limit: int) -> None:
-    """Data statements a revision issues as it runs (a loop over ``op.get_bind()``):
-    each UPDATE, DELETE or INSERT ... SELECT is planned first, and one the planner
-    expects to touch more than ``limit`` rows stops the revision before it runs (the
-    revision's transaction rolls back). ``backfill``'s batches are exempt."""
-    from sqlalchemy import event
-
-    from safe_migrations.engines.pgsafe import CURRENT
-
-    def allowed() -> bool:
-        safety = CURRENT.get()
-        step = safety.running() if safety is not None and safety.running else None
-        return step is not None and "large-data-change" in _markers(step)
-
-    def before(conn: Any, cursor: Any, statement: str, parameters: Any, *rest: Any) -> None:
-        if rest[-1] or not _DATA.match(statement) or "alembic_version" in statement:
-            return  # executemany, not a data statement, or the version table
-        if rest[0] is not None and rest[0].execution_options.get("safe_migrations_backfill"):
-            return  # backfill's batches, sized by time
-        estimate = _estimate_raw(cursor.connection, statement, parameters)
-        if estimate is not None and estimate > limit and not allowed():
-            what = too_many_rows(statement.replace("%%", "%"), estimate, limit)
-            raise RefusedError(
-                f"Stopped before it ran: {what}; instead, {RECIPES['large-data-change']}, "
-                "or mark the revision "
-                "`# squawk: allow large-data-change -- why` to take the risk knowingly"
-            )
-
-    event.listen(connection, "before_cursor_execute", before)
-
-
-def _estimate_raw(dbapi: Any, statement: str, parameters: Any) -> int | None:
-    """estimated_rows on the driver's connection (inside a cursor event, where the
-    SQLAlchemy connection is busy): a savepoint when a transaction is open. The
-    parameters are the driver's (None: a statement as written, with its ``%`` kept)."""
-    import psycopg2
-
-    cursor = dbapi.cursor()
-    savepoint = not dbapi.autocommit
-    try:
-        if savepoint:
-            cursor.execute("SAVEPOINT sm_estimate")
-        try:
-            cursor.execute("EXPLAIN (FORMAT JSON, VERBOSE) " + statement, parameters)
-            plan = cursor.fetchone()[0]
-
-            def scalar(sql: str, params: dict[str, Any]) -> Any:
-                cursor.execute(sql, params)
-                row = cursor.fetchone()
-                return row[0] if row else None
-
-            new = _new_target(scalar, plan)
-        except psycopg2.Error:
-            return None
-        finally:
-            if savepoint:
-                cursor.execute("ROLLBACK TO SAVEPOINT sm_estimate")
-                cursor.execute("RELEASE SAVEPOINT sm_estimate")
-    finally:
-        cursor.close()
-    return None if new else _plan_rows(plan)
-
-
-def _plan_rows(plan: Any) -> int:
-    import json
-
-    found = json.loads(plan) if isinstance(plan, str) else plan
-
-    def rows(node: dict[str, Any]) -> int:
-        return max([int(node.get("Plan Rows", 0))] + [rows(c) for c in node.get("Plans", [])])
-
-    return rows(found[0]["Plan"])
-
-
-def _new_target(scalar: Any, plan: Any) -> bool:
-    """Whether the statement's target table was made by the transaction running now."""
-    import json
-
-    top = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
-    relation = top.get("Relation Name")
-    if not relation:
-        return False
-    return bool(
-        scalar(
-            "SELECT t.xmin::text = (pg_current_xact_id_if_assigned()::xid)::text "
-            "FROM pg_class c JOIN pg_type t ON t.oid = c.reltype "
-            "WHERE c.oid = to_regclass(%(t)s)",
-            {"t": qualified(top.get("Schema"), relation)},
+    generated = column.computed is not None or column.identity is not None
+    if generated:
+        kind = "an identity" if column.identity is not None else "a stored generated"
+        return (
+            "adding-generated-column",
+            f"op.add_column adds {column.name} as {kind} column to {op.table_name}, which "
+            "has rows: PostgreSQL computes it for every row, rewriting the table under "
+            "ACCESS EXCLUSIVE",
         )
-    )
+    if column.server_default is None and column.nullable is False:
+        return (
+            "adding-not-nullable-field",
+            f"op.add_column adds {column.name} NOT NULL without a default to "
+            f"{op.table_name}, which has rows (the statement fails, or with a volatile "
+            "default rewrites the table)",
+        )
+    default = _default_text(column.server_default, connection)
+    if default and _volatile(connection, default):
+        return (
+            "adding-field-with-default",
+            f"op.add_column adds {column.name} with the volatile default {default} to "
+            f"{op.table_name}, which has rows: PostgreSQL rewrites the whole table "
+            "under ACCESS EXCLUSIVE, blocking reads and writes",
+        )
+    return None
 
 
 def _rewrites(connection: Any, table: str, op: Any) -> bool:
@@ -401,11 +286,9 @@ def _describe(op: Any) -> str:
 
 
 def _markers(step: Revision) -> dict[str, str | None]:
-    from safe_migrations.core.config import PROJECT_ROOT
     from safe_migrations.project.lint import allow_markers
 
-    file = Path(step.path) if Path(step.path).is_absolute() else PROJECT_ROOT / step.path
-    return allow_markers(file)
+    return allow_markers(revision_file(step))
 
 
 def _is(op: Any, name: str) -> bool:

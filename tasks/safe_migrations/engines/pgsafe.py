@@ -64,6 +64,7 @@ class Safety:
     collected: list[tuple[str, Any]] = field(default_factory=list)
     revision: str = ""  # collect: the revision being rendered
     running: Callable[[], Any] | None = None  # a run: the revision running now (upgrade.py)
+    project: Any = None  # a run: its Alembic project, for the lint baseline
 
     def note(self, operation: str, target: str, parts: list[str], done: str = "ran") -> None:
         self.rewritten.append(

@@ -77,7 +77,7 @@ class PostgreSQL(Engine):
     }
 
     def begin_migration(self, connection: Connection, wait: float) -> None:
-        from safe_migrations.engines.pgrefusals import guard_data_statements
+        from safe_migrations.engines.pgdata import guard_data_statements
         from safe_migrations.engines.pgsafe import CURRENT, drop_leftover_checks
 
         drop_leftover_checks(connection)
@@ -99,6 +99,9 @@ class PostgreSQL(Engine):
         from safe_migrations.engines.pgrefusals import preflight
 
         preflight(env, project, path, connection)
+
+    def refuses(self, env: Environment) -> bool:
+        return env.settings.migration.safe_operations != "off"
 
     def lint(
         self, env: Environment, project: Project, path: list[Revision], baseline: Baseline | None

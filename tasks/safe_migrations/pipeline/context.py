@@ -83,6 +83,7 @@ class Run:
     target: str | None = None
     current: str | None = None
     pending: list[Revision] = field(default_factory=list)
+    refusals_checked: tuple[str, ...] = ()  # the pending revisions the refusals step passed
     lock_wait: float = 0.0
     drift_before: Before | None = None  # differences from the models before the run
     # (revision,) as the health step read it (a None revision: base); None: it read none

@@ -1,10 +1,8 @@
 """The migrate pipeline: health -> confirm -> lock -> backup -> upgrade -> validate -> report.
 
-``migrate`` is the step list; each step below takes the run, decides its own skip,
-does its work through its own module (health.py, confirm.py, backup.py,
-upgrade.py, validate.py) and records its result. Operations that are not the
-pipeline (rollback, restore, a backup on its own) live in operations/standalone.py.
-"""
+``migrate`` is the step list; each step takes the run, decides its own skip, works through
+its own module (health.py, refusals.py, confirm.py, backup.py, upgrade.py, validate.py) and
+records its result. The rest (rollback, restore, a lone backup): operations/standalone.py."""
 
 from __future__ import annotations
 
@@ -26,7 +24,7 @@ from safe_migrations.core.errors import (
 from safe_migrations.core.results import StepResult, format_results, timed
 from safe_migrations.core.revisions import resolve_revision
 from safe_migrations.operations import proof
-from safe_migrations.pipeline import confirm, health, report, upgrade, validate
+from safe_migrations.pipeline import confirm, health, refusals, report, upgrade, validate
 from safe_migrations.pipeline.backup import take_backup
 from safe_migrations.pipeline.context import Console, Run, RunOptions, recorded
 from safe_migrations.pipeline.locking import migration_lock
@@ -55,6 +53,7 @@ def migrate(
         if options.dry_run:
             dry_run_step(run)
             return run.record
+        refusals.refusals_step(run)
         rehearsed_step(run)
         confirm_step(run)
         with lock_step(run):
@@ -319,8 +318,9 @@ def upgrade_step(run: Run) -> None:
 
     with timed() as clock:
         try:
+            resume, checked = run.options.resume, run.refusals_checked
             applied = upgrade.run_migrations(
-                run.env, run.project, target, direction, on_retry, resume=run.options.resume
+                run.env, run.project, target, direction, on_retry, resume=resume, checked=checked
             )
         except upgrade.MigrationError as exc:
             run.record.applied = [a.to_dict() for a in exc.applied]

@@ -269,6 +269,7 @@ def run_migrations(
     sleep: Callable[[float], None] = time.sleep,
     observer: Observer | None = None,
     resume: bool = False,
+    checked: tuple[str, ...] = (),
 ) -> list[AppliedRevision]:
     """Move the database to ``target``; raise MigrationError naming the failed revision.
 
@@ -278,7 +279,9 @@ def run_migrations(
     the moment they let go, within ``migration.lock_budget`` seconds per revision.
 
     Where the engine has them, Alembic's operations run in their non-blocking form
-    (``migration.safe_operations``), after a preflight that refuses what cannot.
+    (``migration.safe_operations``), after a preflight that refuses what cannot
+    (skipped when ``checked`` names the same pending revisions: the pipeline asked it
+    before the prompt and the backup).
     """
     settings = env.settings.migration
     impl = engine_for(env.dialect)
@@ -291,7 +294,16 @@ def run_migrations(
     try:
         with impl.safe_operations(env, resume) as rewrites:
             return _attempts(
-                env, project, target, direction, on_retry, sleep, observer, engine, rewrites
+                env,
+                project,
+                target,
+                direction,
+                on_retry,
+                sleep,
+                observer,
+                engine,
+                rewrites,
+                checked,
             )
     finally:
         engine.dispose()
@@ -307,6 +319,7 @@ def _attempts(
     observer: Observer | None,
     engine: Any,
     rewrites: Any,
+    checked: tuple[str, ...] = (),
 ) -> list[AppliedRevision]:
     """The attempts of run_migrations, each revision retried after a lock timeout.
 
@@ -319,7 +332,7 @@ def _attempts(
     retries: dict[str, int] = {}
     started: dict[str, float] = {}  # when each revision's first attempt began
     applied: list[AppliedRevision] = []
-    checked = False
+    preflown = False
     while True:
         with engine.connect() as connection:
             current = current_revision(connection)
@@ -335,17 +348,18 @@ def _attempts(
             path = plan(project, current, target, direction)
             if not path:
                 return applied
-            if not checked and direction == "upgrade":  # before the first statement
-                impl.preflight(env, project, path, connection)
-                connection.rollback()
-                checked = True
+            if not preflown and direction == "upgrade":  # before the first statement
+                if tuple(r.revision for r in path) != checked:
+                    impl.preflight(env, project, path, connection)
+                    connection.rollback()
+                preflown = True
             lock_ms = int(settings.lock_timeout * 1000)
             log = StatementLog() if impl.ddl_commits else None
             if log is not None:
                 log.attach(connection)
             clock = _Clock(path, direction, retries, lock_ms, observer, log, rewrites)
             if hasattr(rewrites, "running"):  # the engine's guards ask which revision runs
-                rewrites.running = clock.running
+                rewrites.running, rewrites.project = clock.running, project
             clock.time_statements(connection)
             forced = {
                 "on_version_apply": clock,

@@ -237,6 +237,7 @@ def planned(root: Path) -> tuple[list[Change], list[str], int]:
     workflow = fitted_workflow(workflow, root, repository)
     target = repository / ".github" / "workflows" / "db-migrate.yml"
     changes.append(Change(target, workflow, "the workflow", repository))
+    changes.extend(filter(None, [history_change(root, ini, folder)]))  # the shipped history
     _version, version_note = python_version(root)
     if version_note:
         notes.append(version_note + ".")
@@ -267,6 +268,29 @@ def planned(root: Path) -> tuple[list[Change], list[str], int]:
         )
         code = 1
     return changes, notes, code
+
+
+def history_change(root: Path, ini: Path, folder: Path) -> Change | None:
+    """The lint baseline of the revisions the project has now, each accepted whole while
+    its file is unchanged: shipped before adoption, so neither lint nor the refusals
+    hold them to rules they never followed. None: no revisions, or a baseline exists."""
+    from alembic.util import CommandError
+
+    from safe_migrations.project.alembic_api import Project
+    from safe_migrations.project.baseline import BASELINE_FILE, history_baseline
+
+    path = folder / BASELINE_FILE
+    if path.exists():
+        return None
+    project = Project(ini=ini, script_location=folder)
+    try:
+        text = history_baseline(project, root, "shipped before adoption")
+    except (CommandError, ConfigError, OSError):
+        return None  # the scripts cannot be read here; `invoke lint --baseline` later
+    if "revision:" not in text:
+        return None
+    why = "the history shipped before adoption, accepted by lint and the refusals"
+    return Change(path, text, why)
 
 
 def _flask_env_py(root: Path, env_py: Path, text: str) -> tuple[Change, list[str]]:

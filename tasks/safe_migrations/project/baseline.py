@@ -5,16 +5,23 @@ ones fail (``invoke lint --baseline`` writes it; every lint reads it).
 of. Each entry names the revision, its file's sha256, the rule and a fingerprint of
 the statement; a finding is accepted only while all four still match, so editing a
 baselined revision makes its findings new again. Old revision files are never edited.
+
+An entry whose rule and fingerprint are ``*`` accepts every finding of its revision
+while the file is unchanged: ``safe-migrations init`` writes one for each revision a
+project had when it adopted the tool ("shipped before adoption"), so neither lint nor
+the zero-downtime refusals hold a team to rules its shipped history never followed
+(strong_migrations' ``start_after``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from safe_migrations.core.errors import ConfigError
 
@@ -41,6 +48,7 @@ class LintFinding(Protocol):
 
 
 BASELINE_FILE = "lint-baseline.yml"
+WHOLE = "*"  # an entry's rule and fingerprint: every finding of the revision
 HEADER = """\
 # Findings of `invoke lint` accepted as history: written by `invoke lint --baseline`.
 # Lint lists these as accepted and fails only on findings that are not here. An entry
@@ -78,10 +86,15 @@ class Baseline:
     path: Path | None = None
     entries: tuple[Accepted, ...] = ()
 
-    def find(self, revision: str, file: Path, rule: str, mark: str) -> Accepted | None:
-        """The entry that accepts this finding, if the revision file is still the same."""
+    def find(self, revision: str, file: Path, rule: str, mark: str | None) -> Accepted | None:
+        """The entry that accepts this finding, if the revision file is still the same
+        (``mark`` None: any statement of the revision breaking that rule, as the refusals
+        judge operations, not statements)."""
         candidates = [
-            e for e in self.entries if (e.revision, e.rule, e.fingerprint) == (revision, rule, mark)
+            e
+            for e in self.entries
+            if e.revision == revision
+            and (e.rule == WHOLE or (e.rule == rule and (mark is None or e.fingerprint == mark)))
         ]
         if not candidates:
             return None
@@ -125,6 +138,37 @@ def load_baseline(project: Project) -> Baseline:
 _FIX = "fix it, or write it anew with `invoke lint --baseline`"
 
 
+HISTORY_HEADER = """\
+# The history this project had when it adopted safe-migrations (`safe-migrations init`):
+# each revision below is accepted whole (rule '*') by lint and by the zero-downtime
+# refusals while its file is unchanged (file_sha256); edit one and it is judged again.
+# `invoke lint --baseline` keeps these entries and adds squawk's findings one by one.
+"""
+
+
+def history_baseline(project: Project, root: Path, reason: str) -> str:
+    """The baseline text that accepts every revision the project has now, each while its
+    file is unchanged (``init``: the history shipped before adoption)."""
+    import yaml
+
+    entries = []
+    for script in reversed(list(project.scripts().walk_revisions())):
+        file = Path(script.path)
+        entry = Accepted(
+            revision=script.revision,
+            file=os.path.relpath(file, root),
+            file_sha256=file_sha256(file),
+            rule=WHOLE,
+            fingerprint=WHOLE,
+            statement="",
+            reason=reason,
+        )
+        entries.append(asdict(entry))
+    return HISTORY_HEADER + yaml.safe_dump(
+        {"version": 1, "accepted": entries}, sort_keys=False, allow_unicode=True, width=100
+    )
+
+
 def write_baseline(
     project: Project, findings: Iterable[LintFinding], root: Path
 ) -> tuple[Path, int]:
@@ -135,7 +179,7 @@ def write_baseline(
     path = baseline_path(project)
     old = load_baseline(project) if path.is_file() else Baseline(path)
     reasons = {(e.revision, e.rule, e.fingerprint): e.reason for e in old.entries}
-    entries: list[dict[str, Any]] = []
+    entries = [asdict(e) for e in old.entries if e.rule == WHOLE]  # init's: kept
     for finding in findings:
         if finding.allowed:
             continue
