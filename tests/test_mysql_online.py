@@ -261,3 +261,22 @@ def test_a_pt_osc_run_killed_midway_leaves_nothing_after_the_next_run(
     assert column_type(mysql_url, "v") == "bigint" and aggregates(mysql_url) == before
     left = [p.name for p in (tmp_path / "var").rglob("*") if p.is_file()]
     assert not [name for name in left if name.endswith(".cnf")], left
+
+
+def test_an_index_drop_runs_online_under_enforce(
+    mysql_url: str, make_env: Callable[..., Environment], scratch: ScratchProject
+) -> None:
+    """`DROP INDEX ix ON t ALGORITHM=...` is a syntax error on MariaDB (1064, which
+    nothing fell back from): the drop runs as the ALTER TABLE both servers read."""
+    scratch.add(TABLE)
+    scratch.add('op.create_index("ix_t_s", "t", ["s"])', 'op.drop_index("ix_t_s", table_name="t")')
+    env = online(make_env, mysql_url)
+    run_migrations(env, scratch.project(), "r002")
+    fill(mysql_url, 1000)
+    undone = run_migrations(env, scratch.project(), "r001", "downgrade")
+    assert undone[0].rewritten[0]["operation"] == "DROP INDEX"
+    assert undone[0].rewritten[0]["parts"] == ["ALGORITHM=INPLACE, LOCK=NONE"]
+    engine = create_engine(mysql_url, poolclass=NullPool)
+    with engine.connect() as connection:
+        assert not connection.execute(text("SHOW INDEX FROM t WHERE Key_name = 'ix_t_s'")).all()
+    engine.dispose()

@@ -30,7 +30,11 @@ from safe_migrations.pipeline.upgrade import MigrationError, run_migrations
 ROWS = 2_000
 LIMIT = 1_000  # migration.max_rows_in_one_statement in these tests (100,000 shipped)
 LONG = "a_table_name_that_runs_long"  # with its column, conventional names pass 63
-BASE = f"""
+
+
+def base(rows: int) -> str:
+    """The tables every form works on, ``rows`` rows each (the benchmark: 1,000,000)."""
+    return f"""
 op.execute("CREATE SCHEMA app")
 op.create_table(
     "t",
@@ -61,13 +65,16 @@ op.create_foreign_key("fk_t_parent", "t", "parent", ["ref"], ["id"])
 op.execute("INSERT INTO parent SELECT i FROM generate_series(0, 99) i")
 op.execute("INSERT INTO app.p2 SELECT i FROM generate_series(0, 99) i")
 op.execute(
-    "INSERT INTO t SELECT i, i, i % 100, 'n' || i, 'x' || i FROM generate_series(1, {ROWS}) i"
+    "INSERT INTO t SELECT i, i, i % 100, 'n' || i, 'x' || i FROM generate_series(1, {rows}) i"
 )
-op.execute("INSERT INTO k SELECT i, i FROM generate_series(1, {ROWS}) i")
-op.execute("INSERT INTO app.s SELECT i, i, i % 100 FROM generate_series(1, {ROWS}) i")
-op.execute("INSERT INTO {LONG} SELECT i, i % 100 FROM generate_series(1, {ROWS}) i")
+op.execute("INSERT INTO k SELECT i, i FROM generate_series(1, {rows}) i")
+op.execute("INSERT INTO app.s SELECT i, i, i % 100 FROM generate_series(1, {rows}) i")
+op.execute("INSERT INTO {LONG} SELECT i, i % 100 FROM generate_series(1, {rows}) i")
 op.execute("ANALYZE")  # as autovacuum has done to any table in service
 """
+
+
+BASE = base(ROWS)
 CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -340,10 +347,11 @@ FORMS: dict[str, tuple[str, str]] = {
 
 def shape(url: str) -> dict[str, Any]:
     """What Alembic's compare looks at, per table of both schemas, with every name; and
-    what a rewrite may leave behind."""
+    what a rewrite may leave behind (read on one connection)."""
     engine = create_engine(url, poolclass=NullPool)
     try:
-        found = inspect(engine)
+        connection = engine.connect()
+        found = inspect(connection)
         tables: dict[str, Any] = {}
         for schema in (None, "app"):
             for table in sorted(found.get_table_names(schema=schema)):
@@ -382,6 +390,7 @@ def shape(url: str) -> dict[str, Any]:
                         for f in found.get_foreign_keys(table, schema=schema)
                     ),
                 }
+        connection.close()
         return tables
     finally:
         engine.dispose()
@@ -406,10 +415,63 @@ def leftovers(url: str) -> list[str]:
         engine.dispose()
 
 
-@pytest.fixture
-def second_url(pg_admin_url: str) -> Iterator[str]:
+@pytest.fixture(scope="session")
+def forms_template(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database at r001 (the base, populated), built once; each form's databases are
+    copies of it (CREATE DATABASE ... TEMPLATE), closed to connections meanwhile."""
+    from helpers import write_environment
+    from sqlalchemy.engine import make_url
+
+    from safe_migrations.core.config import load_environment
+
+    folder = tmp_path_factory.mktemp("forms-template")
+    scratch = ScratchProject(folder / "p")
+    scratch.add(BASE)
+    write_environment(folder / "environments", "bare", folder / "var")
     with fresh_database(pg_admin_url) as url:
-        yield url
+        env = load_environment(
+            "bare", environ={"DATABASE_URL": url}, directory=folder / "environments"
+        )
+        run_migrations(env, scratch.project(), "r001")
+        name = make_url(url).database
+        admin = create_engine(pg_admin_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(
+                text(f'ALTER DATABASE "{name}" IS_TEMPLATE true ALLOW_CONNECTIONS false')
+            )
+        try:
+            yield str(name)
+        finally:
+            with admin.connect() as connection:
+                connection.execute(
+                    text(f'ALTER DATABASE "{name}" IS_TEMPLATE false ALLOW_CONNECTIONS true')
+                )
+            admin.dispose()
+
+
+@pytest.fixture
+def at_base(pg_admin_url: str, forms_template: str) -> Iterator[tuple[str, str]]:
+    """Two copies of the template at r001: one for the rewrite, one for bare Alembic."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    names = [f"f_{uuid.uuid4().hex[:12]}" for _side in range(2)]
+    admin = create_engine(pg_admin_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        for name in names:
+            connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{forms_template}"'))
+    try:
+        urls = [
+            make_url(pg_admin_url).set(database=n).render_as_string(hide_password=False)
+            for n in names
+        ]
+        yield urls[0], urls[1]
+    finally:
+        with admin.connect() as connection:
+            for name in names:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def forms_project(folder: Path, operation: str, conventional: bool = False) -> Any:
@@ -437,15 +499,14 @@ def safe_env(make_env: Callable[..., Environment], url: str, name: str = "stagin
 @pytest.mark.parametrize("name", sorted(FORMS))
 def test_every_form_runs_as_bare_alembic_leaves_it_or_is_refused_before_any_statement(
     name: str,
-    pg_url: str,
-    second_url: str,
+    at_base: tuple[str, str],
     make_env: Callable[..., Environment],
     tmp_path: Path,
 ) -> None:
+    pg_url, second_url = at_base
     code, outcome = FORMS[name]
     project = forms_project(tmp_path / "safe", code, "conventional" in name)
     safe = safe_env(make_env, pg_url)
-    run_migrations(safe, project, "r001")
     before = shape(pg_url)
     if outcome.startswith("refused"):
         rule = outcome.split()[1]
@@ -674,3 +735,124 @@ def test_the_history_init_baselines_is_never_refused_and_an_edit_or_a_new_revisi
     path.write_text(path.read_text() + "\n# edited after it shipped\n")
     with pytest.raises(RefusedError, match=f"revision {shipped}"):
         run_migrations(env, project, shipped)
+
+
+# --- a kill between the parts of a rewrite ----------------------------------------------
+
+KILLED = """
+import os, re, sys
+from pathlib import Path
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from safe_migrations.core.config import load_environment
+from safe_migrations.pipeline.upgrade import run_migrations
+from safe_migrations.project.alembic_api import Project
+
+url, directory, folder, pattern = sys.argv[1:5]
+
+@event.listens_for(Engine, "before_cursor_execute")
+def die(conn, cursor, statement, *rest):
+    if re.search(pattern, statement):
+        os._exit(9)  # as SIGKILL: no clean-up of ours runs
+
+env = load_environment("staging", environ={"DATABASE_URL": url}, directory=Path(directory))
+run_migrations(env, Project(script_location=Path(folder)), "head")
+"""
+# (the operation, the statement the runner dies before, what validation then names)
+KILLS = {
+    "not_null_before_its_check": ("not_null", r"ADD CONSTRAINT sm_nn_", None),
+    "not_null_before_validate": ("not_null", r"VALIDATE CONSTRAINT sm_nn_", "sm_nn_"),
+    "not_null_before_set": ("not_null", r"SET NOT NULL", "sm_nn_"),
+    "not_null_before_the_checks_drop": ("not_null", r"DROP CONSTRAINT IF EXISTS sm_nn_", "sm_nn_"),
+    "foreign_key_before_validate": ("foreign_key", r"VALIDATE CONSTRAINT fk_t_owner", "fk_t_owner"),
+    "unique_before_using_index": ("unique", r"USING INDEX", None),
+}
+KILLED_FORMS = {
+    "not_null": 'op.alter_column("t", "v", existing_type=sa.Integer, nullable=False)',
+    "foreign_key": 'op.create_foreign_key("fk_t_owner", "t", "parent", ["ref"], ["id"])',
+    "unique": 'op.create_unique_constraint("uq_t_v", "t", ["v"])',
+}
+
+
+@pytest.mark.parametrize("name", sorted(KILLS))
+def test_a_runner_killed_between_parts_leaves_what_validation_names_and_a_rerun_completes(
+    name: str,
+    at_base: tuple[str, str],
+    make_env: Callable[..., Environment],
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    from safe_migrations.pipeline.validate import validate
+
+    pg_url, second_url = at_base
+    form, pattern, named = KILLS[name]
+    project = forms_project(tmp_path / "safe", KILLED_FORMS[form])
+    safe = safe_env(make_env, pg_url)
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILLED,
+            pg_url,
+            str(tmp_path / "environments"),
+            str(project.script_location),
+            pattern,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert killed.returncode == 9, killed.stdout + killed.stderr
+    checks = {r.name: r for r in validate(safe, project, "r001", compare_models=False)}
+    if named is None:
+        assert checks["constraints"].ok, checks["constraints"].message
+    else:
+        assert not checks["constraints"].ok and named in checks["constraints"].message
+    assert run_migrations(safe, project, "head")[-1].revision == "r002"
+    bare = make_env(second_url, name="bare", migration={"safe_operations": "off"})
+    run_migrations(bare, forms_project(tmp_path / "bare", KILLED_FORMS[form]), "r002")
+    assert shape(pg_url) == shape(second_url)
+    assert leftovers(pg_url) == []
+
+
+def test_a_table_an_earlier_revision_of_the_run_made_and_filled_is_not_judged_at_run_time(
+    pg_url: str, make_env: Callable[..., Environment], tmp_path: Path
+) -> None:
+    """Tables the pending revisions create are nobody else's yet, also in the revisions
+    after the one that made them (each commits on its own)."""
+    scratch = ScratchProject(tmp_path / "p")
+    scratch.add(
+        'op.create_table("fresh", sa.Column("id", sa.Integer, primary_key=True), '
+        'sa.Column("v", sa.Integer))\n'
+        'op.execute("INSERT INTO fresh SELECT i, i FROM generate_series(1, 5000) i")\n'
+        'op.execute("ANALYZE fresh")'
+    )
+    scratch.add('op.get_bind().execute(sa.text("UPDATE fresh SET v = v + 1"))')
+    applied = run_migrations(safe_env(make_env, pg_url), scratch.project(), "head")
+    assert [a.revision for a in applied] == ["r001", "r002"]
+
+
+def test_dry_run_renders_every_form_in_the_form_that_would_run(
+    make_env: Callable[..., Environment], tmp_path: Path
+) -> None:
+    """Offline (dry-run, lint, the refusals' listing), every form renders under rewrite,
+    batch ones included; a rewritten index shows as CONCURRENTLY."""
+    from safe_migrations.engines import engine_for
+    from safe_migrations.project.alembic_api import render_sql, upgrade_path
+
+    env = make_env("postgresql://nobody@127.0.0.1:1/none", migration={"safe_operations": "rewrite"})
+    failed = {}
+    for name, (code, _outcome) in FORMS.items():
+        project = forms_project(tmp_path / name, code, "conventional" in name)
+        scripts = project.scripts()
+        with engine_for("postgresql").safe_operations(env):
+            pending = upgrade_path(scripts, "r001", "r002")
+            [rendered] = render_sql(project.config(), scripts, pending, "postgresql")
+        if rendered.error:
+            failed[name] = rendered.error
+        if name in ("batch_create_index", "add_column_index_true"):
+            assert "CONCURRENTLY" in (rendered.sql or ""), rendered.sql
+    assert failed == {}

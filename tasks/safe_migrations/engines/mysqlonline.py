@@ -208,10 +208,19 @@ def statement_kind(sql: str) -> str | None:
     return None
 
 
+_DROP_INDEX = re.compile(r"DROP\s+INDEX\s+(?P<index>.+?)\s+ON\s+(?P<table>.+)$", re.I | re.S)
+
+
 def with_algorithm(sql: str, kind: str, clause: str) -> str:
-    """The statement with the clause: a last item of an ALTER TABLE's list, or the
-    index statement's trailing options (MySQL and MariaDB grammar)."""
-    if kind == "ALTER TABLE":
+    """The statement with the clause: a last item of an ALTER TABLE's list, or CREATE
+    INDEX's trailing options. ``DROP INDEX ix ON t`` takes none on MariaDB (a 1064
+    syntax error there, where MySQL accepts it), so it becomes the ALTER TABLE both
+    servers read: ``ALTER TABLE t DROP INDEX ix, ALGORITHM=...``."""
+    if kind == "DROP INDEX":
+        found = _DROP_INDEX.match(sql.strip())
+        if found:
+            return f"ALTER TABLE {found['table']} DROP INDEX {found['index']}, {clause}"
+    if kind in ("ALTER TABLE", "DROP INDEX"):
         return f"{sql}, {clause}"
     return f"{sql} {clause.replace(',', '')}"
 

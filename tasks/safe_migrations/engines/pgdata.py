@@ -83,13 +83,22 @@ def guard_data_statements(connection: Any, limit: int) -> None:
             found and found.find(step.revision, revision_file(step), "large-data-change", None)
         )
 
+    small: set[str] = set()
+
     def before(conn: Any, cursor: Any, statement: str, parameters: Any, *rest: Any) -> None:
         if rest[-1] or not _DATA.match(statement) or "alembic_version" in statement:
             return  # executemany, not a data statement, or the version table
         if rest[0] is not None and rest[0].execution_options.get("safe_migrations_backfill"):
             return  # backfill's batches, sized by time
-        estimate = _estimate_raw(cursor.connection, statement, parameters)
-        if estimate is not None and estimate > limit and not allowed():
+        if statement in small:
+            return  # planned before, within the limit: a loop's statement is planned once
+        safety = CURRENT.get()
+        made = frozenset(safety.created) if safety is not None else frozenset()
+        estimate = _estimate_raw(cursor.connection, statement, parameters, made)
+        if estimate is None or estimate <= limit:
+            small.add(statement)
+            return
+        if not allowed():
             what = too_many_rows(statement.replace("%%", "%"), estimate, limit)
             raise RefusedError(
                 f"Stopped before it ran: {what}; instead, {RECIPE}, "
@@ -100,10 +109,13 @@ def guard_data_statements(connection: Any, limit: int) -> None:
     event.listen(connection, "before_cursor_execute", before)
 
 
-def _estimate_raw(dbapi: Any, statement: str, parameters: Any) -> int | None:
+def _estimate_raw(
+    dbapi: Any, statement: str, parameters: Any, made: frozenset[int] = frozenset()
+) -> int | None:
     """estimated_rows on the driver's connection (inside a cursor event, where the
     SQLAlchemy connection is busy): a savepoint when a transaction is open. The
-    parameters are the driver's (None: a statement as written, with its ``%`` kept)."""
+    parameters are the driver's (None: a statement as written, with its ``%`` kept);
+    ``made``: the oids of the tables earlier revisions of this run created."""
     import psycopg2
 
     cursor = dbapi.cursor()
@@ -120,7 +132,7 @@ def _estimate_raw(dbapi: Any, statement: str, parameters: Any) -> int | None:
                 row = cursor.fetchone()
                 return row[0] if row else None
 
-            new = _new_target(scalar, plan)
+            new = _new_target(scalar, plan, made)
         except psycopg2.Error:
             return None
         finally:
@@ -143,8 +155,9 @@ def _plan_rows(plan: Any) -> int:
     return rows(found[0]["Plan"])
 
 
-def _new_target(scalar: Any, plan: Any) -> bool:
-    """Whether the statement's target table was made by the transaction running now."""
+def _new_target(scalar: Any, plan: Any, made: frozenset[int] = frozenset()) -> bool:
+    """Whether the statement's target table was made by the transaction running now,
+    or by an earlier revision of this run (``made``): nobody else uses it yet."""
     import json
 
     top = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]
@@ -154,9 +167,10 @@ def _new_target(scalar: Any, plan: Any) -> bool:
     return bool(
         scalar(
             "SELECT t.xmin::text = (pg_current_xact_id_if_assigned()::xid)::text "
+            "OR c.oid::bigint = ANY(%(made)s) "
             "FROM pg_class c JOIN pg_type t ON t.oid = c.reltype "
             "WHERE c.oid = to_regclass(%(t)s)",
-            {"t": qualified(top.get("Schema"), relation)},
+            {"t": qualified(top.get("Schema"), relation), "made": sorted(made)},
         )
     )
 

@@ -18,6 +18,15 @@ switched the rewrite on (a context variable, so nothing else in the process sees
   dropped.
 - a unique constraint or primary key -> ``CREATE UNIQUE INDEX CONCURRENTLY``, then
   ``ADD CONSTRAINT ... USING INDEX`` (the same name, so the schema is the bare one's).
+- ``add_column`` with ``index=True``, ``unique=True`` or an inline ``ForeignKey`` ->
+  the column alone, then each of those through its own rewrite.
+
+Every form Alembic emits takes the same path: inside ``op.batch_alter_table`` (which
+PostgreSQL runs as plain ALTERs) each operation runs when it is called, as the plain
+one would; a name SQLAlchemy cut to 63 characters, or one PostgreSQL chooses for an
+unnamed constraint, is the name validated. A validation the rows break drops what its
+part added (a NOT VALID constraint would reject new rows), and the ``sm_nn_*`` check a
+kill left is dropped before the next run's first revision.
 
 Every part is idempotent (the catalog is read before each), so rerunning a revision
 that stopped after a committed part completes it. Short statements keep the run's
@@ -65,6 +74,7 @@ class Safety:
     revision: str = ""  # collect: the revision being rendered
     running: Callable[[], Any] | None = None  # a run: the revision running now (upgrade.py)
     project: Any = None  # a run: its Alembic project, for the lint baseline
+    created: set[int] = field(default_factory=set)  # the oids of tables this run created
 
     def note(self, operation: str, target: str, parts: list[str], done: str = "ran") -> None:
         self.rewritten.append(
@@ -114,6 +124,7 @@ def install() -> None:
         alembic_ops.AddConstraintOp: _add_constraint,
         alembic_ops.AlterColumnOp: _alter_column,
         alembic_ops.AddColumnOp: _add_column,
+        alembic_ops.CreateTableOp: _create_table,
     }
     registry = Operations._to_impl._registry
     for (op_class, qualifier), original in list(registry.items()):
@@ -162,6 +173,21 @@ def _unbatched(operations: Operations) -> Operations | None:
 
 def _as_written(safety: Safety, operations: Operations, operation: Any, bare: Any) -> None:
     return bare()
+
+
+def _create_table(safety: Safety, operations: Operations, operation: Any, bare: Any) -> Any:
+    """As written; the table is remembered as the run's own (its data statements in
+    later revisions of the run are not judged: nobody else uses it yet)."""
+    made = bare()
+    context: Any = operations.migration_context
+    if not context.as_sql:
+        oid = context.connection.exec_driver_sql(
+            "SELECT to_regclass(%(t)s)::oid",
+            {"t": qualified(operation.schema, operation.table_name)},
+        ).scalar()
+        if oid is not None:
+            safety.created.add(int(oid))
+    return made
 
 
 def _create_index(safety: Safety, operations: Operations, operation: Any, bare: Any) -> None:
