@@ -149,6 +149,7 @@ def test_the_allow_marker_runs_the_change_as_written(
         'op.alter_column("t", "v", type_=sa.BigInteger, existing_type=sa.Integer)'
     )
     env = online(make_env, mysql_url)
+    run_migrations(env, scratch.project(), "r001")  # t is there before the run
     applied = run_migrations(env, scratch.project(), "r002")
     assert column_type(mysql_url, "v") == "bigint"
     assert applied[-1].rewritten[0]["parts"] == ["as written (allowed in the revision)"]
@@ -280,3 +281,28 @@ def test_an_index_drop_runs_online_under_enforce(
     with engine.connect() as connection:
         assert not connection.execute(text("SHOW INDEX FROM t WHERE Key_name = 'ix_t_s'")).all()
     engine.dispose()
+
+
+def test_tables_the_run_creates_take_their_keys_and_type_changes_as_written(
+    mysql_url: str, make_env: Callable[..., Environment], scratch: ScratchProject
+) -> None:
+    """On an empty database, a revision that creates a table and then adds a foreign key
+    and changes a column type (both need COPY on MariaDB) is no longer stopped after its
+    first statement committed: nobody else uses the table yet. A table that was there
+    before the run is still refused."""
+    scratch.add(TABLE)
+    scratch.add(
+        'op.create_table("child", sa.Column("id", sa.Integer, primary_key=True), '
+        'sa.Column("t_id", sa.Integer), sa.Column("n", sa.Integer))\n'
+        'op.create_foreign_key("fk_child_t", "child", "t", ["t_id"], ["id"])\n'
+        'op.alter_column("child", "n", type_=sa.BigInteger, existing_type=sa.Integer)'
+    )
+    scratch.add('op.alter_column("t", "v", type_=sa.BigInteger, existing_type=sa.Integer)')
+    env = online(make_env, mysql_url)
+    applied = run_migrations(env, scratch.project(), "r002")
+    assert [a.revision for a in applied] == ["r001", "r002"]
+    parts = [r["parts"][0] for r in applied[1].rewritten]
+    assert parts == ["as written (a table this run created)"] * 2, applied[1].rewritten
+    with pytest.raises(MigrationError, match="cannot run online"):
+        run_migrations(env, scratch.project(), "r003")  # t was there before this run
+    assert column_type(mysql_url, "v") == "int"

@@ -10,6 +10,10 @@ clause is added to the statement Alembic compiled from its own construct, in the
 needs COPY or a lock) refuses before doing anything: the run stops there, naming the
 operation, what the server would need and the way out. ``warn`` runs it as written
 and says so. ``off`` is Alembic's behaviour. ``op.execute`` text is never touched.
+A table this run created (an earlier ``CREATE TABLE`` of the same run) is nobody
+else's yet: its statements run as written, as PostgreSQL's rewrites leave such tables
+alone, so a revision that creates a table and then adds its foreign keys never stops
+halfway on a database the run is building.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class OnlineDDL:
     journal: Journal
     rewritten: list[dict[str, Any]] = field(default_factory=list)
     swept: bool = False
+    created: set[str] = field(default_factory=set)  # tables this run's CREATE TABLEs made
 
     def take(self) -> list[dict[str, Any]]:
         """What ran since the last call (the revision that just applied, or failed)."""
@@ -102,8 +107,13 @@ class OnlineDDL:
     ) -> Any:
         """One statement: DDL in its online form when the mode asks; text as written."""
         kind = statement_kind(sql)
+        if sql[:12].upper() == "CREATE TABLE":
+            self.created.add(_target(sql).lower())
         if self.mode == "off" or kind is None or isinstance(construct, str):
             return original(construct, *args, **kwargs)  # op.execute text: as written
+        if _target(sql).lower() in self.created:
+            self._note(kind, sql, "as written (a table this run created)")
+            return original(construct, *args, **kwargs)
         if ALLOW_RULE in _markers(revision):
             self._note(kind, sql, "as written (allowed in the revision)")
             return original(construct, *args, **kwargs)
@@ -236,8 +246,10 @@ def _short(sql: str) -> str:
 
 
 def _target(sql: str) -> str:
-    found = re.search(r"(?:ALTER TABLE|\bON|CREATE TABLE|DROP TABLE)\s+(`?[\w.]+`?)", sql, re.I)
-    return found.group(1).strip("`") if found else ""
+    found = re.search(
+        r"(?:ALTER TABLE|\bON|CREATE TABLE|DROP TABLE)\s+(`?[\w$]+`?(?:\.`?[\w$]+`?)?)", sql, re.I
+    )
+    return found.group(1).replace("`", "") if found else ""
 
 
 def _markers(revision: Revision) -> dict[str, str | None]:
