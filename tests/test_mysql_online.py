@@ -306,3 +306,22 @@ def test_tables_the_run_creates_take_their_keys_and_type_changes_as_written(
     with pytest.raises(MigrationError, match="cannot run online"):
         run_migrations(env, scratch.project(), "r003")  # t was there before this run
     assert column_type(mysql_url, "v") == "int"
+
+
+def test_the_example_goes_up_down_to_base_and_up_under_enforce_with_small_tables_copied(
+    mysql_url: str, make_env: Callable[..., Environment]
+) -> None:
+    """The example's downgrade re-adds a foreign key, which MariaDB can only copy: on a
+    table under online_ddl_small_table_mb it runs as written, saying so, and the history
+    goes down to base and up again (without the threshold, such a copy is refused: the
+    type-change test above)."""
+    from safe_migrations.project.alembic_api import DEFAULT_PROJECT
+
+    small = make_env(
+        mysql_url, migration={"online_ddl": "enforce", "online_ddl_small_table_mb": 16}
+    )
+    run_migrations(small, DEFAULT_PROJECT, "head")
+    undone = run_migrations(small, DEFAULT_PROJECT, None, "downgrade")
+    notes = [p for a in undone for r in a.rewritten for p in r["parts"]]
+    assert any(p.startswith("as written (ALGORITHM=COPY on a") for p in notes), notes
+    assert [a.revision for a in run_migrations(small, DEFAULT_PROJECT, "head")][-1] == "0007"

@@ -150,6 +150,10 @@ class MigrationSettings:
     # MySQL/MariaDB: each ALTER TABLE / CREATE INDEX / DROP INDEX with ALGORITHM=INSTANT,
     # else INPLACE with LOCK=NONE; enforce refuses what the server cannot run online.
     online_ddl: Literal["enforce", "warn", "off"] = "off"
+    # Under enforce, a statement the server can only run by copying still runs as
+    # written on a table smaller than this (MB of data and indexes, information_schema):
+    # copying it takes moments, not an outage. 0: none.
+    online_ddl_small_table_mb: float = setting(0.0, ge=0)
     # What runs an ALTER TABLE the server can only copy: pt-online-schema-change, with
     # its --max-load and --critical-load (SHOW GLOBAL STATUS thresholds).
     online_tool: Literal["pt-osc", "none"] = "none"

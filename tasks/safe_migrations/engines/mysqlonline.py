@@ -143,6 +143,13 @@ class OnlineDDL:
             self._note(kind, sql, clause)
             return result
         needed = _needed(refusals[-1])
+        small = self.env.settings.migration.online_ddl_small_table_mb
+        size = _table_mb(original, _target(sql)) if small else None
+        if size is not None and size < small:
+            self._note(
+                kind, sql, f"as written ({needed} on a {size:.1f} MB table, under {small:g} MB)"
+            )
+            return original(sql, *args, **kwargs)
         if kind == "ALTER TABLE" and self.env.settings.migration.online_tool == "pt-osc":
             return self._through_pt_osc(original, sql, needed)
         if self.mode == "warn":
@@ -233,6 +240,20 @@ def with_algorithm(sql: str, kind: str, clause: str) -> str:
     if kind in ("ALTER TABLE", "DROP INDEX"):
         return f"{sql}, {clause}"
     return f"{sql} {clause.replace(',', '')}"
+
+
+def _table_mb(run: Callable[..., Any], table: str) -> float | None:
+    """The table's data and indexes in MB, as information_schema estimates them."""
+    from sqlalchemy import text
+
+    schema, _dot, name = table.rpartition(".")
+    found = run(
+        text(
+            "SELECT (data_length + index_length) / 1048576 FROM information_schema.tables "
+            "WHERE table_schema = COALESCE(:schema, DATABASE()) AND table_name = :name"
+        ).bindparams(schema=schema or None, name=name)
+    ).scalar()
+    return None if found is None else float(found)
 
 
 def _needed(message: str) -> str:
