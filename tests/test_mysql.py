@@ -634,3 +634,29 @@ def test_sessions_without_tls_options_share_one_tls_context_and_others_build_the
     with engine(mysql_url).connect() as one, engine(mysql_url).connect() as other:
         assert one.connection.dbapi_connection.ctx is other.connection.dbapi_connection.ctx
         assert one.execute(text("SELECT 1")).scalar() == 1
+
+
+def test_a_rehearsal_an_account_may_not_create_databases_for_names_the_mysql_grant(
+    mysql_url: str, mysql_admin: str, tmp_path: Path
+) -> None:
+    """Not PostgreSQL's CREATEDB: the sentence names the grant MySQL and MariaDB read."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    user = f"u{uuid.uuid4().hex[:10]}"
+    database = make_url(mysql_url).database
+    with engine(mysql_admin).begin() as connection:
+        connection.execute(text(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw-{user}'"))
+        connection.execute(text(f"GRANT ALL ON `{database}`.* TO '{user}'@'%'"))
+    limited = make_url(mysql_url).set(username=user, password=f"pw-{user}")
+    env = cli_env(tmp_path, limited.render_as_string(hide_password=False))
+    try:
+        result = run_invoke("rehearse", "--env", "staging", env=env, timeout=300)
+    finally:
+        with engine(mysql_admin).begin() as connection:
+            connection.execute(text(f"DROP USER '{user}'@'%'"))
+    assert result.returncode != 0
+    said = " ".join(result.stderr.split())
+    assert "GRANT ALL ON `rehearsal\\_%`.*" in said, said
+    assert "CREATEDB" not in said and "Traceback" not in said

@@ -41,7 +41,12 @@ def database_copy(env: Environment, server: Environment) -> Iterator[Copy]:
             try:
                 create_database(server, name, "rehearse")
             except Exception as exc:
-                raise create_failed(server, exc) from None
+                pattern = prefix.replace("_", "\\_") + "%"
+                grant = (
+                    "grant the account CREATE, DROP and the rights to fill them on the "
+                    f"copies' databases (GRANT ALL ON `{pattern}`.* TO the account)"
+                )
+                raise create_failed(server, exc, grant) from None
             try:
                 yield Copy(name, pointed_at(env, server, name), server.masked_url, tuple(stale))
             finally:

@@ -49,9 +49,13 @@ def pointed_at(env: Environment, server: Environment, name: str) -> Environment:
     return replace(env, url=url)
 
 
-def create_failed(server: Environment, exc: BaseException) -> CopyError:
+def create_failed(
+    server: Environment, exc: BaseException, grant: str = "give the role CREATEDB"
+) -> CopyError:
+    """The sentence for a copy the server would not create; ``grant``: the engine's way
+    to allow it (PostgreSQL's CREATEDB, MySQL's CREATE and DROP privileges)."""
     return CopyError(
         f"The rehearsal could not create its copy on {server.masked_url} "
-        f"({first_line(exc)}); give the role CREATEDB, or set rehearsal.server to a "
+        f"({first_line(exc)}); {grant}, or set rehearsal.server to a "
         "server where it may create databases."
     )
