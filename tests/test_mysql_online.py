@@ -213,6 +213,7 @@ def test_a_type_change_runs_through_pt_osc_with_the_data_intact_and_writes_flowi
     assert helpers_left(mysql_url) == []
     left = [p.name for p in (tmp_path / "var").rglob("*") if p.is_file()]
     assert not [name for name in left if name.endswith(".cnf")], left  # option file removed
+    assert env.backup_dir.stat().st_mode & 0o777 == 0o700  # where it lived, made 0700
 
 
 def test_a_pt_osc_run_killed_midway_leaves_nothing_after_the_next_run(
@@ -325,3 +326,34 @@ def test_the_example_goes_up_down_to_base_and_up_under_enforce_with_small_tables
     notes = [p for a in undone for r in a.rewritten for p in r["parts"]]
     assert any(p.startswith("as written (ALGORITHM=COPY on a") for p in notes), notes
     assert [a.revision for a in run_migrations(small, DEFAULT_PROJECT, "head")][-1] == "0007"
+
+
+KILLED_WITH_OPTIONS = """
+import os, sys
+from pathlib import Path
+from safe_migrations.core.leftovers import claimed
+path = Path(sys.argv[1]) / ".pt-osc-1-1.cnf"
+with claimed(path):
+    path.write_text("[client]\\npassword=secret\\n")
+    os._exit(9)  # killed while pt-osc ran
+"""
+
+
+def test_a_killed_runs_option_file_is_swept_at_the_start_of_the_next_run(
+    mysql_url: str, make_env: Callable[..., Environment], scratch: ScratchProject
+) -> None:
+    """Whatever the next run does (here a plain revision, no pt-osc at all), the password
+    file a killed pt-osc run left goes first."""
+    import subprocess
+    import sys
+
+    scratch.add(TABLE)
+    env = online(make_env, mysql_url)
+    env.backup_dir.mkdir(parents=True)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_WITH_OPTIONS, str(env.backup_dir)], check=False
+    )
+    assert killed.returncode == 9
+    assert [p.name for p in env.backup_dir.glob("*.cnf")] == [".pt-osc-1-1.cnf"]
+    run_migrations(env, scratch.project(), "r001")
+    assert list(env.backup_dir.glob("*.cnf")) == []

@@ -287,6 +287,9 @@ def _markers(revision: Revision) -> dict[str, str | None]:
 def online_ddl(env: Environment, resume: bool = False) -> Iterator[OnlineDDL]:
     """The run's statements: online DDL as ``migration.online_ddl`` says, journaled;
     with ``resume``, the journal of the oldest partly applied revision on record."""
+    from safe_migrations.core.leftovers import sweep
+
+    sweep(env.backup_dir)  # a killed run's pt-osc option file (it holds the password) first
     journal = Journal(env, resumed=_open_record(env) if resume else None)
     try:
         yield OnlineDDL(env, env.settings.migration.online_ddl, journal)

@@ -64,11 +64,11 @@ def program() -> str:
 @contextlib.contextmanager
 def _option_file(env: Environment) -> Iterator[Path]:
     """The [client] section in a 0600 file of the backup folder, claimed while it lives."""
+    from safe_migrations.core.files import private_folder
     from safe_migrations.core.leftovers import claimed, sweep
     from safe_migrations.engines.mysqldump import option_lines
 
-    folder = env.backup_dir
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_folder(env.backup_dir)  # made 0700: the file holds the password
     sweep(folder)  # a killed run's option file (and anything else it claimed) goes first
     path = folder / f".pt-osc-{os.getpid()}-{time.monotonic_ns()}.cnf"
     with claimed(path):
