@@ -660,3 +660,36 @@ def test_a_rehearsal_an_account_may_not_create_databases_for_names_the_mysql_gra
     said = " ".join(result.stderr.split())
     assert "GRANT ALL ON `rehearsal\\_%`.*" in said, said
     assert "CREATEDB" not in said and "Traceback" not in said
+
+
+@pytest.mark.parametrize("damage", ["not json {", '{"a": 1}', "[1, 2]"])
+def test_a_damaged_journal_record_is_one_sentence_and_resolve_still_works(
+    damage: str, mysql_url: str, tmp_path: Path, scratch: ScratchProject
+) -> None:
+    scratch.add('op.create_table("base_table", sa.Column("id", sa.Integer, primary_key=True))')
+    scratch.add(
+        'op.create_table("half", sa.Column("id", sa.Integer, primary_key=True))\n'
+        'op.execute("ALTER TABLE no_such_table ADD COLUMN x INT")'
+    )
+    env = scratch_env(tmp_path, mysql_url, scratch)
+    assert run_invoke("migrate", "--env", "staging", "--no-backup", env=env).returncode == 1
+    with engine(mysql_url).begin() as connection:
+        connection.execute(
+            text("UPDATE safe_migrations_partial SET statements = :s"), {"s": damage}
+        )
+    for argv, code in (
+        (("health",), 3),
+        (("migrate", "--no-backup"), 3),
+        (("migrate", "--no-backup", "--resume"), 3),
+    ):
+        said = run_invoke(*argv, "--env", "staging", env=env)
+        assert said.returncode == code, (argv, said.stdout + said.stderr)
+        shown = said.stdout + said.stderr
+        assert "Traceback" not in shown and "damaged" in shown, (argv, shown)
+    with engine(mysql_url).begin() as connection:
+        connection.execute(text("DROP TABLE half"))
+    resolved = run_invoke(
+        "resolve", "--env", "staging", "--revision", "r002", "--reverted", env=env
+    )
+    assert resolved.returncode == 0, resolved.stdout + resolved.stderr
+    assert run_invoke("health", "--env", "staging", env=env).returncode == 0

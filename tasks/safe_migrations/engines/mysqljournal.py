@@ -64,6 +64,13 @@ class Journal:
         self.skipped, self.written, self.version_at = [], 0, revision.down_revision
         row = self.resumed
         if row is not None and row["revision"] == revision.revision:
+            if row.get("damaged"):
+                raise JournalError(
+                    f"the record of revision {revision.revision}'s committed statements is "
+                    "damaged (not the journal's list of statements), so --resume cannot "
+                    "tell which ran; compare the schema with the revision by hand, then use "
+                    f"`invoke resolve --env {self.env.name} --revision {revision.revision}`."
+                )
             if (row["version_at"] or None) != revision.down_revision:
                 raise JournalError(
                     f"the record of revision {revision.revision} was made at version "

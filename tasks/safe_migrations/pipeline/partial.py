@@ -155,7 +155,7 @@ def record(
                 table.insert().values(kind=kind, revision=revision, version_at=version_at, **values)
             )
         else:  # the journal wrote each commit as it happened: its list is the longer one
-            if len(json.loads(journaled.statements or "[]")) >= len(statements):
+            if len(stored_statements(journaled.statements) or []) >= len(statements):
                 del values["statements"]
             connection.execute(table.update().where(table.c.id == journaled.id).values(**values))
         connection.commit()
@@ -180,6 +180,18 @@ def note_error(env: Environment, kind: str, revision: str, error: str) -> None:
         connection.commit()
 
 
+def stored_statements(raw: str | None) -> list[str] | None:
+    """A record's statements as the journal wrote them (a JSON list of strings); None
+    when the column holds anything else (a record damaged by hand or by a crash)."""
+    try:
+        found = json.loads(raw or "[]")
+    except ValueError:
+        return None
+    if not isinstance(found, list) or not all(isinstance(s, str) for s in found):
+        return None
+    return found
+
+
 def summary(statements: list[str], most: int = 5) -> str:
     """The statements a message names: the first few, then an ellipsis."""
     return "; ".join(statements[:most]) + ("; ..." if len(statements) > most else "")
@@ -197,7 +209,9 @@ def unresolved(connection: Connection, kind: str | None = None) -> list[dict[str
     rows = [dict(r) for r in connection.execute(query).mappings()]
     connection.rollback()
     for row in rows:
-        row["statements"] = json.loads(row["statements"] or "[]")
+        found = stored_statements(row["statements"])
+        row["damaged"] = found is None  # resolve still works; resume cannot know what ran
+        row["statements"] = found or []
         row["recorded_at"] = row["recorded_at"].isoformat(timespec="seconds")
         row.pop("resolved_at", None)
     return rows
@@ -217,6 +231,15 @@ def describe(row: dict[str, Any], environment: str) -> str:
     what = (
         "its runner stopped (killed?)" if (row["error"] or "").startswith(RUNNING) else "it failed"
     )
+    if row.get("damaged"):
+        return (
+            f"revision {row['revision']} ({row['kind']}) is partly applied ({what} at "
+            f"{row['recorded_at']} UTC), and its record of the statements MySQL committed "
+            "is damaged (not the journal's list of statements), so nothing can say which "
+            "ran: compare the schema with the revision by hand, finish or undo it, then run "
+            f"`invoke resolve --env {environment} --revision {row['revision']} --applied` "
+            "(finished) or `--reverted` (undone)"
+        )
     return (
         f"revision {row['revision']} ({row['kind']}) is partly applied: {what} at "
         f"{row['recorded_at']} UTC after MySQL had committed {len(statements)} of its "
