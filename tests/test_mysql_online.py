@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from safe_migrations.core.config import Environment
+from safe_migrations.core.errors import RefusedError
 from safe_migrations.pipeline.upgrade import MigrationError, run_migrations
 
 ROWS = 300_000
@@ -357,3 +358,37 @@ def test_a_killed_runs_option_file_is_swept_at_the_start_of_the_next_run(
     assert [p.name for p in env.backup_dir.glob("*.cnf")] == [".pt-osc-1-1.cnf"]
     run_migrations(env, scratch.project(), "r001")
     assert list(env.backup_dir.glob("*.cnf")) == []
+
+
+def test_breaking_changes_are_refused_before_any_statement_as_on_postgresql(
+    mysql_url: str, make_env: Callable[..., Environment], scratch: ScratchProject
+) -> None:
+    """A dropped or renamed column or table of a table that was there before the run is
+    refused (exit 2) with every one named; the allow marker takes it knowingly, and a
+    table the pending revisions create is never refused."""
+    scratch.add(TABLE)
+    scratch.add(
+        'op.add_column("t", sa.Column("note", sa.String(20)))\n'
+        'op.drop_column("t", "s")\n'
+        'op.alter_column("t", "v", new_column_name="w", existing_type=sa.Integer)'
+    )
+    scratch.add('op.rename_table("t", "t2")')
+    env = online(make_env, mysql_url)
+    run_migrations(env, scratch.project(), "r001")
+    with pytest.raises(RefusedError) as refused:
+        run_migrations(env, scratch.project(), "head")
+    message = refused.value.message
+    for said in ("revision r002", "drop_column drops t.s", "renames t.v to w", "revision r003"):
+        assert said in message, said
+    engine = create_engine(mysql_url, poolclass=NullPool)
+    with engine.connect() as connection:
+        assert "note" not in [r[0] for r in connection.execute(text("SHOW COLUMNS FROM t"))]
+        connection.execute(text("DROP TABLE alembic_version"))  # a second history, from base
+    engine.dispose()
+    fresh = ScratchProject(scratch.folder.parent / "fresh")
+    fresh.add(
+        'op.create_table("u", sa.Column("id", sa.Integer, primary_key=True), '
+        'sa.Column("x", sa.Integer))\nop.drop_column("u", "x")\nop.rename_table("u", "u2")'
+    )
+    applied = run_migrations(online(make_env, mysql_url), fresh.project(), "head")
+    assert [a.revision for a in applied] == ["r001"]  # its own table: not refused

@@ -221,6 +221,16 @@ class MySQL(Engine):
 
     squawk_rules = False
 
+    def refuses(self, env: Environment) -> bool:
+        return env.settings.migration.online_ddl != "off"
+
+    def preflight(
+        self, env: Environment, project: Project, path: list[Revision], connection: Connection
+    ) -> None:
+        from safe_migrations.engines.mysqlrefusals import preflight
+
+        preflight(env, project, path, connection)
+
     def safe_operations(
         self, env: Environment, resume: bool = False
     ) -> AbstractContextManager[Any]:

@@ -113,8 +113,11 @@ def preflight(env: Environment, project: Project, path: list[Revision], connecti
             )
 
 
-def collect(env: Environment, project: Project, path: list[Revision]) -> list[tuple[str, Any]]:
-    """The pending revisions' operations, in order, from one offline rendering each."""
+def collect(
+    env: Environment, project: Project, path: list[Revision], dialect: str = "postgresql"
+) -> list[tuple[str, Any]]:
+    """The pending revisions' operations, in order, from one offline rendering each (in
+    ``dialect``: MySQL's refusals list them the same way)."""
     from safe_migrations.engines.pgsafe import safe_operations
     from safe_migrations.project.alembic_api import render_sql
 
@@ -122,7 +125,7 @@ def collect(env: Environment, project: Project, path: list[Revision]) -> list[tu
         assert safety is not None
         for step in path:
             safety.revision = step.revision
-            render_sql(project.config(), project.scripts(), [step], "postgresql")
+            render_sql(project.config(), project.scripts(), [step], dialect)
         return list(safety.collected)
 
 

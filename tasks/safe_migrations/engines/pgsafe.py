@@ -138,10 +138,10 @@ def install() -> None:
 def _wrapped(original: Callable[..., Any], rewrite: Callable[..., Any]) -> Callable[..., Any]:
     def implementation(operations: Operations, operation: Any) -> Any:
         safety = CURRENT.get()
-        if safety is None or operations.migration_context.dialect.name != "postgresql":
-            return original(operations, operation)
-        if safety.mode == "collect":
+        if safety is not None and safety.mode == "collect":  # listed for any engine's refusals
             safety.collected.append((safety.revision, operation))
+            return original(operations, operation)
+        if safety is None or operations.migration_context.dialect.name != "postgresql":
             return original(operations, operation)
         plain = _unbatched(operations)
         if plain is None:  # a batch that recreates the table: entirely as written
