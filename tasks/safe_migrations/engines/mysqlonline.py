@@ -274,13 +274,10 @@ def _target(sql: str) -> str:
 
 
 def _markers(revision: Revision) -> dict[str, str | None]:
-    from pathlib import Path
-
-    from safe_migrations.core.config import PROJECT_ROOT
+    from safe_migrations.engines.refusals import revision_file
     from safe_migrations.project.lint import allow_markers
 
-    path = Path(revision.path)
-    return allow_markers(path if path.is_absolute() else PROJECT_ROOT / path)
+    return allow_markers(revision_file(revision))
 
 
 @contextlib.contextmanager

@@ -12,19 +12,13 @@ over ``op.get_bind()``), where an oversized one stops the revision before it run
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from safe_migrations.core.errors import RefusedError
 from safe_migrations.engines.pgsafe import qualified
+from safe_migrations.engines.refusals import RECIPES, accepting
 
-if TYPE_CHECKING:
-    from safe_migrations.project.alembic_api import Revision
-
-RECIPE = (
-    "update it with safe_migrations.ops.backfill, which commits short batches sized by "
-    "time, in a revision of its own"
-)
+RECIPE = RECIPES["large-data-change"]
 _DATA = re.compile(r"^\s*(?:with\b.*?\)\s*)?(update|delete|insert)\b", re.I | re.S)
 
 
@@ -69,19 +63,10 @@ def guard_data_statements(connection: Any, limit: int) -> None:
 
     def allowed() -> bool:
         """The running revision's marker allows it, or the lint baseline accepts it."""
-        from safe_migrations.project.baseline import load_baseline
-        from safe_migrations.project.lint import allow_markers
-
         safety = CURRENT.get()
         if safety is None or safety.running is None:
             return False
-        step = safety.running()
-        if "large-data-change" in allow_markers(revision_file(step)):
-            return True
-        found = load_baseline(safety.project) if safety.project is not None else None
-        return bool(
-            found and found.find(step.revision, revision_file(step), "large-data-change", None)
-        )
+        return accepting(safety.project)(safety.running(), "large-data-change")
 
     small: set[str] = set()
 
@@ -173,9 +158,3 @@ def _new_target(scalar: Any, plan: Any, made: frozenset[int] = frozenset()) -> b
             {"t": qualified(top.get("Schema"), relation), "made": sorted(made)},
         )
     )
-
-
-def revision_file(step: Revision) -> Path:
-    from safe_migrations.core.config import PROJECT_ROOT
-
-    return Path(step.path) if Path(step.path).is_absolute() else PROJECT_ROOT / step.path

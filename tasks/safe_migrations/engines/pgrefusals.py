@@ -1,7 +1,7 @@
 """What cannot be made safe in place on PostgreSQL, refused before the first statement.
 
 Before a run with ``migration.safe_operations`` on, the pending revisions are rendered
-offline once with Alembic's operations listed (pgsafe.py's ``collect`` mode), and the
+offline once with Alembic's operations listed (refusals.py, shared with MySQL), and the
 listed operations are judged against the live catalog: a column added NOT NULL without
 a default, or with a volatile default, to a table that has rows (the table is
 rewritten, or the statement fails); a type change that rewrites the table; a column
@@ -19,52 +19,14 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from safe_migrations.core.errors import RefusedError
-from safe_migrations.engines.pgdata import large_data_change, revision_file
+from safe_migrations.engines.pgdata import large_data_change
 from safe_migrations.engines.pgsafe import qualified
+from safe_migrations.engines.refusals import breaking, is_op, refuse, table_key
 
 if TYPE_CHECKING:
     from safe_migrations.core.config import Environment
     from safe_migrations.project.alembic_api import Project, Revision
 
-RECIPES = {
-    "adding-not-nullable-field": (
-        "add it nullable (or with a constant default, which PostgreSQL stores without a "
-        "rewrite), backfill it in short batches, then alter it to NOT NULL (rewritten into "
-        "a validated check, no long lock)"
-    ),
-    "adding-field-with-default": (
-        "add it without the default, set the default in a second statement (it then applies "
-        "to new rows only), and backfill the existing rows in short batches"
-    ),
-    "changing-column-type": (
-        "add a column of the new type, write both from the application, backfill in short "
-        "batches, switch reads, then drop the old column in a later release"
-    ),
-    "renaming-column": (
-        "add the new column, write both and backfill, move the application to the new "
-        "name, then drop the old one in a later release"
-    ),
-    "ban-drop-column": (
-        "release the application without any use of the column first, then drop it in a "
-        "later revision marked as such"
-    ),
-    "adding-generated-column": (
-        "add a plain nullable column, fill it with safe_migrations.ops.backfill (and a "
-        "trigger or the application for new rows), then add its constraints"
-    ),
-    "renaming-table": (
-        "create the new table (or a view under the new name), move the application to it, "
-        "then drop or rename the old one in a later release"
-    ),
-    "ban-drop-table": (
-        "release the application without any use of the table first, then drop it in a "
-        "later revision marked as such"
-    ),
-    "large-data-change": (
-        "update it with safe_migrations.ops.backfill, which commits short batches sized by "
-        "time, in a revision of its own"
-    ),
-}
 _CALL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*\(")  # function names in a default, read only
 _LENGTHS = re.compile(r"\(([\d,\s]+)\)")
 
@@ -75,34 +37,20 @@ def preflight(env: Environment, project: Project, path: list[Revision], connecti
     mode = env.settings.migration.safe_operations
     if mode == "off" or not path:
         return
-    from safe_migrations.project.baseline import load_baseline
-
-    collected = collect(env, project, path)
-    created = {_key(op) for _r, op in collected if _is(op, "CreateTableOp")}
-    accepted = load_baseline(project)
-    refused = []
-    for revision, op in collected:
-        found = judge(connection, op, created, env.settings.migration.max_rows_in_one_statement)
-        if found is None:
-            continue
-        rule, what = found
-        step = next(r for r in path if r.revision == revision)
-        if rule in _markers(step) or accepted.find(revision, revision_file(step), rule, None):
-            continue  # allowed by its marker, or history the lint baseline accepts
-        refused.append(
-            f"revision {revision} ({step.path}): {what}; instead, {RECIPES[rule]}, or mark "
-            f"the revision `# squawk: allow {rule} -- why` to take the risk knowingly"
-        )
-    if refused:
-        raise RefusedError(
-            "Refused before any statement ran, since PostgreSQL cannot do this without "
-            "blocking the application or failing midway: " + " | ".join(refused)
-        )
+    limit = env.settings.migration.max_rows_in_one_statement
+    collected, created = refuse(
+        env,
+        project,
+        path,
+        "postgresql",
+        lambda op, made: judge(connection, op, made, limit),
+        "PostgreSQL cannot do this without blocking the application or failing midway",
+    )
     if mode == "check":
         rewritable = [
             f"{revision}: {_describe(op)}"
             for revision, op in collected
-            if _rewritable(op) and _key(op) not in created
+            if _rewritable(op) and table_key(op) not in created
         ]
         if rewritable:
             raise RefusedError(
@@ -113,66 +61,31 @@ def preflight(env: Environment, project: Project, path: list[Revision], connecti
             )
 
 
-def collect(
-    env: Environment, project: Project, path: list[Revision], dialect: str = "postgresql"
-) -> list[tuple[str, Any]]:
-    """The pending revisions' operations, in order, from one offline rendering each (in
-    ``dialect``: MySQL's refusals list them the same way)."""
-    from safe_migrations.engines.pgsafe import safe_operations
-    from safe_migrations.project.alembic_api import render_sql
-
-    with safe_operations(env, "collect") as safety:
-        assert safety is not None
-        for step in path:
-            safety.revision = step.revision
-            render_sql(project.config(), project.scripts(), [step], dialect)
-        return list(safety.collected)
-
-
 def judge(
     connection: Any, op: Any, created: set[str], limit: int | None = None
 ) -> tuple[str, str] | None:
     """(rule, what is wrong) for an operation that cannot be made safe, else None."""
-    if _is(op, "ExecuteSQLOp"):
+    if is_op(op, "ExecuteSQLOp"):
         return large_data_change(connection, op.sqltext, limit)
-    if _key(op) in created or not getattr(op, "table_name", None):
+    if table_key(op) in created or not getattr(op, "table_name", None):
         return None  # a table of the run's own, or an operation on none (drop_index)
     table = qualified(op.schema, op.table_name)
     if connection.exec_driver_sql("SELECT to_regclass(%(t)s)", {"t": table}).scalar() is None:
         return None  # not there before the run: made by its revisions, used by no one yet
-    if _is(op, "RenameTableOp"):
-        return (
-            "renaming-table",
-            f"op.rename_table renames {op.table_name} to {op.new_table_name}: the running "
-            "application's queries name the old table",
-        )
-    if _is(op, "DropTableOp"):
-        return (
-            "ban-drop-table",
-            f"op.drop_table drops {op.table_name}: the running application may still read "
-            "or write it, and its rows are gone",
-        )
-    if _is(op, "AddColumnOp"):
+    found = breaking(op)
+    if found is not None:
+        return found
+    if is_op(op, "AddColumnOp"):
         return _judge_add_column(connection, op, table)
-    if _is(op, "AlterColumnOp"):
-        if op.modify_name is not None:
-            return (
-                "renaming-column",
-                f"op.alter_column renames {op.table_name}.{op.column_name} to "
-                f"{op.modify_name}: the running application still uses the old name",
-            )
-        if op.modify_type is not None and _rewrites(connection, table, op):
-            return (
-                "changing-column-type",
-                f"op.alter_column changes the type of {op.table_name}.{op.column_name}: "
-                "PostgreSQL rewrites the table under ACCESS EXCLUSIVE, blocking reads and "
-                "writes",
-            )
-    if _is(op, "DropColumnOp"):
+    if (
+        is_op(op, "AlterColumnOp")
+        and op.modify_type is not None
+        and _rewrites(connection, table, op)
+    ):
         return (
-            "ban-drop-column",
-            f"op.drop_column drops {op.table_name}.{op.column_name}: the running application "
-            "may still read or write it",
+            "changing-column-type",
+            f"op.alter_column changes the type of {op.table_name}.{op.column_name}: "
+            "PostgreSQL rewrites the table under ACCESS EXCLUSIVE, blocking reads and writes",
         )
     return None
 
@@ -272,34 +185,17 @@ def _default_text(server_default: Any, connection: Any) -> str | None:
 
 def _rewritable(op: Any) -> bool:
     return (
-        _is(op, "CreateIndexOp")
-        or _is(op, "DropIndexOp")
-        or _is(op, "CreateForeignKeyOp")
-        or _is(op, "CreateCheckConstraintOp")
-        or _is(op, "CreateUniqueConstraintOp")
-        or _is(op, "CreatePrimaryKeyOp")
-        or (_is(op, "AlterColumnOp") and op.modify_nullable is False)
+        is_op(op, "CreateIndexOp")
+        or is_op(op, "DropIndexOp")
+        or is_op(op, "CreateForeignKeyOp")
+        or is_op(op, "CreateCheckConstraintOp")
+        or is_op(op, "CreateUniqueConstraintOp")
+        or is_op(op, "CreatePrimaryKeyOp")
+        or (is_op(op, "AlterColumnOp") and op.modify_nullable is False)
     )
 
 
 def _describe(op: Any) -> str:
     name = getattr(op, "index_name", None) or getattr(op, "constraint_name", None)
     kind = re.sub(r"(?<!^)(?=[A-Z])", "_", type(op).__name__.removesuffix("Op")).lower()
-    return f"op.{kind} on {_key(op).lstrip('.')}" + (f" ({name})" if name else "")
-
-
-def _markers(step: Revision) -> dict[str, str | None]:
-    from safe_migrations.project.lint import allow_markers
-
-    return allow_markers(revision_file(step))
-
-
-def _is(op: Any, name: str) -> bool:
-    return any(cls.__name__ == name for cls in type(op).__mro__)
-
-
-def _key(op: Any) -> str:
-    """The table an operation is on, as ``schema.table`` (a foreign key: its source)."""
-    schema = getattr(op, "schema", None) or getattr(op, "source_schema", None)
-    table = getattr(op, "table_name", None) or getattr(op, "source_table", None)
-    return f"{schema or ''}.{table}"
+    return f"op.{kind} on {table_key(op).lstrip('.')}" + (f" ({name})" if name else "")

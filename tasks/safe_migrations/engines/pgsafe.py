@@ -360,7 +360,7 @@ def _validated_later(safety: Safety, operations: Operations, constraint: Any, ta
 
 def _validate_or_drop(safety: Safety, context: Any, table: str, name: str) -> None:
     try:
-        _long(safety, context, lambda: _execute(context, _validate_sql(context, table, name)))
+        _long_sql(safety, context, _validate_sql(context, table, name))
     except Exception:
         with contextlib.suppress(Exception):
             _drop_constraint(safety, context, table, name)
@@ -369,11 +369,7 @@ def _validate_or_drop(safety: Safety, context: Any, table: str, name: str) -> No
 
 def _drop_constraint(safety: Safety, context: Any, table: str, name: str) -> None:
     quoted_name = context.dialect.identifier_preparer.quote(name)
-    _short(
-        safety,
-        context,
-        lambda: _execute(context, f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {quoted_name}"),
-    )
+    _short_sql(safety, context, f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {quoted_name}")
 
 
 def _set_not_null(
@@ -406,14 +402,8 @@ def _set_not_null(
         if found is not True:
             _validate_or_drop(safety, context, table, check)
         try:
-            _short(
-                safety,
-                context,
-                lambda: _execute(
-                    context,
-                    f"ALTER TABLE {table} ALTER COLUMN {preparer.quote(column)} SET NOT NULL",
-                ),
-            )
+            set_not_null = f"ALTER TABLE {table} ALTER COLUMN {preparer.quote(column)} SET NOT NULL"
+            _short_sql(safety, context, set_not_null)
         finally:
             _drop_constraint(safety, context, table, check)
     safety.note(
@@ -451,15 +441,9 @@ def _from_index(safety: Safety, operations: Operations, constraint: Any, table: 
     kind = "PRIMARY KEY" if primary else "UNIQUE"
     with _outside_transaction(context):
         try:
-            _short(
-                safety,
-                context,
-                lambda: _execute(
-                    context,
-                    f"ALTER TABLE {table} ADD CONSTRAINT {preparer.quote(name)} {kind} "
-                    f"USING INDEX {preparer.quote(name)}",
-                ),
-            )
+            quoted = preparer.quote(name)
+            using = f"ALTER TABLE {table} ADD CONSTRAINT {quoted} {kind} USING INDEX {quoted}"
+            _short_sql(safety, context, using)
         except Exception:
             if not context.as_sql:
                 with contextlib.suppress(Exception):
@@ -536,11 +520,7 @@ def _wait_for_old_snapshots(safety: Safety, context: Any, table: str, deadline: 
 
 
 def _drop_invalid(safety: Safety, context: Any, name: str) -> None:
-    _long(
-        safety,
-        context,
-        lambda: _execute(context, f"DROP INDEX CONCURRENTLY IF EXISTS {name}"),
-    )
+    _long_sql(safety, context, f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
 
 
 def _drop_invalid_aside(safety: Safety, name: str) -> None:
@@ -633,6 +613,14 @@ def _long(safety: Safety, context: Any, run: Callable[[], Any]) -> None:
         limit = safety.env.settings.migration.statement_timeout
         with contextlib.suppress(Exception):
             connection.exec_driver_sql(f"SET statement_timeout = {int((limit or 0) * 1000)}")
+
+
+def _short_sql(safety: Safety, context: Any, sql: str) -> None:
+    _short(safety, context, lambda: _execute(context, sql))
+
+
+def _long_sql(safety: Safety, context: Any, sql: str) -> None:
+    _long(safety, context, lambda: _execute(context, sql))
 
 
 def _execute(context: Any, sql: str) -> None:

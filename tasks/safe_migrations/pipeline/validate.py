@@ -6,6 +6,7 @@ kill or a failure left: it would reject new rows while checking none of the old)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from safe_migrations.core.config import Environment
@@ -85,6 +86,16 @@ def unvalidated_constraints(connection: Any) -> list[str]:
     return [row[0] for row in rows]
 
 
+def _leftovers(
+    name: str, find: Callable[[], list[str]], clean: str, left: str, key: str
+) -> StepResult:
+    """A check that fails on what a failed or killed part left behind, naming each."""
+    with timed() as clock:
+        found = find()
+    message = f"{left}: {', '.join(found)}" if found else clean
+    return StepResult(name, not found, message, duration=clock.seconds, details={key: found})
+
+
 def validate(
     env: Environment,
     project: Project,
@@ -125,31 +136,23 @@ def validate(
             if schema is not None:
                 results.append(schema)
             if engine_for(env.dialect).invalid_indexes:  # MySQL builds all or nothing
-                with timed() as clock:
-                    invalid = invalid_indexes(connection)
                 results.append(
-                    StepResult(
+                    _leftovers(
                         "indexes",
-                        not invalid,
-                        "no invalid index"
-                        if not invalid
-                        else f"invalid indexes left by a failed build: {', '.join(invalid)}",
-                        duration=clock.seconds,
-                        details={"invalid": invalid},
+                        lambda: invalid_indexes(connection),
+                        "no invalid index",
+                        "invalid indexes left by a failed build",
+                        "invalid",
                     )
                 )
-                with timed() as clock:
-                    unvalidated = unvalidated_constraints(connection)
                 results.append(
-                    StepResult(
+                    _leftovers(
                         "constraints",
-                        not unvalidated,
-                        "no constraint left NOT VALID"
-                        if not unvalidated
-                        else "constraints left NOT VALID (they reject new rows and check no old "
-                        f"one; VALIDATE or drop them): {', '.join(unvalidated)}",
-                        duration=clock.seconds,
-                        details={"unvalidated": unvalidated},
+                        lambda: unvalidated_constraints(connection),
+                        "no constraint left NOT VALID",
+                        "constraints left NOT VALID (they reject new rows and check no old "
+                        "one; VALIDATE or drop them)",
+                        "unvalidated",
                     )
                 )
     except (DBAPIError, UnreachableError) as exc:
